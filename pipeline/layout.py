@@ -1,0 +1,134 @@
+"""The one place that knows where every artifact lives, and how it is written.
+
+Every write goes through :func:`atomic_write` (temp file in the same folder,
+fsync, ``os.replace``) so a killed run never leaves a half-written file that
+looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import PipelineError
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically and return ``path``."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable(root: Path) -> None:
+    """Fail early, with a clear message, when the artifacts folder can't be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PipelineError(
+            f"The artifacts directory '{root}' is not writable ({e.strerror or e}). "
+            "Choose another with --artifacts DIR or fix its permissions; nothing was written."
+        ) from None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Artifact layout of one model's run: ``<artifacts>/<model>/...``."""
+
+    root: Path
+
+    @classmethod
+    def for_model(cls, artifacts: Path, model: str) -> "RunDir":
+        safe = model.replace(":", "__").replace("/", "_")
+        return cls(Path(artifacts) / safe)
+
+    # data stage
+    @property
+    def data_summary(self) -> Path:
+        return self.root / "data" / "summary.json"
+
+    @property
+    def samples_png(self) -> Path:
+        return self.root / "data" / "samples.png"
+
+    # train stage
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "train" / "model.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "train" / "history.json"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.root / "train" / "curves.png"
+
+    # export stage
+    def export_file(self, name: str) -> Path:
+        """A file of the export folder, by the name the variant table gives it."""
+        return self.root / "export" / name
+
+    @property
+    def golden(self) -> Path:
+        return self.root / "export" / "golden.npz"
+
+    # quantize stage
+    def quant_dir(self) -> Path:
+        return self.root / "quantize"
+
+    # validate / report
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def stages(self) -> Path:
+        """Record of finished stages: their config hash and output hashes."""
+        return self.root / "stages.json"

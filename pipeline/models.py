@@ -1,0 +1,224 @@
+"""Model zoo: one table maps a name to a builder, plus users' own ``package.module:Class``.
+
+Every model takes a normalized ``(N, 1, 28, 28)`` float tensor and returns
+``(N, 10)`` logits. The five seed networks follow ``shared/SEEDS.md`` layer
+for layer; ``edgenet`` is this project's default, sized to reach 99.5 % test
+accuracy within a 5-minute CPU training budget.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import PipelineError
+
+INPUT_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+
+
+def _nn():
+    import torch.nn as nn
+
+    return nn
+
+
+def edgenet():
+    """conv3x3+BN+ReLU blocks 16-16 | 32-32 | 64-64 | 128 with a max-pool between stages, global average pool.
+
+    The cheap, high-resolution stages stay narrow and the channels grow where
+    the feature maps are small (7x7, 3x3): about 147k parameters for only
+    about 7 M MACs per image, so it trains in under 5 minutes on a 2-core CPU
+    and runs fast on an edge device. BatchNorm folds into the convs at export
+    and quantization; every op maps onto TensorRT INT8 kernels.
+    """
+    nn = _nn()
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(1, 16), *block(16, 16), nn.MaxPool2d(2),  # 28x28
+        *block(16, 32), *block(32, 32), nn.MaxPool2d(2),  # 14x14
+        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),  # 7x7
+        *block(64, 128),  # 3x3
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, NUM_CLASSES),
+    )
+
+
+def mlp():
+    """Tutorial 1: 784-128-400-10 MLP with ReLU."""
+    nn = _nn()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 400), nn.ReLU(), nn.Linear(400, 10)
+    )
+
+
+def mlp_small():
+    """Tutorial 3: 784-128-64-10 MLP.
+
+    The tutorial ends in LogSoftmax and trains with NLLLoss; we return logits
+    and train with CrossEntropyLoss, which is the same loss. The exported ONNX
+    therefore outputs logits (argmax and softmax unchanged).
+    """
+    nn = _nn()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+
+
+def cnn():
+    """Tutorial 4: three conv(3x3, pad 1)+ReLU+max-pool blocks (16/32/64), then Linear 576-256-10.
+
+    As in the original there is no activation between the two Linear layers.
+    """
+    nn = _nn()
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(
+        *block(1, 16), *block(16, 32), *block(32, 64),
+        nn.Flatten(), nn.Linear(576, 256), nn.Linear(256, 10),
+    )
+
+
+def cnn_bn():
+    """Tutorial 5 "MyCNN": conv+BN+LeakyReLU(0.2)+max-pool x3 (3/16/32 channels), Linear 288-10."""
+    nn = _nn()
+
+    def block(cin, cout, pad):
+        return [nn.Conv2d(cin, cout, 3, padding=pad), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2), nn.MaxPool2d(2)]
+
+    return nn.Sequential(
+        *block(1, 3, 2), *block(3, 16, 1), *block(16, 32, 1), nn.Flatten(), nn.Linear(288, 10)
+    )
+
+
+def lenet5():
+    """Classic LeNet-5: conv5x5(6, pad 2) -> pool -> conv5x5(16) -> pool -> FC 120-84-10.
+
+    ReLU and max-pool stand in for the 1998 paper's scaled tanh and
+    subsampling, as the tutorial does.
+    """
+    nn = _nn()
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable
+    summary: str
+
+
+#: The one table of built-in models; the CLI, tests and README read it.
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("edgenet", edgenet, "default: 7x conv3x3+BN+ReLU (16-16-32-32-64-64-128), GAP, Linear 128-10"),
+        ModelSpec("mlp", mlp, "tutorial 1: MLP 784-128-400-10"),
+        ModelSpec("mlp_small", mlp_small, "tutorial 3: MLP 784-128-64-10 (logits; trained with CE = LogSoftmax+NLL)"),
+        ModelSpec("cnn", cnn, "tutorial 4: 3x conv(16/32/64)+ReLU+pool, Linear 576-256-10"),
+        ModelSpec("cnn_bn", cnn_bn, "tutorial 5: 3x conv(3/16/32)+BN+LeakyReLU(0.2)+pool, Linear 288-10"),
+        ModelSpec("lenet5", lenet5, "classic LeNet-5: conv5x5 6/16, FC 120-84-10"),
+    )
+}
+
+
+def is_user_model(name: str) -> bool:
+    return ":" in name
+
+
+def _load_user_class(spec: str):
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise PipelineError(f"--model '{spec}' must look like package.module:ClassName.")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # a user's module can fail to import in any way
+        raise PipelineError(
+            f"Could not import module '{module_name}' for --model '{spec}': {type(e).__name__}: {e}. "
+            "Make sure it is importable (on PYTHONPATH or installed)."
+        ) from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PipelineError(f"Module '{module_name}' has no attribute '{attr}' (from --model '{spec}').")
+        obj = getattr(obj, part)
+    return obj
+
+
+def source_fingerprint(name: str) -> str:
+    """For user models, the SHA-256 of the class's source file, so edits invalidate training."""
+    if not is_user_model(name):
+        return ""
+    try:
+        src = inspect.getsourcefile(_load_user_class(name)) or ""
+        with open(src, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (TypeError, OSError):
+        return ""
+
+
+def build(name: str):
+    """Build a fresh, randomly initialized model by registry name or ``package.module:Class``."""
+    import torch
+
+    if is_user_model(name):
+        cls = _load_user_class(name)
+        try:
+            model = cls()
+        except Exception as e:
+            raise PipelineError(
+                f"Could not construct {name}() with no arguments: {type(e).__name__}: {e}. "
+                "User models must be constructible without arguments."
+            ) from None
+        if not isinstance(model, torch.nn.Module):
+            raise PipelineError(f"--model {name} built a {type(model).__name__}, not a torch.nn.Module.")
+        _check_io(model, name)
+        return model
+    if name not in REGISTRY:
+        raise PipelineError(
+            f"Unknown model '{name}'. Valid names: {', '.join(REGISTRY)}; or give your own as package.module:Class."
+        )
+    return REGISTRY[name].build()
+
+
+def _check_io(model, name: str) -> None:
+    import torch
+
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *INPUT_SHAPE))
+    except Exception as e:
+        raise PipelineError(
+            f"Model {name} failed on a (2, 1, 28, 28) input: {type(e).__name__}: {e}. "
+            "Models must take normalized MNIST batches of shape (N, 1, 28, 28)."
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, NUM_CLASSES):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PipelineError(f"Model {name} must return (N, 10) logits; for N=2 it returned {shape}.")
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_image(model) -> int:
+    """Multiply-accumulates for one image, counted by torch's FlopCounterMode (FLOPs / 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *INPUT_SHAPE))
+    return counter.get_total_flops() // 2

@@ -1,0 +1,300 @@
+"""The stages of ``pipeline run`` and the bookkeeping that lets a rerun skip finished ones.
+
+Data flows one way: data -> train -> export -> validate. Each stage reads the
+previous stages' artifacts by path (through :class:`RunDir`) and writes its
+own. A stage is skipped when its *key* (a hash of its config and the SHA-256
+of the files it reads) matches the one recorded in ``stages.json`` and every
+file it wrote is still there with the same SHA-256; ``--force`` reruns all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import checkpoint, models
+from .config import RunConfig, stamp
+from .errors import PipelineError
+from .layout import RunDir, check_writable, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """Per-run state shared by the stages: config, layout, lazily loaded data."""
+
+    def __init__(self, cfg: RunConfig, progress=None):
+        self.cfg = cfg
+        self.rd = RunDir.for_model(cfg.artifacts, cfg.model)
+        self.progress = progress
+        self._splits = None
+
+    @property
+    def splits(self):
+        if self._splits is None:
+            from .data import load_splits
+
+            self._splits = load_splits(self.cfg.data)
+        return self._splits
+
+    def sha(self, path: Path) -> str:
+        if not path.is_file():
+            raise PipelineError(f"{path} is missing; rerun the stage that writes it (or use --force).")
+        return sha256_file(path)
+
+
+# ---------------------------------------------------------------- data
+def _data_key(ctx: Context) -> dict:
+    return {k: v for k, v in stamp(ctx.cfg.data).items() if k != "root"}
+
+
+def _data_run(ctx: Context) -> list[Path]:
+    from . import plots
+    from .data import CLASSES, RAW_FILES
+
+    s = ctx.splits
+    summary = {
+        "source": "torchvision.datasets.MNIST (LeCun & Cortes, CC BY-SA 3.0)",
+        "root": str(ctx.cfg.data.root),
+        "raw_md5": {name: md5 for name, (_, md5) in RAW_FILES.items()},
+        "train_images": len(s.train_y), "val_images": len(s.val_y), "test_images": len(s.test_y),
+        "split_seed": ctx.cfg.data.split_seed, "mean": s.mean, "std": s.std, "classes": CLASSES,
+    }
+    log.info("data: %d train / %d validation / %d test images; mean %.4f std %.4f (from the training split)",
+             len(s.train_y), len(s.val_y), len(s.test_y), s.mean, s.std)
+    imgs = (s.train_x[:9, 0] * s.std + s.mean).numpy()
+    return [write_json(ctx.rd.data_summary, summary),
+            plots.sample_grid(imgs, s.train_y[:9].tolist(), ctx.rd.samples_png)]
+
+
+# ---------------------------------------------------------------- train
+def _train_key(ctx: Context) -> dict:
+    return {"data": ctx.sha(ctx.rd.data_summary), "model": ctx.cfg.model,
+            "model_source": models.source_fingerprint(ctx.cfg.model), "train": stamp(ctx.cfg.train)}
+
+
+def _train_run(ctx: Context) -> list[Path]:
+    from . import plots
+    from .data import CLASSES
+    from .train import train
+
+    cfg = ctx.cfg
+    model = models.build(cfg.model)
+    log.info("train: %s (%s parameters, %.2f M MACs/image), %d epochs, batch %d, %s lr %g, %s schedule",
+             cfg.model, f"{models.param_count(model):,}", models.macs_per_image(model) / 1e6, cfg.train.epochs,
+             cfg.train.batch_size, cfg.train.optimizer, cfg.train.lr, cfg.train.schedule)
+    s = ctx.splits
+    result = train(model, s, cfg.train, progress=ctx.progress)
+    summary = {
+        "model": cfg.model, "epochs": cfg.train.epochs, "best_epoch": result.best_epoch,
+        "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+        "seconds": result.seconds, "device": result.device, "train_images": len(s.train_y),
+        "val_images": len(s.val_y), "history": result.history,
+    }
+    ckpt = checkpoint.save(ctx.rd.checkpoint, {
+        "model": cfg.model,
+        "state_dict": result.model.state_dict(),
+        "train_config": stamp(cfg.train),
+        "normalization": {"mean": [s.mean], "std": [s.std], "pixel_scale": 1 / 255},
+        "classes": CLASSES,
+        "input": {"name": "input", "shape": [1, 28, 28], "layout": "NCHW", "dtype": "float32"},
+        "summary": {k: v for k, v in summary.items() if k != "history"},
+    })
+    return [ckpt, write_json(ctx.rd.history, summary),
+            plots.training_curves(result.history, ctx.rd.curves_png, result.best_epoch)]
+
+
+# ---------------------------------------------------------------- export
+def _export_key(ctx: Context) -> dict:
+    return {"checkpoint": ctx.sha(ctx.rd.checkpoint), "export": stamp(ctx.cfg.export)}
+
+
+def _export_run(ctx: Context) -> list[Path]:
+    import numpy as np
+
+    from exporters.onnx import ExportError, build_metadata, export_fp32
+
+    from .layout import atomic_path
+    from .variants import BY_NAME
+
+    ckpt = checkpoint.load(ctx.rd.checkpoint)
+    model = checkpoint.restore(ckpt)
+    norm = ckpt["normalization"]
+    meta = build_metadata(model_name=ckpt["model"], mean=norm["mean"], std=norm["std"], classes=ckpt["classes"],
+                          checkpoint_sha256=ctx.sha(ctx.rd.checkpoint), precision="fp32")
+    try:
+        onnx_path = export_fp32(model, ctx.rd.export_file(BY_NAME["onnx-fp32"].file), meta, opset=ctx.cfg.export.opset)
+    except ExportError as e:
+        raise PipelineError(f"Could not export {ckpt['model']} to ONNX. {e}. Models must be traceable by "
+                            "torch.export (no data-dependent Python control flow).") from None
+    log.info("export: %s (%s bytes), opset %d, dynamic batch, metadata embedded", onnx_path,
+             f"{onnx_path.stat().st_size:,}", ctx.cfg.export.opset)
+    # Golden reference: PyTorch's logits for the first test images (llm.c's habit).
+    import torch
+
+    n = ctx.cfg.export.golden_count
+    x = ctx.splits.test_x[:n]
+    with torch.inference_mode():
+        logits = model(x).numpy()
+    with atomic_path(ctx.rd.golden) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, input=x.numpy(), logits=logits, labels=ctx.splits.test_y[:n].numpy())
+    return [onnx_path, ctx.rd.golden]
+
+
+# ---------------------------------------------------------------- validate
+def _validate_key(ctx: Context) -> dict:
+    from .variants import VARIANTS
+
+    files = {v.name: ctx.sha(ctx.rd.export_file(v.file)) for v in VARIANTS if v.file}
+    return {"checkpoint": ctx.sha(ctx.rd.checkpoint), "files": files, "validate": stamp(ctx.cfg.validate)}
+
+
+def _validate_run(ctx: Context) -> list[Path]:
+    import numpy as np
+    import torch
+
+    from runtime.onnxrt import OnnxrtRunner
+
+    from . import environment, report
+    from .torch_runner import TorchRunner
+    from .validate import check_parity, validate_variant
+    from .variants import VARIANTS
+
+    vcfg = ctx.cfg.validate
+    if vcfg.threads:
+        torch.set_num_threads(vcfg.threads)
+    ckpt = checkpoint.load(ctx.rd.checkpoint)
+    model = checkpoint.restore(ckpt)
+    images = ctx.splits.test_x.numpy().astype(np.float32)
+    labels = ctx.splits.test_y.numpy()
+    _check_golden(ctx, model)
+
+    rows, reference = [], None
+    for v in VARIANTS:
+        if v.backend == "torch":
+            make = lambda: TorchRunner(model)  # noqa: E731
+        else:
+            make = lambda v=v: OnnxrtRunner(ctx.rd.export_file(v.file), provider=v.provider, threads=vcfg.threads)  # noqa: E731
+        row, logits = validate_variant(v, make, images, labels, reference, vcfg)
+        if reference is None:
+            reference = logits
+        path = ctx.rd.export_file(v.file) if v.file else ctx.rd.checkpoint
+        row["path"] = str(path)
+        row["size_bytes"] = path.stat().st_size
+        rows.append(row)
+
+    summary = ckpt.get("summary", {})
+    params = models.param_count(model)
+    big, small = str(vcfg.batches[-1]), str(vcfg.batches[0])
+    torch_row = rows[0]
+    speed = {r["name"]: {
+        "throughput_ratio": r["latency"][big]["throughput_per_s"] / torch_row["latency"][big]["throughput_per_s"],
+        "p50_ratio": torch_row["latency"][small]["p50_ms"] / r["latency"][small]["p50_ms"],
+    } for r in rows[1:]}
+    rep = {
+        "model": ctx.cfg.model,
+        "params": params,
+        "macs_per_image": models.macs_per_image(model),
+        "train": {"epochs": summary.get("epochs"), "seconds": summary.get("seconds"),
+                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
+                  "best_epoch": summary.get("best_epoch"), "device": summary.get("device"),
+                  "train_images": summary.get("train_images"), "val_images": summary.get("val_images"),
+                  "config": ckpt["train_config"]},
+        "variants": rows,
+        "speedup_vs_torch": speed,
+        "skipped": [],
+        "quick": ctx.cfg.quick,
+        "environment": environment.capture(vcfg.threads),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    report.write(rep, ctx.rd.report_json, ctx.rd.report_md)
+    log.info("report: %s and %s", ctx.rd.report_json, ctx.rd.report_md)
+    check_parity(rows, {v.name: v for v in VARIANTS})
+    return [ctx.rd.report_json, ctx.rd.report_md]
+
+
+def _check_golden(ctx: Context, model) -> None:
+    """The checkpoint must still reproduce the golden logits the export stage stored."""
+    import numpy as np
+    import torch
+
+    try:
+        g = np.load(ctx.rd.golden)
+        x, ref = g["input"], g["logits"]
+    except Exception as e:
+        raise PipelineError(f"{ctx.rd.golden} is unreadable ({type(e).__name__}); rerun with --force.") from None
+    with torch.inference_mode():
+        diff = float(np.abs(model(torch.from_numpy(x)).numpy() - ref).max())
+    if diff > 1e-5:
+        raise PipelineError(f"The checkpoint no longer reproduces {ctx.rd.golden} (max diff {diff:.2e}); "
+                            "rerun with --force.")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    key: Callable[[Context], dict]
+    run: Callable[[Context], list[Path]]
+    doc: str
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", _data_key, _data_run, "MNIST via torchvision, validation split, sample grid"),
+    Stage("train", _train_key, _train_run, "train, keep best validation epoch, checkpoint + curves"),
+    Stage("export", _export_key, _export_run, "FP32 ONNX with metadata + golden logits"),
+    Stage("validate", _validate_key, _validate_run, "accuracy parity on 10,000 test images, latency, report"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def _load_record(path: Path) -> dict:
+    try:
+        rec = json.loads(path.read_text())
+        return rec if isinstance(rec, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _up_to_date(rd: RunDir, prev: dict | None, key: str) -> bool:
+    if not prev or prev.get("key") != key:
+        return False
+    for rel, sha in prev.get("outputs", {}).items():
+        p = rd.root / rel
+        if not p.is_file() or sha256_file(p) != sha:
+            return False
+    return True
+
+
+def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict:
+    """Run the stages up to and including ``until``; return the stage record."""
+    if until not in STAGE_NAMES:
+        raise PipelineError(f"Unknown stage '{until}'. Stages: {', '.join(STAGE_NAMES)}, or all.")
+    models.build(cfg.model)  # fail on a bad --model before anything is written
+    ctx = Context(cfg, progress)
+    check_writable(ctx.rd.root)
+    record = _load_record(ctx.rd.stages)
+    for stage in STAGES:
+        key = hashlib.sha256(json.dumps(stage.key(ctx), sort_keys=True).encode()).hexdigest()
+        if not cfg.force and _up_to_date(ctx.rd, record.get(stage.name), key):
+            log.info("%s: up to date, skipped (use --force to redo)", stage.name)
+        else:
+            t0 = time.perf_counter()
+            log.info("%s: %s", stage.name, stage.doc)
+            outputs = stage.run(ctx)
+            record[stage.name] = {
+                "key": key,
+                "outputs": {str(p.relative_to(ctx.rd.root)): sha256_file(p) for p in outputs},
+                "seconds": round(time.perf_counter() - t0, 2),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_json(ctx.rd.stages, record)
+            log.info("%s: done in %.1f s", stage.name, record[stage.name]["seconds"])
+        if stage.name == until:
+            break
+    return record

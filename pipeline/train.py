@@ -1,0 +1,170 @@
+"""Train stage: fit a model on the training split, keep the best epoch by validation accuracy.
+
+The whole split lives in memory as one normalized tensor and augmentation is
+a batched random affine warp (``affine_grid`` + ``grid_sample``), so a CPU
+epoch costs the model's arithmetic and little else: no per-image PIL
+transforms, no worker processes.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from .config import TrainConfig
+from .data import Splits
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def augment(x, background: float, gen):
+    """Random affine per image: rotation +-10 deg, scale 0.9-1.1, shift +-2 px; fills with the background."""
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    dev = x.device
+    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+    scale = 0.9 + torch.rand(n, generator=gen) * 0.2
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 / 14)  # normalized coords: 14 px = 1.0
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
+    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
+def evaluate(model, x, y, batch_size: int = 1000, device=None):
+    """(mean cross-entropy loss, accuracy fraction, logits on CPU) over a whole split."""
+    import torch
+    import torch.nn.functional as F
+
+    device = device or next(model.parameters()).device
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(model(x[i : i + batch_size].to(device)).float().cpu())
+    logits = torch.cat(outs)
+    loss = float(F.cross_entropy(logits, y))
+    acc = int((logits.argmax(1) == y).sum()) / len(y)
+    return loss, acc, logits
+
+
+def _optimizer(model, cfg: TrainConfig):
+    import torch
+
+    params = model.parameters()
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
+    import torch
+
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, (2 * total) // 3), gamma=0.1)
+    return None
+
+
+@dataclass
+class TrainResult:
+    model: object  # best-epoch weights loaded, in eval mode, on CPU
+    history: list  # one dict per epoch
+    best_epoch: int
+    val_accuracy: float
+    test_accuracy: float
+    seconds: float  # wall time of the epochs (training + validation), excluding the final test pass
+    device: str
+
+
+def train(model, splits: Splits, cfg: TrainConfig, progress=None) -> TrainResult:
+    """Train ``model``; return it with the weights of the best validation epoch.
+
+    ``progress`` is an optional rich ``Progress``; each epoch is a task on it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model = model.to(device)
+    x_train, y_train = splits.train_x.to(device), splits.train_y.to(device)
+    background = (0.0 - splits.mean) / splits.std
+    n = len(x_train)
+    steps = math.ceil(n / cfg.batch_size)
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg, steps)
+
+    history, best, best_state = [], (-1.0, 0), None
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum, correct = 0.0, 0
+        task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps) if progress else None
+        for i in range(steps):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if cfg.augment:
+                xb = augment(xb, background, gen)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            if progress:
+                progress.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {float(loss.detach()):.4f}")
+        if progress:
+            progress.remove_task(task)
+        val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, device=device)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / n,
+            "train_accuracy": correct / n,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+        }
+        history.append(row)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  (%.0f s)",
+            epoch, cfg.epochs, row["train_loss"], 100 * row["train_accuracy"], val_loss, 100 * val_acc, row["seconds"],
+        )
+        if val_acc > best[0]:
+            best = (val_acc, epoch)
+            best_state = copy.deepcopy(model.state_dict())
+    seconds = time.perf_counter() - start
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    _, test_acc, _ = evaluate(model, splits.test_x, splits.test_y)
+    log.info("kept epoch %d (val %.2f%%); test accuracy %.2f%%", best[1], 100 * best[0], 100 * test_acc)
+    return TrainResult(model, history, best[1], best[0], test_acc, seconds, str(device))

@@ -1,0 +1,87 @@
+"""Validate stage: accuracy parity on the full test set and latency, for every variant.
+
+Running is kept apart from judging (Polygraphy's Comparator habit):
+:func:`run_logits` produces logits, :func:`compare` turns them into figures,
+:func:`check_parity` collects every broken tolerance and raises once.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+
+from runtime.base import BaseRunner
+from runtime.bench import measure
+
+from .config import ValidateConfig
+from .errors import ParityError
+from .variants import Variant
+
+log = logging.getLogger(__name__)
+INPUT, OUTPUT = "input", "logits"
+
+
+def run_logits(runner: BaseRunner, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Logits for ``images`` (N, 1, 28, 28 float32), in batches; float32 (N, 10)."""
+    outs = [runner.infer({INPUT: images[i : i + batch_size]})[OUTPUT] for i in range(0, len(images), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy (fraction), agreement of argmax with the reference (fraction), max |logit diff|,
+    accuracy delta vs the reference (percentage points) and the test indices whose prediction flips."""
+    pred, ref_pred = logits.argmax(1), reference.argmax(1)
+    acc, ref_acc = float((pred == labels).mean()), float((ref_pred == labels).mean())
+    return {
+        "accuracy": acc,
+        "agreement": float((pred == ref_pred).mean()),
+        "max_abs_diff": float(np.abs(logits - reference).max()),
+        "accuracy_delta": round(100 * (acc - ref_acc), 4),
+        "flips": np.flatnonzero(pred != ref_pred).tolist(),
+    }
+
+
+def latency(runner: BaseRunner, images: np.ndarray, cfg: ValidateConfig) -> dict:
+    """``{"<batch>": stats}`` for every batch size in ``cfg.batches``."""
+    out = {}
+    for b in cfg.batches:
+        reps = -(-b // len(images))
+        batch = np.ascontiguousarray(np.concatenate([images] * reps)[:b]) if reps > 1 else np.ascontiguousarray(images[:b])
+        feed = {INPUT: batch}
+        stats = measure(lambda: runner.infer(feed), b, warmup=cfg.warmup, iterations=cfg.iterations,
+                        max_seconds=cfg.max_seconds, sync=runner.synchronize)
+        if stats.noisy:
+            log.warning("%s batch %d: latency varies a lot (CV %.2f); the machine may be busy", runner.name, b, stats.cv)
+        out[str(b)] = stats.as_dict()
+    return out
+
+
+def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], images, labels,
+                     reference: np.ndarray | None, cfg: ValidateConfig) -> dict:
+    """All figures for one variant; ``reference`` None means this variant is the reference."""
+    with make_runner() as runner:
+        logits = run_logits(runner, images)
+        figures = compare(logits, logits if reference is None else reference, labels)
+        lat = latency(runner, images, cfg)
+    row = {"name": variant.name, "backend": variant.backend, "provider": variant.provider,
+           "precision": variant.precision, **figures, "latency": lat}
+    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %.2e  p50@1 %.3f ms  %.0f img/s @%s",
+             variant.name, 100 * figures["accuracy"], figures["agreement"], figures["max_abs_diff"],
+             lat[str(cfg.batches[0])]["p50_ms"], lat[str(cfg.batches[-1])]["throughput_per_s"], cfg.batches[-1])
+    return row, logits
+
+
+def check_parity(rows: list[dict], variants: dict[str, Variant]) -> None:
+    """Raise one :class:`ParityError` listing every variant that broke its tolerance."""
+    bad = []
+    for row in rows:
+        v = variants.get(row["name"])
+        if v is None or v.atol is None:
+            continue
+        if row["agreement"] < 1.0 or row["max_abs_diff"] > v.atol:
+            bad.append(f"{row['name']}: agreement {row['agreement']:.4f} (needs 1.0), "
+                       f"max |logit diff| {row['max_abs_diff']:.2e} (needs <= {v.atol:g})")
+    if bad:
+        raise ParityError("FP32 parity with PyTorch is broken: " + "; ".join(bad) +
+                          ". The report was still written so you can inspect it.")

@@ -1,0 +1,86 @@
+"""onnxruntime runner: CPU or CUDA execution provider behind the common interface."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .base import BaseRunner
+from .errors import BackendUnavailable, RuntimeInputError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable(
+            "onnxruntime is not installed: `pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu` (CUDA), not both."
+        ) from None
+    return onnxruntime
+
+
+class OnnxrtRunner(BaseRunner):
+    """Runs an ONNX file with one onnxruntime execution provider.
+
+    ``threads`` sets intra-op threads (0 = onnxruntime's default: one per
+    physical core). Graph optimizations are left at onnxruntime's default
+    (all), as an app embedding the model would have them.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0) -> None:
+        super().__init__()
+        if provider not in PROVIDERS:
+            raise RuntimeInputError(f"provider must be one of {', '.join(PROVIDERS)}, got '{provider}'.")
+        self.path = Path(path)
+        self.provider = provider
+        self.threads = threads
+        self.name = f"onnxruntime-{provider}:{self.path.name}"
+        self.session = None
+
+    def activate_impl(self) -> None:
+        ort = _ort()
+        if not self.path.is_file():
+            raise RuntimeInputError(f"ONNX model {self.path} does not exist.")
+        wanted = PROVIDERS[self.provider]
+        if wanted not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"onnxruntime has no {wanted} here (available: {', '.join(ort.get_available_providers())}). "
+                "For CUDA install onnxruntime-gpu instead of onnxruntime and make sure a GPU is visible."
+            )
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=[wanted])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
+            raise RuntimeInputError(f"onnxruntime could not load {self.path}: {str(e).strip()[:300]}") from None
+        if self.session.get_providers()[0] != wanted:
+            raise BackendUnavailable(f"onnxruntime fell back from {wanted} to {self.session.get_providers()[0]}.")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def input_shape(self) -> list:
+        return list(self.session.get_inputs()[0].shape)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def metadata_props(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, dict(feed))
+        return dict(zip(self.output_names, outs))
+
+    def deactivate_impl(self) -> None:
+        self.session = None

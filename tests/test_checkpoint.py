@@ -1,0 +1,70 @@
+import io
+import pickle
+
+import pytest
+import torch
+
+from pipeline import checkpoint, models
+from pipeline.errors import PipelineError
+
+PWNED = []
+
+
+class Exploit:
+    """Unpickling this would run code; a weights_only load must refuse it."""
+
+    def __reduce__(self):
+        return (PWNED.append, ("ran",))
+
+
+def _payload():
+    return {"model": "lenet5", "state_dict": models.build("lenet5").state_dict(),
+            "normalization": {"mean": [0.13], "std": [0.31]}, "classes": [str(i) for i in range(10)],
+            "input": {"name": "input", "shape": [1, 28, 28]}, "train_config": {"epochs": 1}}
+
+
+def test_roundtrip_restores_identical_weights(tmp_path):
+    p = checkpoint.save(tmp_path / "m.pt", _payload())
+    ckpt = checkpoint.load(p)
+    m = checkpoint.restore(ckpt)
+    x = torch.randn(2, 1, 28, 28)
+    ref = models.build("lenet5")
+    ref.load_state_dict(_payload()["state_dict"])
+    assert ckpt["format"] == checkpoint.FORMAT and m(x).shape == (2, 10)
+
+
+def test_code_running_pickle_is_refused_never_executed(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "payload": Exploit()}, p)
+    with pytest.raises(PipelineError, match="Refused to load"):
+        checkpoint.load(p)
+    assert PWNED == []
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
+def test_corrupted_files_are_reported(tmp_path, content):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(content)
+    with pytest.raises(PipelineError, match="corrupted or not a PyTorch file"):
+        checkpoint.load(p)
+
+
+def test_truncated_real_checkpoint_is_reported(tmp_path):
+    p = checkpoint.save(tmp_path / "m.pt", _payload())
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(PipelineError, match="corrupted"):
+        checkpoint.load(p)
+
+
+def test_foreign_checkpoint_is_reported(tmp_path):
+    p = tmp_path / "foreign.pt"
+    torch.save(models.build("lenet5").state_dict(), p)  # a bare state_dict from another tool
+    with pytest.raises(PipelineError, match="not written by this pipeline"):
+        checkpoint.load(p)
+
+
+def test_weights_for_another_architecture_are_reported(tmp_path):
+    payload = _payload() | {"model": "mlp"}
+    p = checkpoint.save(tmp_path / "m.pt", payload)
+    with pytest.raises(PipelineError, match="do not fit model 'mlp'"):
+        checkpoint.restore(checkpoint.load(p))
