@@ -14,7 +14,8 @@ from typing import Optional
 
 import typer
 
-from .config import DataConfig, ExportConfig, RunConfig, TrainConfig, ValidateConfig, default_data_root
+from .config import (DataConfig, ExportConfig, QuantConfig, RunConfig, TrainConfig, ValidateConfig,
+                     default_data_root)
 from .errors import PipelineError
 
 app = typer.Typer(
@@ -65,7 +66,7 @@ def guarded(fn):
     return wrapper
 
 
-STAGE_HELP = "Stage to run up to: data, train, export, validate, or all (= every stage)."
+STAGE_HELP = "Stage to run up to: data, train, export, quantize, validate, or all (= every stage)."
 
 
 @app.command()
@@ -88,6 +89,11 @@ def run(
     seed: Optional[int] = typer.Option(None, help="Training seed [default: 0]."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda [default: auto]."),
     val_size: Optional[int] = typer.Option(None, help="Validation images held out of the 60,000 training images [default: 5000]."),
+    quant: str = typer.Option("both", "--quant", help="INT8 variants: none | ptq | qat | both."),
+    calib_size: Optional[int] = typer.Option(None, help="PTQ calibration images from the training split [default: 512]."),
+    calib_method: str = typer.Option("minmax", help="PTQ calibration: minmax | entropy | percentile."),
+    qat_epochs: Optional[int] = typer.Option(None, help="QAT fine-tuning epochs [default: 1]."),
+    qat_lr: float = typer.Option(1e-4, help="QAT fine-tuning learning rate."),
     threads: int = typer.Option(0, help="Intra-op threads for training and timing (0 = all cores)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -104,6 +110,8 @@ def run(
                              weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
                              augment=augment, seed=seed, device=device),
         val_size=val_size,
+        quant_overrides=dict(mode=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
+                             qat_lr=qat_lr),
     )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -116,7 +124,8 @@ def run(
 
 
 def build_config(*, model: str, artifacts: Path, data_root: Optional[Path], force: bool, quick: bool,
-                 threads: int = 0, train_overrides: dict | None = None, val_size: Optional[int] = None) -> RunConfig:
+                 threads: int = 0, train_overrides: dict | None = None, val_size: Optional[int] = None,
+                 quant_overrides: dict | None = None) -> RunConfig:
     """Defaults, then --quick's budget, then explicit options (explicit always wins)."""
     data = DataConfig(root=data_root or default_data_root())
     train = TrainConfig(threads=threads)
@@ -124,14 +133,18 @@ def build_config(*, model: str, artifacts: Path, data_root: Optional[Path], forc
     if quick:
         data = replace(data, val_size=1000, max_train=4000)
         train = replace(train, epochs=2)
-        validate = replace(validate, warmup=3, iterations=20, max_seconds=0.25)
+        validate = replace(validate, warmup=3, iterations=20, max_seconds=0.1)
+        quant_cfg = dict(calib_size=128, qat_max_images=1024, sqnr_images=64)
+    else:
+        quant_cfg = {}
     if val_size is not None:
         data = replace(data, val_size=val_size)
     explicit = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     if explicit:
         train = replace(train, **explicit)
+    quant_cfg.update({k: v for k, v in (quant_overrides or {}).items() if v is not None})
     return RunConfig(model=model, artifacts=artifacts, data=data, train=train, export=ExportConfig(),
-                     validate=validate, force=force, quick=quick)
+                     validate=validate, quant=QuantConfig(**quant_cfg), force=force, quick=quick)
 
 
 @app.command("models")
@@ -151,6 +164,24 @@ def list_models() -> None:
     from rich.console import Console
 
     Console().print(table)
+
+
+@app.command("check-qdq")
+@guarded
+def check_qdq_cmd(model: Path = typer.Argument(..., help="An INT8 QDQ .onnx file.")) -> None:
+    """Check an INT8 ONNX file against the explicit-quantization rules TensorRT 10 and 11 need."""
+    from exporters.qdq import RULES, QDQCheckError, check_qdq, format_report
+
+    try:
+        violations = check_qdq(model)
+    except QDQCheckError as e:
+        raise PipelineError(str(e)) from None
+    if violations:
+        _console().print(format_report(violations, model), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    from rich.console import Console
+
+    Console().print(f"{model}: conforms to all {len(RULES)} QDQ rules (" + "; ".join(RULES) + ")", highlight=False)
 
 
 def main() -> None:

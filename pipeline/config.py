@@ -112,5 +112,43 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    quant: "QuantConfig" = field(default_factory=lambda: QuantConfig())
     force: bool = False
     quick: bool = False
+
+
+QUANT_MODES = ("none", "ptq", "qat", "both")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    mode: str = "both"  # none | ptq | qat | both
+    calib_size: int = 512  # training-split images used to calibrate PTQ (never test images)
+    calib_method: str = "minmax"  # minmax | entropy | percentile (onnxruntime's calibrators)
+    calib_seed: int = 0
+    qat_epochs: int = 1  # fine-tuning epochs with fake quantization, from the FP32 checkpoint
+    qat_lr: float = 1e-4  # low, constant-then-cosine learning rate for QAT fine-tuning
+    qat_max_images: int = 0  # cap on training images per QAT epoch (0 = whole split)
+    cpu_variant: bool = True  # also write onnx-int8-cpu (uint8 activations, fused by onnxruntime CPU)
+    sqnr_images: int = 256  # calibration images used to measure per-layer SQNR
+
+    def __post_init__(self):
+        _check(self.mode in QUANT_MODES, f"--quant must be one of {', '.join(QUANT_MODES)}; got '{self.mode}'.")
+        _check(self.calib_method in CALIB_METHODS,
+               f"--calib-method must be one of {', '.join(CALIB_METHODS)}; got '{self.calib_method}'.")
+        _check(self.calib_size >= 1, f"--calib-size must be at least 1, got {self.calib_size}.")
+        _check(self.qat_epochs >= 1, f"--qat-epochs must be at least 1, got {self.qat_epochs}.")
+        _check(0 < self.qat_lr < 1, f"--qat-lr must be in (0, 1), got {self.qat_lr}.")
+
+    def builds(self, switch: str | None) -> bool:
+        """Whether this config builds the variant tagged ``switch`` (ptq | qat | cpu | None)."""
+        return {None: True, "ptq": self.ptq, "qat": self.qat, "cpu": self.cpu_variant and self.mode != "none"}[switch]
+
+    @property
+    def ptq(self) -> bool:
+        return self.mode in ("ptq", "both")
+
+    @property
+    def qat(self) -> bool:
+        return self.mode in ("qat", "both")

@@ -116,8 +116,13 @@ class RunDir:
         return self.root / "export" / "golden.npz"
 
     # quantize stage
-    def quant_dir(self) -> Path:
-        return self.root / "quantize"
+    @property
+    def sqnr_json(self) -> Path:
+        return self.root / "quantize" / "sqnr.json"
+
+    @property
+    def sqnr_png(self) -> Path:
+        return self.root / "quantize" / "sqnr.png"
 
     # validate / report
     @property

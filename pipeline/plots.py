@@ -58,3 +58,25 @@ def training_curves(history: list[dict], path: Path, best_epoch: int) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def sqnr(per_variant: dict[str, list[dict]], path: Path) -> Path:
+    """Per-layer SQNR (dB) of each INT8 variant against FP32; lower bars lose more accuracy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    names = list(per_variant)
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        rows = per_variant[name]
+        xs = [r["layer"] + i * width for r in rows]
+        ax.bar(xs, [r["sqnr_db"] for r in rows], width=width, label=name)
+    if names:
+        rows = per_variant[names[0]]
+        ax.set_xticks([r["layer"] + 0.4 - width / 2 for r in rows])
+        ax.set_xticklabels([f"{r['layer']}:{r['op']}" for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("SQNR vs FP32 (dB)")
+    ax.set_title("Per-layer quantization error (cumulative; higher is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -63,8 +63,24 @@ def render_markdown(report: dict) -> str:
         lines += ["", "Speed relative to torch eager, measured in the same run: " + "; ".join(
             f"`{k}` {r['throughput_ratio']:.1f}x throughput at batch {big}, p50 {r['p50_ratio']:.1f}x lower at batch {small}"
             for k, r in ratios.items()) + "."]
-    for s in report.get("skipped", []):
-        lines.append(f"- skipped `{s['name']}`: {s['reason']}")
+    budgets = [(v["name"], v["accuracy_delta"], v["budget_pp"]) for v in report["variants"] if v.get("budget_pp") is not None]
+    if budgets:
+        lines += ["", "Accuracy budgets (drop vs `torch-fp32`, percentage points): " + "; ".join(
+            f"`{n}` {d:+.2f} pp vs budget -{b:.2f} ({'within' if d >= -b - 1e-9 else 'OVER'})" for n, d, b in budgets) + "."]
+    if report.get("skipped"):
+        lines += ["", "Skipped variants:"] + [f"- `{s['name']}`: {s['reason']}" for s in report["skipped"]]
+    q = report.get("quantization")
+    if q and q.get("variants"):
+        names = list(q["variants"])
+        lines += ["", "## Per-layer quantization error", "",
+                  f"SQNR (dB) of each compute layer's output against the FP32 model, on {q['images']} images from the "
+                  "training split; cumulative, so a sharp drop marks the layer that costs accuracy. "
+                  "QAT also moves the weights, so its SQNR against the original FP32 model is lower by design.", "",
+                  "| layer | op | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|---|" + "---|" * len(names)]
+        first = q["variants"][names[0]]
+        for i, row in enumerate(first):
+            cells = [f"{q['variants'][n][i]['sqnr_db']:.1f}" if i < len(q["variants"][n]) else "-" for n in names]
+            lines.append(f"| {row['layer']} | {row['op']} | " + " | ".join(cells) + " |")
     env = report["environment"]
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
     lines += ["", f"Timing method: {METHOD}.", ""]

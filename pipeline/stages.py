@@ -1,6 +1,8 @@
 """The stages of ``pipeline run`` and the bookkeeping that lets a rerun skip finished ones.
 
-Data flows one way: data -> train -> export -> validate. Each stage reads the
+Data flows one way: data -> train -> export -> quantize -> validate. Export comes
+before quantize because PTQ and the CPU INT8 variant quantize the FP32 ONNX file
+(onnxruntime's calibrators work on ONNX); QAT reads the checkpoint. Each stage reads the
 previous stages' artifacts by path (through :class:`RunDir`) and writes its
 own. A stage is skipped when its *key* (a hash of its config and the SHA-256
 of the files it reads) matches the one recorded in ``stages.json`` and every
@@ -21,6 +23,7 @@ from . import checkpoint, models
 from .config import RunConfig, stamp
 from .errors import PipelineError
 from .layout import RunDir, check_writable, sha256_file, write_json
+from .variants import BY_NAME, VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +120,9 @@ def _export_key(ctx: Context) -> dict:
 def _export_run(ctx: Context) -> list[Path]:
     import numpy as np
 
-    from exporters.onnx import ExportError, build_metadata, export_fp32
+    from exporters.onnx import ExportError, build_metadata, export_fp16, export_fp32
 
     from .layout import atomic_path
-    from .variants import BY_NAME
 
     ckpt = checkpoint.load(ctx.rd.checkpoint)
     model = checkpoint.restore(ckpt)
@@ -134,6 +136,9 @@ def _export_run(ctx: Context) -> list[Path]:
                             "torch.export (no data-dependent Python control flow).") from None
     log.info("export: %s (%s bytes), opset %d, dynamic batch, metadata embedded", onnx_path,
              f"{onnx_path.stat().st_size:,}", ctx.cfg.export.opset)
+    fp16_path = export_fp16(onnx_path, ctx.rd.export_file(BY_NAME["onnx-fp16"].file), {**meta, "precision": "fp16"})
+    log.info("export: %s (%s bytes), FP16 weights and compute, FP32 input/output", fp16_path,
+             f"{fp16_path.stat().st_size:,}")
     # Golden reference: PyTorch's logits for the first test images (llm.c's habit).
     import torch
 
@@ -144,14 +149,71 @@ def _export_run(ctx: Context) -> list[Path]:
     with atomic_path(ctx.rd.golden) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, input=x.numpy(), logits=logits, labels=ctx.splits.test_y[:n].numpy())
-    return [onnx_path, ctx.rd.golden]
+    return [onnx_path, fp16_path, ctx.rd.golden]
+
+
+# ---------------------------------------------------------------- quantize
+def _quantize_key(ctx: Context) -> dict:
+    return {"data": ctx.sha(ctx.rd.data_summary), "checkpoint": ctx.sha(ctx.rd.checkpoint),
+            "fp32": ctx.sha(ctx.rd.export_file(BY_NAME["onnx-fp32"].file)), "quant": stamp(ctx.cfg.quant),
+            "opset": ctx.cfg.export.opset}
+
+
+def _quantize_run(ctx: Context) -> list[Path]:
+    from . import plots, quantize
+
+    q = ctx.cfg.quant
+    if q.mode == "none":
+        log.info("quantize: --quant none, no INT8 variants")
+        return []
+    fp32 = ctx.rd.export_file(BY_NAME["onnx-fp32"].file)
+    ckpt = checkpoint.load(ctx.rd.checkpoint)
+    norm = ckpt["normalization"]
+    from exporters.onnx import build_metadata
+
+    def meta(method: str) -> dict:
+        return build_metadata(model_name=ckpt["model"], mean=norm["mean"], std=norm["std"], classes=ckpt["classes"],
+                              checkpoint_sha256=ctx.sha(ctx.rd.checkpoint), precision="int8",
+                              extra={"quantization": method})
+
+    calib = quantize.calibration_images(ctx.splits.train_x, q)
+    outputs, sqnr = [], {}
+    if q.ptq:
+        path = quantize.ptq(fp32, ctx.rd.export_file(BY_NAME["onnx-int8-ptq"].file), calib, q,
+                            meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
+        outputs.append(path)
+        log.info("quantize: PTQ (%s, %d calibration images) -> %s (%s bytes)", q.calib_method, q.calib_size, path,
+                 f"{path.stat().st_size:,}")
+    if q.qat:
+        model = checkpoint.restore(ckpt)
+        path = quantize.qat(model, ctx.splits, q, ctx.rd.export_file(BY_NAME["onnx-int8-qat"].file),
+                            meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}"), ctx.cfg.export.opset,
+                            progress=ctx.progress)
+        outputs.append(path)
+        log.info("quantize: QAT (%d epoch(s), lr %g) -> %s (%s bytes)", q.qat_epochs, q.qat_lr, path,
+                 f"{path.stat().st_size:,}")
+    if q.cpu_variant:
+        path = quantize.cpu_int8(fp32, ctx.rd.export_file(BY_NAME["onnx-int8-cpu"].file), calib, q,
+                                 meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
+        outputs.append(path)
+        log.info("quantize: CPU INT8 (uint8 activations) -> %s (%s bytes)", path, f"{path.stat().st_size:,}")
+    probe = calib[: q.sqnr_images]
+    for p in outputs:
+        name = next(v.name for v in VARIANTS if v.file == p.name)
+        sqnr[name] = quantize.per_layer_sqnr(fp32, p, probe)
+        worst = min(sqnr[name], key=lambda r: r["sqnr_db"])
+        log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", name,
+                 " ".join(f"{r['sqnr_db']:.1f}" for r in sqnr[name]), worst["layer"], worst["op"])
+    outputs.append(write_json(ctx.rd.sqnr_json, {"images": len(probe), "source": "training split (calibration set)",
+                                                 "variants": sqnr}))
+    outputs.append(plots.sqnr(sqnr, ctx.rd.sqnr_png))
+    return outputs
 
 
 # ---------------------------------------------------------------- validate
 def _validate_key(ctx: Context) -> dict:
-    from .variants import VARIANTS
-
-    files = {v.name: ctx.sha(ctx.rd.export_file(v.file)) for v in VARIANTS if v.file}
+    files = {v.name: ctx.sha(ctx.rd.export_file(v.file)) for v in VARIANTS
+             if v.file and ctx.cfg.quant.builds(v.quant) and ctx.rd.export_file(v.file).is_file()}
     return {"checkpoint": ctx.sha(ctx.rd.checkpoint), "files": files, "validate": stamp(ctx.cfg.validate)}
 
 
@@ -163,8 +225,7 @@ def _validate_run(ctx: Context) -> list[Path]:
 
     from . import environment, report
     from .torch_runner import TorchRunner
-    from .validate import check_parity, validate_variant
-    from .variants import VARIANTS
+    from .validate import check_parity, over_budget, validate_variant
 
     vcfg = ctx.cfg.validate
     if vcfg.threads:
@@ -175,8 +236,13 @@ def _validate_run(ctx: Context) -> list[Path]:
     labels = ctx.splits.test_y.numpy()
     _check_golden(ctx, model)
 
-    rows, reference = [], None
+    rows, reference, skipped = [], None, []
     for v in VARIANTS:
+        if not ctx.cfg.quant.builds(v.quant):
+            skipped.append({"name": v.name, "reason": f"not built with --quant {ctx.cfg.quant.mode}"})
+            continue
+        if v.file and not ctx.rd.export_file(v.file).is_file():
+            raise PipelineError(f"{ctx.rd.export_file(v.file)} is missing; rerun with --force.")
         if v.backend == "torch":
             make = lambda: TorchRunner(model)  # noqa: E731
         else:
@@ -208,15 +274,25 @@ def _validate_run(ctx: Context) -> list[Path]:
                   "config": ckpt["train_config"]},
         "variants": rows,
         "speedup_vs_torch": speed,
-        "skipped": [],
+        "skipped": skipped,
+        "quantization": _read_json(ctx.rd.sqnr_json),
         "quick": ctx.cfg.quick,
         "environment": environment.capture(vcfg.threads),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     report.write(rep, ctx.rd.report_json, ctx.rd.report_md)
     log.info("report: %s and %s", ctx.rd.report_json, ctx.rd.report_md)
-    check_parity(rows, {v.name: v for v in VARIANTS})
+    for msg in over_budget(rows):
+        log.warning("accuracy budget: %s", msg)
+    check_parity(rows, BY_NAME)
     return [ctx.rd.report_json, ctx.rd.report_md]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _check_golden(ctx: Context, model) -> None:
@@ -248,6 +324,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("data", _data_key, _data_run, "MNIST via torchvision, validation split, sample grid"),
     Stage("train", _train_key, _train_run, "train, keep best validation epoch, checkpoint + curves"),
     Stage("export", _export_key, _export_run, "FP32 ONNX with metadata + golden logits"),
+    Stage("quantize", _quantize_key, _quantize_run, "INT8 QDQ ONNX by PTQ and QAT (+ CPU INT8), per-layer SQNR"),
     Stage("validate", _validate_key, _validate_run, "accuracy parity on 10,000 test images, latency, report"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

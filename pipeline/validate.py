@@ -65,11 +65,17 @@ def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], im
         figures = compare(logits, logits if reference is None else reference, labels)
         lat = latency(runner, images, cfg)
     row = {"name": variant.name, "backend": variant.backend, "provider": variant.provider,
-           "precision": variant.precision, **figures, "latency": lat}
+           "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat}
     log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %.2e  p50@1 %.3f ms  %.0f img/s @%s",
              variant.name, 100 * figures["accuracy"], figures["agreement"], figures["max_abs_diff"],
              lat[str(cfg.batches[0])]["p50_ms"], lat[str(cfg.batches[-1])]["throughput_per_s"], cfg.batches[-1])
     return row, logits
+
+
+def over_budget(rows: list[dict]) -> list[str]:
+    """Variants whose accuracy dropped more than their budget (reported as a warning, not a failure)."""
+    return [f"{r['name']} dropped {-r['accuracy_delta']:.2f} pp (budget {r['budget_pp']:.2f})" for r in rows
+            if r.get("budget_pp") is not None and r["accuracy_delta"] < -r["budget_pp"] - 1e-9]
 
 
 def check_parity(rows: list[dict], variants: dict[str, Variant]) -> None:
