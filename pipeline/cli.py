@@ -120,7 +120,7 @@ def run(
         stages.run(cfg, until=until, progress=progress)
     rd = stages.RunDir.for_model(cfg.artifacts, cfg.model)
     if until == "validate":
-        _console().print(f"[green]done:[/] report at {rd.report_md} and {rd.report_json}")
+        _console().print(f"[green]done:[/] report at {rd.report_md}, {rd.report_html} and {rd.report_json}")
 
 
 def build_config(*, model: str, artifacts: Path, data_root: Optional[Path], force: bool, quick: bool,
@@ -166,6 +166,26 @@ def list_models() -> None:
     Console().print(table)
 
 
+@app.command()
+@guarded
+def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"), help="A run folder holding report.json.")) -> None:
+    """Rebuild report.md, report.html and the figures from report.json alone."""
+    import json
+
+    from . import report as report_mod
+
+    path = run_dir / "report.json"
+    try:
+        data = json.loads(path.read_text())
+        data["variants"], data["train"], data["model"]  # noqa: B018 (the minimal schema)
+    except FileNotFoundError:
+        raise PipelineError(f"{path} does not exist; run `pipeline run all` first.") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise PipelineError(f"{path} is not a pipeline report ({type(e).__name__}: {e}).") from None
+    written = report_mod.write_all(data, run_dir)
+    _console().print(f"[green]rebuilt:[/] {', '.join(str(p) for p in written[1:3])} and {len(written) - 3} figures")
+
+
 @app.command("check-qdq")
 @guarded
 def check_qdq_cmd(model: Path = typer.Argument(..., help="An INT8 QDQ .onnx file.")) -> None:
@@ -182,6 +202,80 @@ def check_qdq_cmd(model: Path = typer.Argument(..., help="An INT8 QDQ .onnx file
     from rich.console import Console
 
     Console().print(f"{model}: conforms to all {len(RULES)} QDQ rules (" + "; ".join(RULES) + ")", highlight=False)
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise PipelineError(f"{what} must be comma-separated positive integers, got '{text}'.")
+    return values
+
+
+@app.command()
+@guarded
+def bench(
+    model: Path = typer.Argument(..., help="Any ONNX image classifier."),
+    batches: str = typer.Option("1,8,64,256", "--batch", help="Comma-separated batch sizes to sweep."),
+    warmup: int = typer.Option(10, help="Untimed calls before timing each batch size."),
+    warmup_seconds: float = typer.Option(0.5, help="...and keep warming up until this many seconds passed."),
+    iterations: int = typer.Option(300, help="Timed calls per batch size (at most)."),
+    duration: float = typer.Option(3.0, help="Stop timing a batch size after this many seconds (at least 10 calls)."),
+    threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = its default, one per core)."),
+    provider: str = typer.Option("cpu", help="cpu | cuda (needs onnxruntime-gpu and a GPU)."),
+    shape: Optional[str] = typer.Option(None, help="Per-image input shape, e.g. 1,28,28, when the model does not say."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
+) -> None:
+    """Latency percentiles and throughput of an ONNX model over a batch sweep, on onnxruntime."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from runtime.bench import METHOD, NOISY_CV, image_shape_of, sweep
+    from runtime.onnxrt import OnnxrtRunner
+
+    from . import efficiency, environment
+    from .layout import write_json
+
+    sizes = _ints(batches, "--batch")
+    if iterations < 1 or warmup < 0 or duration <= 0:
+        raise PipelineError("--iterations must be >= 1, --warmup >= 0 and --duration > 0.")
+    override = _ints(shape, "--shape") if shape else None
+    with OnnxrtRunner(model, provider=provider, threads=threads) as runner:
+        image_shape = image_shape_of(runner, override)
+        results = sweep(runner, sizes, image_shape, warmup=warmup, warmup_seconds=warmup_seconds,
+                        iterations=iterations, max_seconds=duration)
+    try:
+        macs = efficiency.onnx_macs_per_image(model, image_shape)
+    except Exception:  # shape inference can fail on exotic graphs; efficiency is then omitted
+        macs = None
+    peak = efficiency.peak_gflops() if macs and provider == "cpu" else None
+    table = Table(title=f"{model.name} on onnxruntime-{provider}, input {('N', *image_shape)}")
+    for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "CV", "images/s", "GFLOP/s"):
+        table.add_column(col, justify="right")
+    rows = []
+    for b, st in results.items():
+        eff = efficiency.achieved(macs, st.throughput_per_s, peak) if macs else {}
+        rows.append({**st.as_dict(), **eff})
+        table.add_row(str(b), f"{st.p50_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.p99_ms:.3f}", f"{st.mean_ms:.3f}",
+                      f"{st.std_ms:.3f}", f"{st.cv:.2f}" + (" !" if st.noisy else ""), f"{st.throughput_per_s:,.0f}",
+                      f"{eff['gflops']:.1f}" if eff else "-")
+    out = Console()
+    out.print(table)
+    if macs:
+        out.print(f"MACs per image: {macs:,} (from the ONNX graph). CPU peak: "
+                  + (f"{peak:.0f} GFLOP/s ({efficiency.PEAK_METHOD}); at batch {sizes[-1]} the model reaches "
+                     f"{100 * rows[-1]['fraction_of_peak']:.1f} % of it." if peak else "not measured for GPU providers."))
+    if any(st.noisy for st in results.values()):
+        out.print(f"[yellow]warning:[/] rows marked ! have a coefficient of variation above {NOISY_CV}: the machine "
+                  "is too noisy to trust small differences; close other programs and rerun.")
+    out.print(f"Timing method: {METHOD}; warm-up {warmup} calls and {warmup_seconds} s; up to {iterations} calls or "
+              f"{duration} s per batch size.", highlight=False)
+    if json_out:
+        write_json(json_out, {"model": str(model), "provider": provider, "image_shape": list(image_shape),
+                              "macs_per_image": macs, "peak_gflops": peak, "peak_method": efficiency.PEAK_METHOD,
+                              "method": METHOD, "results": rows, "environment": environment.capture(threads)})
 
 
 def main() -> None:

@@ -89,10 +89,10 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    batches: tuple[int, ...] = (1, 256)  # batch sizes timed
+    batches: tuple[int, ...] = (1, 8, 64, 256)  # batch sizes timed (first and last appear in the summary)
     warmup: int = 10  # untimed runs before timing
     iterations: int = 200  # timed runs per batch size (at most)
-    max_seconds: float = 2.0  # stop timing a batch size after this long (at least 10 runs)
+    max_seconds: float = 1.5  # stop timing a batch size after this long (at least 10 runs)
     atol: float = 1e-4  # FP32 parity: max |logit difference| allowed
     threads: int = 0  # intra-op threads for both torch and onnxruntime; 0 = all cores
     fail_on_parity: bool = True

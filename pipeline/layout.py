@@ -134,6 +134,10 @@ class RunDir:
         return self.root / "report.md"
 
     @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
     def stages(self) -> Path:
         """Record of finished stages: their config hash and output hashes."""
         return self.root / "stages.json"

@@ -80,3 +80,66 @@ def sqnr(per_variant: dict[str, list[dict]], path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def latency_vs_batch(variants: list[dict], path: Path) -> Path:
+    """Median latency per image (ms) against batch size, one line per variant (log-log)."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for v in variants:
+        lat = sorted(((int(b), s) for b, s in v.get("latency", {}).items()), key=lambda t: t[0])
+        if not lat:
+            continue
+        bs = [b for b, _ in lat]
+        ax1.plot(bs, [s["p50_ms"] for _, s in lat], "o-", label=v["name"])
+        ax2.plot(bs, [s["throughput_per_s"] for _, s in lat], "o-", label=v["name"])
+    for ax, label in ((ax1, "p50 latency per call (ms)"), (ax2, "throughput (images/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_per_variant(variants: list[dict], path: Path) -> Path:
+    """Test accuracy (%) of each variant, zoomed to where the differences are."""
+    plt = _plt()
+    names = [v["name"] for v in variants]
+    accs = [100 * v["accuracy"] for v in variants]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    bars = ax.bar(names, accs, color="#4c78a8")
+    for bar, a in zip(bars, accs):
+        ax.text(bar.get_x() + bar.get_width() / 2, a, f"{a:.2f}", ha="center", va="bottom", fontsize=8)
+    lo = min(accs) if accs else 0
+    ax.set_ylim(max(0, lo - 0.5), min(100, max(accs, default=100) + 0.2))
+    ax.set_ylabel("test accuracy (%), 10,000 images")
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion(matrix: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
+    """Confusion matrix (rows: true label, columns: predicted), counts annotated off the diagonal."""
+    import numpy as np
+
+    plt = _plt()
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    im = ax.imshow(np.log1p(m), cmap="Blues")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if i == j else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    return _save(fig, path)

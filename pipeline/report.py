@@ -90,3 +90,98 @@ def render_markdown(report: dict) -> str:
 def write(report: dict, json_path: Path, md_path: Path) -> None:
     write_json(json_path, report)
     atomic_write(md_path, render_markdown(report))
+
+
+def shipped_variant(variants: list[dict]) -> str:
+    """The variant we would ship: the smallest file whose accuracy stays within its budget.
+
+    FP32 ONNX (exact parity) is the fallback; the torch reference is never shipped.
+    """
+    ok = [v for v in variants if v["backend"] != "torch" and
+          (v.get("budget_pp") is None and v["precision"] == "fp32"
+           or v.get("budget_pp") is not None and v["accuracy_delta"] >= -v["budget_pp"] - 1e-9)]
+    return min(ok, key=lambda v: v.get("size_bytes") or 0)["name"] if ok else "onnx-fp32"
+
+
+def figures(report: dict, folder: Path) -> dict[str, Path]:
+    """Draw every figure of the report from the JSON alone; return title -> PNG path."""
+    from . import plots
+
+    figs = {}
+    variants = report["variants"]
+    figs["Latency and throughput by batch size"] = plots.latency_vs_batch(variants, folder / "latency.png")
+    figs["Test accuracy per variant"] = plots.accuracy_per_variant(variants, folder / "accuracy.png")
+    conf = report.get("confusion")
+    if conf:
+        figs[f"Confusion matrix of the shipped model ({conf['variant']})"] = plots.confusion(
+            conf["matrix"], conf["classes"], f"{conf['variant']} on 10,000 test images", folder / "confusion.png")
+    hist = report["train"].get("history")
+    if hist:
+        figs["Training curves"] = plots.training_curves(hist, folder / "curves.png", report["train"].get("best_epoch") or 0)
+    q = report.get("quantization")
+    if q and q.get("variants"):
+        figs["Per-layer quantization error (SQNR vs FP32)"] = plots.sqnr(q["variants"], folder / "sqnr.png")
+    return figs
+
+
+def render_html(report: dict, figs: dict[str, Path]) -> str:
+    """A self-contained page (figures inlined as base64 PNG) with the markdown's tables as HTML."""
+    import base64
+    import html
+
+    md = render_markdown(report)
+    body, table = [], []
+
+    def flush():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            out = ["<table>", "<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells[0]) + "</tr>"]
+            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells[1:]]
+            body.append("\n".join(out + ["</table>"]))
+            table.clear()
+
+    def _inline(text):
+        t = html.escape(text)
+        import re
+
+        t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("# "):
+            body.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("- "):
+            body.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush()
+    body.append("<h2>Figures</h2>")
+    for title, path in figs.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        body.append(f'<figure><figcaption>{html.escape(title)}</figcaption>'
+                    f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}"></figure>')
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f3f7}"
+             "td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:0 3px}"
+             "figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}"
+             "figcaption{font-weight:600;margin-bottom:.4em}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Report: {html.escape(report['model'])}</title><style>{style}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_all(report: dict, run_dir: Path) -> list[Path]:
+    """report.json, report.md, report.html and the figures under report/; returns the paths written."""
+    json_path, md_path, html_path = run_dir / "report.json", run_dir / "report.md", run_dir / "report.html"
+    write(report, json_path, md_path)
+    figs = figures(report, run_dir / "report")
+    atomic_write(html_path, render_html(report, figs))
+    return [json_path, md_path, html_path, *figs.values()]

@@ -223,7 +223,7 @@ def _validate_run(ctx: Context) -> list[Path]:
 
     from runtime.onnxrt import OnnxrtRunner
 
-    from . import environment, report
+    from . import efficiency, environment, report
     from .torch_runner import TorchRunner
     from .validate import check_parity, over_budget, validate_variant
 
@@ -236,7 +236,7 @@ def _validate_run(ctx: Context) -> list[Path]:
     labels = ctx.splits.test_y.numpy()
     _check_golden(ctx, model)
 
-    rows, reference, skipped = [], None, []
+    rows, reference, skipped, logits_by_name = [], None, [], {}
     for v in VARIANTS:
         if not ctx.cfg.quant.builds(v.quant):
             skipped.append({"name": v.name, "reason": f"not built with --quant {ctx.cfg.quant.mode}"})
@@ -248,6 +248,7 @@ def _validate_run(ctx: Context) -> list[Path]:
         else:
             make = lambda v=v: OnnxrtRunner(ctx.rd.export_file(v.file), provider=v.provider, threads=vcfg.threads)  # noqa: E731
         row, logits = validate_variant(v, make, images, labels, reference, vcfg)
+        logits_by_name[v.name] = logits
         if reference is None:
             reference = logits
         path = ctx.rd.export_file(v.file) if v.file else ctx.rd.checkpoint
@@ -257,6 +258,10 @@ def _validate_run(ctx: Context) -> list[Path]:
 
     summary = ckpt.get("summary", {})
     params = models.param_count(model)
+    macs = models.macs_per_image(model)
+    peak = efficiency.peak_gflops()
+    for row in rows:
+        row["efficiency"] = efficiency.achieved(macs, row["latency"][str(vcfg.batches[-1])]["throughput_per_s"], peak)
     big, small = str(vcfg.batches[-1]), str(vcfg.batches[0])
     torch_row = rows[0]
     speed = {r["name"]: {
@@ -266,12 +271,14 @@ def _validate_run(ctx: Context) -> list[Path]:
     rep = {
         "model": ctx.cfg.model,
         "params": params,
-        "macs_per_image": models.macs_per_image(model),
+        "macs_per_image": macs,
+        "cpu_peak_gflops": round(peak, 1),
+        "cpu_peak_method": efficiency.PEAK_METHOD,
         "train": {"epochs": summary.get("epochs"), "seconds": summary.get("seconds"),
                   "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                   "best_epoch": summary.get("best_epoch"), "device": summary.get("device"),
                   "train_images": summary.get("train_images"), "val_images": summary.get("val_images"),
-                  "config": ckpt["train_config"]},
+                  "config": ckpt["train_config"], "history": _read_json(ctx.rd.history, {}).get("history")},
         "variants": rows,
         "speedup_vs_torch": speed,
         "skipped": skipped,
@@ -280,19 +287,25 @@ def _validate_run(ctx: Context) -> list[Path]:
         "environment": environment.capture(vcfg.threads),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    report.write(rep, ctx.rd.report_json, ctx.rd.report_md)
-    log.info("report: %s and %s", ctx.rd.report_json, ctx.rd.report_md)
+    shipped = report.shipped_variant(rows)
+    rep["shipped"] = shipped
+    pred = logits_by_name[shipped].argmax(1)
+    matrix = np.zeros((10, 10), dtype=int)
+    np.add.at(matrix, (labels, pred), 1)
+    rep["confusion"] = {"variant": shipped, "classes": ckpt["classes"], "matrix": matrix.tolist()}
+    written = report.write_all(rep, ctx.rd.root)
+    log.info("report: %s, %s and %s", ctx.rd.report_json, ctx.rd.report_md, ctx.rd.report_html)
     for msg in over_budget(rows):
         log.warning("accuracy budget: %s", msg)
     check_parity(rows, BY_NAME)
-    return [ctx.rd.report_json, ctx.rd.report_md]
+    return written
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, default=None):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return default
 
 
 def _check_golden(ctx: Context, model) -> None:

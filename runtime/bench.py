@@ -79,3 +79,36 @@ def measure(run: Callable[[], object], batch: int, *, warmup: int = 10, iteratio
             sync()
         times.append((time.perf_counter_ns() - start) / 1e6)
     return summarize(times, batch)
+
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
+def image_shape_of(runner, override: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Per-image input shape of an onnxruntime model; ``override`` wins; symbolic dims need one."""
+    from .errors import RuntimeInputError
+
+    if override:
+        return tuple(int(d) for d in override)
+    dims = list(runner.session.get_inputs()[0].shape)[1:]
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        raise RuntimeInputError(
+            f"The model's input shape {runner.session.get_inputs()[0].shape} has unknown dimensions beyond the batch; "
+            "pass the per-image shape with --shape, e.g. --shape 1,28,28."
+        )
+    return tuple(dims)
+
+
+def sweep(runner, batches, image_shape: tuple[int, ...], *, seed: int = 0, **measure_kwargs) -> dict[int, LatencyStats]:
+    """Latency at each batch size for an onnxruntime runner, on random inputs of the model's dtype."""
+    inp = runner.session.get_inputs()[0]
+    dtype = ORT_DTYPES.get(inp.type, np.float32)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for b in batches:
+        data = rng.standard_normal((b, *image_shape)).astype(dtype) if np.issubdtype(dtype, np.floating) \
+            else rng.integers(0, 255, (b, *image_shape)).astype(dtype)
+        feed = {inp.name: data}
+        out[b] = measure(lambda: runner.infer(feed), b, sync=runner.synchronize, **measure_kwargs)
+    return out

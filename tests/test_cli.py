@@ -20,7 +20,7 @@ def test_quick_run_writes_the_report_contract(quick_run):
     assert names[:2] == ["torch-fp32", "onnx-fp32"]
     for v in rep["variants"]:
         assert REPORT_FIELDS <= set(v)
-        assert set(v["latency"]) == {"1", "256"}
+        assert {"1", "256"} <= set(v["latency"])
         for stats in v["latency"].values():
             assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] and stats["throughput_per_s"] > 0
     onnx_row = rep["variants"][1]
