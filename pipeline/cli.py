@@ -186,6 +186,41 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"), help="A run
     _console().print(f"[green]rebuilt:[/] {', '.join(str(p) for p in written[1:3])} and {len(written) - 3} figures")
 
 
+@app.command()
+@guarded
+def predict(
+    images: list[Path] = typer.Argument(..., help="PNG/JPEG/... files of any size or mode."),
+    model: Path = typer.Option(Path("artifacts/edgenet/export/model-fp32.onnx"), "--model", "-m",
+                               help="An ONNX model exported by this pipeline (preprocessing is read from its metadata)."),
+    top: int = typer.Option(1, help="Show the top-k classes."),
+) -> None:
+    """Classify image files: each is converted to a 28x28 MNIST-style digit, then run with onnxruntime."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from runtime.classifier import Classifier
+    from runtime.preprocess import load_image
+
+    if top < 1:
+        raise PipelineError("--top must be at least 1.")
+    arrays = [load_image(p) for p in images]  # fails on the first unreadable file, before any inference
+    with Classifier(model) as clf:
+        pred = clf.predict(np.stack(arrays))
+        classes = list(clf.classes)
+    table = Table(title=f"{model.name}")
+    for col in ("image", "label", "probability", f"top {top}" if top > 1 else ""):
+        if col:
+            table.add_column(col)
+    for i, path in enumerate(images):
+        order = np.argsort(-pred.probabilities[i])[:top]
+        cells = [path.name, pred.labels[i], f"{pred.probabilities[i, order[0]]:.4f}"]
+        if top > 1:
+            cells.append(", ".join(f"{classes[k]}:{pred.probabilities[i, k]:.3f}" for k in order))
+        table.add_row(*cells)
+    Console().print(table)
+
+
 @app.command("check-qdq")
 @guarded
 def check_qdq_cmd(model: Path = typer.Argument(..., help="An INT8 QDQ .onnx file.")) -> None:
