@@ -48,4 +48,8 @@ def capture(threads: int) -> dict:
         pass
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    trt = _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13")
+    if trt:  # read from package metadata: importing tensorrt would load CUDA libraries
+        env["tensorrt"] = trt
     return env
