@@ -177,11 +177,13 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"), help="A run
     path = run_dir / "report.json"
     try:
         data = json.loads(path.read_text())
-        data["variants"], data["train"], data["model"]  # noqa: B018 (the minimal schema)
     except FileNotFoundError:
         raise PipelineError(f"{path} does not exist; run `pipeline run all` first.") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise PipelineError(f"{path} is not a pipeline report ({type(e).__name__}: {e}).") from None
+    except ValueError as e:
+        raise PipelineError(f"{path} is not a pipeline report (invalid JSON: {e}).") from None
+    missing = [k for k in ("model", "train", "variants", "environment") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise PipelineError(f"{path} is not a pipeline report (missing {', '.join(missing)}).")
     written = report_mod.write_all(data, run_dir)
     _console().print(f"[green]rebuilt:[/] {', '.join(str(p) for p in written[1:3])} and {len(written) - 3} figures")
 

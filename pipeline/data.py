@@ -125,19 +125,14 @@ class Splits:
     for model selection; ``test`` (10,000) is used for reporting only.
     """
 
-    train_x: "object"
-    train_y: "object"
-    val_x: "object"
-    val_y: "object"
-    test_x: "object"
-    test_y: "object"
-    mean: float
+    train_x: "torch.Tensor"  # (N, 1, 28, 28) float32, normalized
+    train_y: "torch.Tensor"  # (N,) int64
+    val_x: "torch.Tensor"
+    val_y: "torch.Tensor"
+    test_x: "torch.Tensor"
+    test_y: "torch.Tensor"
+    mean: float  # of the training split's pixels scaled to 0..1
     std: float
-
-    def normalize(self, images_uint8):
-        import torch
-
-        return ((images_uint8.to(torch.float32) / 255.0) - self.mean) / self.std
 
 
 def load_splits(cfg: DataConfig) -> Splits:

@@ -79,7 +79,8 @@ def _ort_quantize(fp32: Path, out: Path, images: np.ndarray, method: str, *, for
     prepared = out.with_name(out.name + ".pre.onnx")
     try:
         quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(out), BatchReader(images), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(
+            str(prepared), str(out), BatchReader(images), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=act, weight_type=QuantType.QInt8, calibrate_method=methods[method],
             extra_options=extra,
         )
