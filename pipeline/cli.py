@@ -223,6 +223,42 @@ def predict(
     Console().print(table)
 
 
+@app.command("bundle")
+@guarded
+def bundle_cmd(
+    target: str = typer.Option(..., "--target", help="jetson | gpu | cpu"),
+    model: str = typer.Option("edgenet", "--model", "-m", help="Which run to bundle."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the bundle [default: <artifacts>/bundles]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+) -> None:
+    """Folder + .tar.gz with the ONNX variants, test data, reference outputs, build and bench scripts."""
+    from . import bundle
+    from .layout import RunDir
+
+    _setup_logging()
+    run_dir = RunDir.for_model(artifacts, model)
+    folder, tar = bundle.make_bundle(run_dir, target, out or artifacts / "bundles", data_root or default_data_root())
+    _console().print(f"[green]bundle:[/] {folder} and {tar}")
+
+
+@app.command()
+@guarded
+def verify(path: Path = typer.Argument(..., help="A bundle folder, a bundle .tar.gz, or a run folder (artifacts/<model>).")) -> None:
+    """Check every file against its recorded SHA-256 (bundle MANIFEST.json or a run's stages.json)."""
+    from rich.console import Console
+
+    from . import bundle
+
+    if not path.exists():
+        raise PipelineError(f"{path} does not exist.")
+    problems = bundle.verify(path)
+    if problems:
+        _console().print(f"[bold red]verify failed:[/] {path}: " + "; ".join(problems), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    Console().print(f"{path}: every file matches its recorded SHA-256.", highlight=False)
+
+
 @app.command("check-qdq")
 @guarded
 def check_qdq_cmd(model: Path = typer.Argument(..., help="An INT8 QDQ .onnx file.")) -> None:
