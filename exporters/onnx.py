@@ -47,6 +47,13 @@ def build_metadata(*, model_name: str, mean, std, classes, checkpoint_sha256: st
     return props
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file, without loading external data."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
 def set_metadata(model_proto, props: dict[str, str]) -> None:
     """Add or overwrite ``metadata_props`` entries, keeping any others already there."""
     existing = {p.key: p for p in model_proto.metadata_props}

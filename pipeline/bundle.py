@@ -30,12 +30,6 @@ FILES = Path(__file__).parent / "bundle_files"
 TRT_VARIANTS = {"onnx-fp32": "fp32", "onnx-fp16": "fp16", "onnx-int8-ptq": "int8", "onnx-int8-qat": "int8"}
 
 
-def _onnx_metadata(path: Path) -> dict:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def _readme(target: str, model: str, models: dict) -> str:
     engines = target in ("jetson", "gpu")
     lines = [
@@ -86,6 +80,8 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
     """Write ``<out_dir>/<model>-<target>-bundle/`` and its ``.tar.gz``; return both paths."""
     import torch
 
+    from exporters.onnx import read_metadata
+
     from . import checkpoint
     from .data import ensure_raw
 
@@ -109,7 +105,7 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
         if sha256_file(src) != _recorded_sha(run, src):
             raise PipelineError(f"{src} no longer matches what the pipeline recorded; rerun `pipeline run all`.")
         shutil.copy2(src, folder / "models" / v.file)
-        meta = _onnx_metadata(src)
+        meta = read_metadata(src)
         models[Path(v.file).stem] = {
             "variant": v.name, "precision": v.precision, "accuracy": rows[v.name]["accuracy"],
             "agreement": rows[v.name]["agreement"], "tensorrt": v.name in TRT_VARIANTS and target != "cpu",

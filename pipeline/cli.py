@@ -66,7 +66,7 @@ def guarded(fn):
     return wrapper
 
 
-STAGE_HELP = "Stage to run up to: data, train, export, quantize, validate, or all (= every stage)."
+STAGE_HELP = "Stage to run up to: data, train, export, quantize, engines, validate, or all (= every stage)."
 
 
 @app.command()

@@ -131,6 +131,11 @@ class RunDir:
     def sqnr_png(self) -> Path:
         return self.root / "quantize" / "sqnr.png"
 
+    @property
+    def engines_status(self) -> Path:
+        """Which TensorRT engines were built, or why not."""
+        return self.root / "engines" / "status.json"
+
     # validate / report
     @property
     def report_json(self) -> Path:

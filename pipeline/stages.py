@@ -1,6 +1,6 @@
 """The stages of ``pipeline run`` and the bookkeeping that lets a rerun skip finished ones.
 
-Data flows one way: data -> train -> export -> quantize -> validate. Export comes
+Data flows one way: data -> train -> export -> quantize -> engines -> validate. Export comes
 before quantize because PTQ and the CPU INT8 variant quantize the FP32 ONNX file
 (onnxruntime's calibrators work on ONNX); QAT reads the checkpoint. Each stage reads the
 previous stages' artifacts by path (through :class:`RunDir`) and writes its
@@ -23,7 +23,7 @@ from . import checkpoint, models
 from .config import RunConfig, stamp
 from .errors import PipelineError
 from .layout import RunDir, check_writable, sha256_file, write_json
-from .variants import BY_NAME, VARIANTS
+from .variants import BY_NAME, VARIANTS, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +210,61 @@ def _quantize_run(ctx: Context) -> list[Path]:
     return outputs
 
 
+# ---------------------------------------------------------------- engines
+def _engines_key(ctx: Context) -> dict:
+    trt = [v for v in VARIANTS if v.backend == "tensorrt"]
+    return {"sources": {v.name: ctx.sha(ctx.rd.export_file(v.source)) for v in trt
+                        if ctx.cfg.quant.builds(v.quant) and ctx.rd.export_file(v.source).is_file()},
+            "available": {v.name: unavailable(v) for v in trt}, "environment": _trt_identity()}
+
+
+def _trt_identity() -> dict:
+    """TensorRT version and GPU, so a new driver/GPU/TensorRT rebuilds the engines."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("tensorrt")
+    except metadata.PackageNotFoundError:
+        return {}
+    from exporters.tensorrt import gpu_identity
+
+    return {"tensorrt": version, **gpu_identity()}
+
+
+def _engines_run(ctx: Context) -> list[Path]:
+    """Build TensorRT engines when this machine can; otherwise record why not (CPU runs go on)."""
+    status = {}
+    outputs = []
+    for v in VARIANTS:
+        if v.backend != "tensorrt":
+            continue
+        why = unavailable(v) or (None if ctx.cfg.quant.builds(v.quant) else f"not built with --quant {ctx.cfg.quant.mode}")
+        if why:
+            status[v.name] = {"built": False, "reason": why}
+            log.info("engines: %s skipped: %s", v.name, why)
+            continue
+        from exporters import tensorrt as trtx
+        from exporters.onnx import read_metadata
+
+        src, engine = ctx.rd.export_file(v.source), ctx.rd.export_file(v.file)
+        meta = read_metadata(src)
+        try:
+            side = trtx.build_engine(src, engine, v.precision, metadata=meta, log=log.info,
+                                     timing_cache=ctx.rd.export_file("timing.cache"))
+        except trtx.TensorRTError as e:
+            raise PipelineError(str(e)) from None
+        status[v.name] = {"built": True, **{k: side[k] for k in ("tensorrt", "gpu", "compute_capability",
+                                                                   "build_seconds", "gpu_fallback_layers")}}
+        outputs += [engine, Path(str(engine) + ".json")]
+        log.info("engines: %s built in %.1f s", engine, side["build_seconds"])
+    return outputs + [write_json(ctx.rd.engines_status, status)]
+
+
 # ---------------------------------------------------------------- validate
 def _validate_key(ctx: Context) -> dict:
     files = {v.name: ctx.sha(ctx.rd.export_file(v.file)) for v in VARIANTS
-             if v.file and ctx.cfg.quant.builds(v.quant) and ctx.rd.export_file(v.file).is_file()}
+             if v.file and ctx.cfg.quant.builds(v.quant) and unavailable(v) is None
+             and ctx.rd.export_file(v.file).is_file()}
     return {"checkpoint": ctx.sha(ctx.rd.checkpoint), "files": files, "validate": stamp(ctx.cfg.validate)}
 
 
@@ -241,10 +292,16 @@ def _validate_run(ctx: Context) -> list[Path]:
         if not ctx.cfg.quant.builds(v.quant):
             skipped.append({"name": v.name, "reason": f"not built with --quant {ctx.cfg.quant.mode}"})
             continue
+        why = unavailable(v)
+        if why:
+            skipped.append({"name": v.name, "reason": why})
+            continue
         if v.file and not ctx.rd.export_file(v.file).is_file():
             raise PipelineError(f"{ctx.rd.export_file(v.file)} is missing; rerun with --force.")
         if v.backend == "torch":
             make = lambda: TorchRunner(model)  # noqa: E731
+        elif v.backend == "tensorrt":
+            make = lambda v=v: _trt_runner(ctx, v)  # noqa: E731
         else:
             make = lambda v=v: OnnxrtRunner(ctx.rd.export_file(v.file), provider=v.provider, threads=vcfg.threads)  # noqa: E731
         row, logits = validate_variant(v, make, images, labels, reference, vcfg)
@@ -301,6 +358,21 @@ def _validate_run(ctx: Context) -> list[Path]:
     return written
 
 
+def _trt_runner(ctx: Context, v):
+    """A TensorRT runner, after refusing an engine whose sidecar does not match this ONNX/TensorRT/GPU."""
+    from importlib import metadata
+
+    from exporters import tensorrt as trtx
+    from runtime.tensorrt import TensorRTRunner
+
+    engine = ctx.rd.export_file(v.file)
+    try:
+        trtx.require_fresh(engine, ctx.rd.export_file(v.source), metadata.version("tensorrt"), trtx.gpu_identity())
+    except trtx.TensorRTError as e:
+        raise PipelineError(f"{e} Run `pipeline run all --force` to rebuild.") from None
+    return TensorRTRunner(engine)
+
+
 def _read_json(path: Path, default=None):
     try:
         return json.loads(path.read_text())
@@ -338,6 +410,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", _train_key, _train_run, "train, keep best validation epoch, checkpoint + curves"),
     Stage("export", _export_key, _export_run, "FP32 ONNX with metadata + golden logits"),
     Stage("quantize", _quantize_key, _quantize_run, "INT8 QDQ ONNX by PTQ and QAT (+ CPU INT8), per-layer SQNR"),
+    Stage("engines", _engines_key, _engines_run, "TensorRT engines when TensorRT and a GPU are present"),
     Stage("validate", _validate_key, _validate_run, "accuracy parity on 10,000 test images, latency, report"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -57,7 +57,7 @@ def test_rerun_skips_finished_stages_and_force_redoes_them(quick_copy, data_root
     before = snapshot(quick_copy)
     r = invoke("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
     assert r.exit_code == 0, r.output
-    assert r.output.count("up to date, skipped") == 5  # data, train, export, quantize, validate
+    assert r.output.count("up to date, skipped") == 6  # data, train, export, quantize, engines, validate
     assert snapshot(quick_copy) == before
     r = invoke("run", "export", "--quick", "--force", "--artifacts", quick_copy, "--data-root", data_root)
     assert r.exit_code == 0 and "skipped" not in r.output
