@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.base import BaseRunner
-from runtime.bench import measure
+from runtime.bench import measure, summarize
 
 from .config import ValidateConfig
 from .errors import ParityError
@@ -43,17 +43,31 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> di
 
 
 def latency(runner: BaseRunner, images: np.ndarray, cfg: ValidateConfig) -> dict:
-    """``{"<batch>": stats}`` for every batch size in ``cfg.batches``."""
+    """``{"<batch>": stats}`` for every batch size in ``cfg.batches``.
+
+    Stats time the whole call, host<->device copies included; runners that can
+    report their own device time (TensorRT) add ``copies_excluded`` stats from
+    the same calls.
+    """
     out = {}
     for b in cfg.batches:
         reps = -(-b // len(images))
         batch = np.ascontiguousarray(np.concatenate([images] * reps)[:b]) if reps > 1 else np.ascontiguousarray(images[:b])
         feed = {INPUT: batch}
-        stats = measure(lambda: runner.infer(feed), b, warmup=cfg.warmup, iterations=cfg.iterations,
+        device_ms = []  # TensorRT: the backend's own time of each call, host copies excluded
+
+        def run():
+            runner.infer(feed)
+            if hasattr(runner, "device_time_ms"):
+                device_ms.append(runner.device_time_ms())
+
+        stats = measure(run, b, warmup=cfg.warmup, iterations=cfg.iterations,
                         max_seconds=cfg.max_seconds, sync=runner.synchronize)
         if stats.noisy:
             log.warning("%s batch %d: latency varies a lot (CV %.2f); the machine may be busy", runner.name, b, stats.cv)
         out[str(b)] = stats.as_dict()
+        if device_ms:
+            out[str(b)]["copies_excluded"] = summarize(device_ms[-stats.iterations :], b).as_dict()
     return out
 
 
