@@ -10,6 +10,7 @@ file it wrote is still there with the same SHA-256; ``--force`` reruns all.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -63,7 +64,6 @@ def _data_run(ctx: Context) -> list[Path]:
     s = ctx.splits
     summary = {
         "source": "torchvision.datasets.MNIST (LeCun & Cortes, CC BY-SA 3.0)",
-        "root": str(ctx.cfg.data.root),
         "raw_md5": {name: md5 for name, (_, md5) in RAW_FILES.items()},
         "train_images": len(s.train_y), "val_images": len(s.val_y), "test_images": len(s.test_y),
         "split_seed": ctx.cfg.data.split_seed, "mean": s.mean, "std": s.std, "classes": CLASSES,
@@ -441,6 +441,38 @@ def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict:
     models.build(cfg.model)  # fail on a bad --model before anything is written
     ctx = Context(cfg, progress)
     check_writable(ctx.rd.root)
+    with run_lock(ctx.rd.root):
+        return _run_stages(ctx, until)
+
+
+@contextlib.contextmanager
+def run_lock(root: Path):
+    """One run per model folder at a time: an exclusive ``flock`` on ``<run>/.lock``.
+
+    The kernel drops the lock when its process dies (even by SIGKILL), so a lock
+    left by a killed run is never stale; the PID inside is only for the message.
+    """
+    import fcntl
+    import os
+
+    path = root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise PipelineError(f"Another `pipeline run` (pid {holder}) is using {root}; wait for it to finish "
+                                "or use another --artifacts folder. Nothing was changed.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _run_stages(ctx: Context, until: str) -> dict:
+    cfg = ctx.cfg
     record = _load_record(ctx.rd.stages)
     for stage in STAGES:
         key = hashlib.sha256(json.dumps(stage.key(ctx), sort_keys=True).encode()).hexdigest()

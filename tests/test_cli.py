@@ -159,3 +159,30 @@ def test_models_command_lists_params_and_macs():
     for name in ("edgenet", "mlp", "mlp_small", "cnn", "cnn_bn", "lenet5"):
         assert name in r.output
     assert "61,706" in r.output  # LeNet-5's parameter count
+
+
+def test_concurrent_run_is_refused_and_a_killed_holder_frees_the_lock(quick_copy, data_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lock = quick_copy / "edgenet" / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open(r'{lock}', os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)\n"
+        "print('locked', flush=True); time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(quick_copy)
+        r = invoke("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
+        assert r.exit_code == 2 and f"(pid {holder.pid})" in r.output and "Traceback" not in r.output
+        assert snapshot(quick_copy) == before
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # a run killed without any cleanup
+        holder.wait()
+    time.sleep(0.1)
+    r = invoke("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
+    assert r.exit_code == 0, r.output
