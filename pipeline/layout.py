@@ -106,6 +106,11 @@ class RunDir:
         return self.root / "train" / "model.pt"
 
     @property
+    def train_state(self) -> Path:
+        """Resumable state after the last complete epoch; removed when training finishes."""
+        return self.root / "train" / "resume.pt"
+
+    @property
     def history(self) -> Path:
         return self.root / "train" / "history.json"
 

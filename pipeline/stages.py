@@ -92,7 +92,10 @@ def _train_run(ctx: Context) -> list[Path]:
              cfg.model, f"{models.param_count(model):,}", models.macs_per_image(model) / 1e6, cfg.train.epochs,
              cfg.train.batch_size, cfg.train.optimizer, cfg.train.lr, cfg.train.schedule)
     s = ctx.splits
-    result = train(model, s, cfg.train, progress=ctx.progress)
+    key = hashlib.sha256(json.dumps(_train_key(ctx), sort_keys=True).encode()).hexdigest()
+    if cfg.force:
+        ctx.rd.train_state.unlink(missing_ok=True)  # --force means from scratch
+    result = train(model, s, cfg.train, progress=ctx.progress, resume_path=ctx.rd.train_state, resume_key=key)
     summary = {
         "model": cfg.model, "epochs": cfg.train.epochs, "best_epoch": result.best_epoch,
         "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import TrainConfig
 from .data import Splits
@@ -87,6 +88,35 @@ def _scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
     return None
 
 
+def _save_state(path, state: dict) -> None:
+    import io
+
+    import torch
+
+    from .layout import atomic_write
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(Path(path), buf.getvalue())
+
+
+def _load_state(path, key: str):
+    """The saved training state if it exists, loads safely (weights_only) and matches ``key``."""
+    import torch
+
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupted or foreign: start over rather than trust it
+        log.warning("ignoring unreadable training state %s (%s); starting from epoch 1", path, type(e).__name__)
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        log.info("training state %s is for another config; starting from epoch 1", path)
+        return None
+    return state
+
+
 @dataclass
 class TrainResult:
     model: object  # best-epoch weights loaded, in eval mode, on CPU
@@ -98,10 +128,15 @@ class TrainResult:
     device: str
 
 
-def train(model, splits: Splits, cfg: TrainConfig, progress=None) -> TrainResult:
+def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=None, resume_key: str = "") -> TrainResult:
     """Train ``model``; return it with the weights of the best validation epoch.
 
     ``progress`` is an optional rich ``Progress``; each epoch is a task on it.
+    With ``resume_path``, the full training state (weights, optimizer,
+    scheduler, RNG, history, best epoch) is written atomically after every
+    epoch, and a run interrupted at any moment continues from the last complete
+    epoch if ``resume_key`` (the hash of data + model + config) is unchanged.
+    The file is removed once training finishes.
     """
     import torch
     import torch.nn.functional as F
@@ -119,9 +154,19 @@ def train(model, splits: Splits, cfg: TrainConfig, progress=None) -> TrainResult
     opt = _optimizer(model, cfg)
     sched = _scheduler(opt, cfg, steps)
 
-    history, best, best_state = [], (-1.0, 0), None
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    history, best, best_state, first, offset = [], (-1.0, 0), None, 1, 0.0
+    state = _load_state(resume_path, resume_key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        history, best, best_state = state["history"], (state["best_acc"], state["best_epoch"]), state["best_state"]
+        first, offset = state["epoch"] + 1, history[-1]["seconds"]
+        log.info("resuming after epoch %d of %d (state in %s)", state["epoch"], cfg.epochs, resume_path)
+    start = time.perf_counter() - offset
+    for epoch in range(first, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum, correct = 0.0, 0
@@ -162,7 +207,15 @@ def train(model, splits: Splits, cfg: TrainConfig, progress=None) -> TrainResult
         if val_acc > best[0]:
             best = (val_acc, epoch)
             best_state = copy.deepcopy(model.state_dict())
+        if resume_path is not None:
+            _save_state(resume_path, {
+                "key": resume_key, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else {}, "generator": gen.get_state(),
+                "history": history, "best_acc": best[0], "best_epoch": best[1], "best_state": best_state,
+            })
     seconds = time.perf_counter() - start
+    if resume_path is not None:
+        Path(resume_path).unlink(missing_ok=True)
     model.load_state_dict(best_state)
     model = model.cpu().eval()
     _, test_acc, _ = evaluate(model, splits.test_x, splits.test_y)
