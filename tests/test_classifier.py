@@ -1,23 +1,30 @@
-"""runtime.Classifier and `pipeline predict`: real MNIST digits, files of any mode, every bad input."""
+"""runtime.Classifier, runtime.preprocess and `pipeline predict`: real MNIST, pictures of any mode, every bad input."""
+import json
+import struct
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from PIL import Image
 
-from runtime.classifier import Classifier
+from runtime.classifier import Classifier, Prediction
 from runtime.errors import RuntimeInputError
-from runtime.preprocess import load_image, to_mnist_array
+from runtime.onnxrt import OnnxrtRunner
+from runtime.preprocess import MAX_PIXELS, load_image, to_mnist_array
 from tests.conftest import invoke
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def _test_images(data_root, n=None):
+
+def _test_images(data_root, n):
     raw = data_root / "MNIST" / "raw"
     x = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
     y = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
-    return (x, y) if n is None else (x[:n], y[:n])
+    return x[:n], y[:n]
 
 
 @pytest.fixture(scope="module")
@@ -25,89 +32,228 @@ def model(quick_run):
     return quick_run["dir"] / "export" / "model-fp32.onnx"
 
 
-def test_classifies_all_test_images_to_the_reported_accuracy(model, data_root, quick_run):
-    x, y = _test_images(data_root)
-    with Classifier(model) as clf:
-        pred = clf.predict(x)
-    acc = float((pred.indices == y).mean())
-    reported = next(v["accuracy"] for v in quick_run["report"]["variants"] if v["name"] == "onnx-fp32")
-    assert acc == reported
-    assert pred.probabilities.shape == (10000, 10) and np.allclose(pred.probabilities.sum(1), 1, atol=1e-5)
-    assert pred.labels[:3] == [str(i) for i in pred.indices[:3]]
+@pytest.fixture(scope="module")
+def clf(model):
+    with Classifier(model, threads=1) as c:
+        yield c
 
 
-def test_single_batch_and_channel_forms_agree(model, data_root):
+def _png_with_size(path, width, height):
+    """A 1x1 PNG whose header claims width x height: Pillow reads the size without decoding anything."""
+    Image.new("L", (1, 1)).save(path)
+    b = bytearray(path.read_bytes())
+    b[16:24] = struct.pack(">II", width, height)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    path.write_bytes(bytes(b))
+    return path
+
+
+# ---------------------------------------------------------------------------- real digits
+def test_matches_onnxruntime_run_directly_on_2000_test_images(clf, model, data_root):
+    x, y = _test_images(data_root, 2000)
+    pred = clf.predict(x)
+    assert isinstance(pred, Prediction) and len(pred) == 2000
+
+    with OnnxrtRunner(model, threads=1) as runner:  # the reference: metadata applied by hand
+        props = runner.metadata_props()
+        mean, std = json.loads(props["normalization_mean"])[0], json.loads(props["normalization_std"])[0]
+        scale = float(props["pixel_scale"])
+        feed = ((x[:, None].astype(np.float32) * np.float32(scale) - np.float32(mean)) / np.float32(std))
+        logits = runner.infer({runner.input_names[0]: feed.astype(np.float32)})[props["output_name"]]
+        classes = json.loads(props["classes"])
+    ref = logits.argmax(1)
+
+    assert (pred.indices == ref).all()  # identical predictions, so identical accuracy
+    assert float((pred.indices == y).mean()) == float((ref == y).mean()) > 0.9
+    np.testing.assert_allclose(pred.logits, logits, atol=1e-5)
+    assert pred.probabilities.shape == (2000, 10) and pred.probabilities.dtype == np.float32
+    np.testing.assert_allclose(pred.probabilities.sum(1), 1, atol=1e-5)
+    assert (pred.probabilities.argmax(1) == pred.indices).all()
+    np.testing.assert_array_equal(pred.confidence, pred.probabilities.max(1))
+    assert pred.labels == [classes[i] for i in ref] and clf.classes == tuple(classes)
+    assert clf.metadata.mean == (mean,) and clf.metadata.input_shape == (1, 28, 28)
+
+
+def test_single_batch_channel_list_and_float_forms_agree(clf, data_root):
     x, _ = _test_images(data_root, 16)
-    with Classifier(model) as clf:
-        a = clf.predict(x).indices
-        b = clf.predict(x[:, None]).indices
-        c = np.array([clf.predict(img).indices[0] for img in x])
-        d = clf.predict(list(x)).indices
-    assert (a == b).all() and (a == c).all() and (a == d).all()
+    batch = clf.predict(x)
+    for other in (clf.predict(x[:, None]), clf.predict(list(x)), clf.predict([im[None] for im in x]),
+                  clf.predict(x.astype(np.float32)), clf.predict(x.astype(np.int64))):
+        assert (other.indices == batch.indices).all()
+        np.testing.assert_allclose(other.logits, batch.logits, atol=1e-5)
+    single = [clf.predict(im) for im in x]
+    assert [p.labels[0] for p in single] == batch.labels
+    np.testing.assert_allclose(np.concatenate([p.logits for p in single]), batch.logits, atol=1e-4)
 
 
-def test_pil_pictures_are_converted_like_mnist(model, data_root):
-    x, y = _test_images(data_root, 50)
-    with Classifier(model) as clf:
-        ref = clf.predict(x).indices
-        pics = [Image.fromarray(255 - im).resize((150, 200)).convert("RGB") for im in x]  # black ink on white
-        got = clf.predict(pics).indices
+def test_softmax_is_stable_for_huge_logits():
+    from runtime.classifier import softmax
+
+    p = softmax(np.array([[1e4, 0, -1e4], [-1e30, -1e30, -1e30]], dtype=np.float32))
+    assert np.isfinite(p).all() and np.allclose(p, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]])
+
+
+def test_explicit_classes_override_the_metadata(model, data_root):
+    x, _ = _test_images(data_root, 4)
+    with Classifier(model, threads=1, classes=list("abcdefghij")) as c:
+        pred = c.predict(x)
+    assert pred.labels == ["abcdefghij"[i] for i in pred.indices]
+
+
+# ---------------------------------------------------------------------------- pictures
+def test_pil_pictures_are_converted_like_mnist(clf, data_root):
+    x, _ = _test_images(data_root, 50)
+    ref = clf.predict(x).indices
+    pics = [Image.fromarray(255 - im).resize((200, 150)).convert("RGB") for im in x]  # black ink on white, stretched
+    got = clf.predict(pics).indices
     assert (got == ref).sum() >= 45
+    one = clf.predict(pics[0])
+    assert one.indices[0] == got[0]
     arr = to_mnist_array(pics[0])
-    assert arr.shape == (28, 28) and arr.dtype == np.uint8 and arr[0].max() == 0  # black border
+    assert arr.shape == (28, 28) and arr.dtype == np.uint8 and arr.max() == 255
+    assert arr[:2].max() == 0 and arr[:, :2].max() == 0 and arr[-2:].max() == 0  # black margin, as in MNIST
+    cy, cx = (np.indices(arr.shape) * arr).sum((1, 2)) / arr.sum()
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1  # centred by centre of mass
 
 
+def test_an_mnist_digit_survives_the_conversion(data_root):
+    x, _ = _test_images(data_root, 20)
+    back = np.stack([to_mnist_array(Image.fromarray(im)) for im in x])
+    assert np.abs(back.astype(int) - x).mean() < 2  # already 20x20-in-28x28, centred: nearly unchanged
+
+
+@pytest.mark.parametrize("make", [
+    lambda im: (lambda a: (a.putalpha(Image.fromarray(im).resize((120, 120))), a)[1])(
+        Image.new("RGBA", (120, 120), (0, 0, 0, 0))),  # black ink drawn by alpha on a transparent sheet
+    lambda im: Image.fromarray(255 - im).resize((64, 64)).convert("P"),
+    lambda im: Image.fromarray(255 - im).resize((112, 112)).convert("1"),
+    lambda im: Image.fromarray((255 - im).astype(np.uint16) * 257).resize((100, 100)),  # 16-bit, full range
+    lambda im: Image.fromarray((200 - im * 0.7).astype(np.uint8)).resize((90, 90)),  # grey ink on grey paper
+    lambda im: (lambda cv: (cv.paste(Image.fromarray(im).resize((84, 84)), (250, 30)), cv)[1])(
+        Image.new("L", (400, 300))),  # small digit off-centre in a big black picture
+], ids=["RGBA-alpha", "P", "1", "I;16", "grey-paper", "off-centre"])
+def test_every_mode_is_converted(clf, data_root, make):
+    x, _ = _test_images(data_root, 50)
+    assert (clf.predict([make(im) for im in x]).indices == clf.predict(x).indices).sum() >= 45
+
+
+def test_load_image_reads_files_like_pil_images(clf, data_root, tmp_path):
+    x, _ = _test_images(data_root, 3)
+    for i, im in enumerate(x):
+        f = tmp_path / f"d{i}.jpg"
+        Image.fromarray(255 - im).resize((140, 140)).convert("RGB").save(f, quality=80)
+        arr = load_image(f)
+        assert arr.shape == (28, 28) and arr.dtype == np.uint8
+        assert clf.predict(arr).indices[0] == clf.predict(im).indices[0]
+
+
+# ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad, message", [
-    (np.zeros((28, 27), np.uint8), "expected one 28x28 image"),
-    (np.zeros((2, 3, 28, 28), np.uint8), "expected one 28x28 image"),
+    (np.zeros((28, 27), np.uint8), r"expected one 28x28 image or a batch shaped \(N, 28, 28\) or \(N, 1, 28, 28\); "
+                                   r"got shape \(28, 27\)"),
+    (np.zeros((2, 3, 28, 28), np.uint8), r"\(N, 1, 28, 28\); got shape \(2, 3, 28, 28\)"),
+    (np.zeros((28, 28, 3), np.uint8), "Colour images"),
+    (np.zeros((4, 28, 28, 1), np.uint8), "channels-last"),
     (np.full((28, 28), np.nan, np.float32), "NaN"),
+    (np.full((2, 28, 28), np.inf), "NaN or infinite"),
     (np.zeros((0, 28, 28), np.uint8), "empty batch"),
     ([], "empty batch"),
-    (np.zeros((28, 28), bool), "dtype bool"),
-    (np.full((28, 28), 300.0), "0..255"),
+    (np.zeros((28, 28), bool), "got dtype bool"),
+    (np.zeros((28, 28), complex), "got dtype complex128"),
+    (np.array([None] * 784).reshape(28, 28), "got dtype object"),
+    (np.full((28, 28), 300.0), r"0\.\.255 \(got 300\.\.300\)"),
+    (np.full((28, 28), -1, np.int16), r"0\.\.255"),
+    ([np.zeros((28, 28)), np.zeros((28, 27))], "same shape"),
+    ("digit.png", "load_image"),
 ])
-def test_bad_arrays_are_refused_clearly(model, bad, message):
-    with Classifier(model) as clf, pytest.raises(RuntimeInputError, match=message):
+def test_bad_arrays_are_refused_clearly(clf, bad, message):
+    with pytest.raises(RuntimeInputError, match=message):
         clf.predict(bad)
 
 
-def test_bad_files(tmp_path):
+def test_float_pixels_in_0_1_warn(clf, data_root):
+    x, _ = _test_images(data_root, 1)
+    with pytest.warns(UserWarning, match="0..255 scale"):
+        clf.predict(x / 255.0)
+
+
+def test_bad_files_are_refused_naming_the_file(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(RuntimeInputError, match="not an image"):
-        load_image(text)
     good = tmp_path / "d.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)
     trunc = tmp_path / "t.png"
     trunc.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(RuntimeInputError, match="truncated or corrupted"):
-        load_image(trunc)
     blank = tmp_path / "blank.png"
     Image.new("L", (40, 40), 255).save(blank)
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(clear)
+    cases = [
+        (text, "notes.png is not an image"),
+        (trunc, "t.png is truncated or corrupted"),
+        (blank, "blank.png: no digit found"),
+        (clear, "clear.png: no digit found"),
+        (tmp_path / "missing.png", "missing.png does not exist"),
+        (tmp_path, "is not a file"),
+        (_png_with_size(tmp_path / "big.png", 8000, 6000), f"big.png is 8000x6000 pixels, over the {MAX_PIXELS:,}"),
+        (_png_with_size(tmp_path / "bomb.png", 20000, 10000), "bomb.png"),  # Pillow itself may refuse at open
+    ]
+    for path, message in cases:
+        with pytest.raises(RuntimeInputError, match=message):
+            load_image(path)
     with pytest.raises(RuntimeInputError, match="no digit found"):
-        load_image(blank)
-    with pytest.raises(RuntimeInputError, match="does not exist"):
-        load_image(tmp_path / "missing.png")
+        to_mnist_array(Image.new("RGB", (30, 30), (90, 90, 90)))
+    with pytest.raises(RuntimeInputError, match="PIL image"):
+        to_mnist_array(np.zeros((28, 28), np.uint8))
 
 
 def test_model_without_metadata_needs_explicit_preprocessing(model, tmp_path, data_root):
     m = onnx.load(str(model))
+    meta = {p.key: p.value for p in m.metadata_props}
     del m.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(m, str(bare))
-    with pytest.raises(RuntimeInputError, match="mean, std, classes"):
+    with pytest.raises(RuntimeInputError, match=r"bare.onnx has no preprocessing metadata \(missing: mean, std, "
+                                                r"classes\); pass mean=\.\.\., std=\.\.\., classes=\.\.\."):
         Classifier(bare)
-    meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
-    import json
+    with pytest.raises(RuntimeInputError, match=r"missing: classes\); pass classes=\.\.\."):
+        Classifier(bare, mean=[0.13], std=[0.31])
 
-    x, _ = _test_images(data_root, 8)
-    with Classifier(bare, mean=json.loads(meta["normalization_mean"]), std=json.loads(meta["normalization_std"]),
-                    classes=[str(i) for i in range(10)]) as clf, Classifier(model) as ref:
-        assert (clf.predict(x).indices == ref.predict(x).indices).all()
+    x, _ = _test_images(data_root, 64)
+    with Classifier(bare, threads=1, mean=json.loads(meta["normalization_mean"]),
+                    std=json.loads(meta["normalization_std"]), classes=[str(i) for i in range(10)]) as c, \
+            Classifier(model, threads=1) as ref:
+        assert c.image_shape == (1, 28, 28)  # from the graph's input shape
+        a, b = c.predict(x), ref.predict(x)
+        assert (a.indices == b.indices).all() and a.labels == b.labels
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(std=[0.0]), "std must be positive"),
+    (dict(mean=[0.1, 0.2]), "mean has 2 values but the model takes 1 channel"),
+    (dict(mean="a"), "mean .* must be a number"),
+    (dict(classes="0123456789"), "classes must be a list"),
+    (dict(classes=["a", "b"]), "outputs 10 scores but 2 classes"),
+    (dict(pixel_scale=float("nan")), "pixel_scale .* must be finite"),
+    (dict(provider="tpu"), "provider must be one of"),
+])
+def test_bad_constructor_arguments(model, kwargs, message):
+    with pytest.raises(RuntimeInputError, match=message):
+        Classifier(model, **kwargs)
+
+
+def test_closed_classifier_refuses_to_predict(model, data_root):
+    x, _ = _test_images(data_root, 1)
+    c = Classifier(model, threads=1)
+    c.close()
+    c.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        c.predict(x)
+
+
+# ---------------------------------------------------------------------------- CLI and dependencies
 def test_predict_command(model, data_root, tmp_path):
-    x, y = _test_images(data_root, 3)
+    x, _ = _test_images(data_root, 3)
     files = []
     for i, im in enumerate(x):
         f = tmp_path / f"digit{i}.png"
@@ -122,14 +268,19 @@ def test_predict_command(model, data_root, tmp_path):
     assert r.exit_code == 2 and "bad.jpg" in r.output and "Traceback" not in r.output
 
 
-def test_classifier_never_imports_torch(model, data_root):
+def test_classifier_never_imports_torch_or_onnx(model, data_root, tmp_path):
+    x, _ = _test_images(data_root, 100)
+    np.save(tmp_path / "x.npy", x)
     code = (
-        "import sys; sys.modules['torch'] = None\n"  # any attempt to import torch now fails
+        "import sys\n"
+        "sys.modules['torch'] = None; sys.modules['onnx'] = None\n"  # importing either now raises ImportError
         "import numpy as np\n"
-        "from runtime import Classifier\n"
-        f"x = np.frombuffer(open(r'{data_root / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte'}', 'rb').read(), np.uint8,"
-        " offset=16).reshape(-1, 28, 28)[:100]\n"
-        f"print(Classifier(r'{model}').predict(x).labels[:5])\n"
+        "import runtime, runtime.classifier, runtime.preprocess\n"
+        "assert 'PIL' not in sys.modules, 'Pillow imported at module level'\n"
+        f"x = np.load(r'{tmp_path / 'x.npy'}')\n"
+        f"with runtime.Classifier(r'{model}', threads=1) as c:\n"
+        "    print(c.predict(x).labels[:5])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.startswith("[")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("['")
