@@ -73,6 +73,24 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file + rename, so a killed build never leaves a half-written engine that looks complete.
+
+    (This file is also shipped alone in bundles, so it cannot use ``pipeline.layout``.)"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def profile_shapes(image_shape, min_batch: int = 1, opt_batch: int = 64, max_batch: int = 256) -> dict:
     """Optimization-profile shapes for a dynamic batch axis: {"min": (1, C, H, W), "opt": ..., "max": ...}."""
     if not 1 <= min_batch <= opt_batch <= max_batch:
@@ -174,12 +192,10 @@ def build_engine(onnx_path, engine_path, precision: str, *, metadata: dict | Non
         raise TensorRTError(f"TensorRT could not build a {precision} engine from {onnx_path} (see its log above).")
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(engine_path.name + ".tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
+    _write_atomic(engine_path, bytes(serialized))
     if timing_cache:
-        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-        Path(str(timing_cache) + ".json").write_text(json.dumps({"key": cache_key}))
+        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        _write_atomic(Path(str(timing_cache) + ".json"), json.dumps({"key": cache_key}).encode())
     side = {
         "onnx": Path(onnx_path).name, "onnx_sha256": sha256_file(onnx_path), "precision": precision,
         "tensorrt": trt.__version__, **gpu, "profile": {k: list(v) for k, v in shapes.items()},
@@ -187,7 +203,7 @@ def build_engine(onnx_path, engine_path, precision: str, *, metadata: dict | Non
         "timing_cache_reused": reused, "build_seconds": round(seconds, 2),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metadata": metadata or {},
     }
-    Path(str(engine_path) + ".json").write_text(json.dumps(side, indent=2))
+    _write_atomic(Path(str(engine_path) + ".json"), json.dumps(side, indent=2).encode())
     return side
 
 

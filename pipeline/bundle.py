@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import manifest
 from .errors import PipelineError
 from .layout import RunDir, atomic_path, atomic_write, sha256_file, write_json
 from .variants import VARIANTS
@@ -144,12 +145,7 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
 
 
 def _recorded_sha(run: RunDir, path: Path) -> str | None:
-    try:
-        record = json.loads(run.stages.read_text())
-    except (OSError, ValueError):
-        return None
-    rel = str(path.relative_to(run.root))
-    return next((st["outputs"][rel] for st in record.values() if rel in st.get("outputs", {})), None)
+    return manifest.recorded_sha(manifest.load(run.stages), str(path.relative_to(run.root)))
 
 
 def _savez(path: Path, **arrays) -> None:
@@ -209,13 +205,7 @@ def _verify_tar(path: Path) -> list[str]:
 
 
 def _verify_run(run_dir: Path) -> list[str]:
-    record = json.loads((run_dir / "stages.json").read_text())
-    problems = []
-    for stage, info in record.items():
-        for rel, sha in info.get("outputs", {}).items():
-            p = run_dir / rel
-            if not p.is_file():
-                problems.append(f"missing: {rel} (written by stage {stage})")
-            elif sha256_file(p) != sha:
-                problems.append(f"altered or truncated: {rel} (stage {stage})")
-    return problems
+    record = manifest.load(run_dir / "stages.json")
+    if not record:
+        raise PipelineError(f"{run_dir / 'stages.json'} is unreadable or empty, so there is nothing to verify against.")
+    return [str(p) for p in manifest.check(run_dir, record)]  # temp files of killed writes are not artifacts

@@ -62,6 +62,14 @@ def guarded(fn):
         except KeyboardInterrupt:
             _console().print("[bold red]interrupted:[/] finished stages and files are kept; rerun to continue.")
             raise typer.Exit(130) from None
+        except OSError as e:  # a write outside atomic_path (a library's temp file, the lock file) hit a full disk
+            from .layout import DISK_ERRNOS, disk_error
+
+            if e.errno not in DISK_ERRNOS:
+                raise
+            _console().print(f"[bold red]error:[/] {disk_error(e.filename or 'a file', e)}", highlight=False,
+                             soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -175,6 +183,11 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"), help="A run
     from . import report as report_mod
 
     path = run_dir / "report.json"
+    from . import manifest
+
+    if path.is_file():  # in a run folder, refuse a report.json that differs from what validate wrote
+        damaged = [p for p in manifest.check(run_dir, manifest.load(run_dir / "stages.json")) if p.path == "report.json"]
+        manifest.refuse_damaged(run_dir, damaged)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -7,6 +7,7 @@ looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,22 +34,45 @@ def _umask() -> int:
     return mask
 
 
+#: errno values that mean "the disk refused the write", as opposed to a bug or a missing input
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def disk_error(path, e: OSError) -> PipelineError:
+    """One paragraph for a write the disk refused (full, quota, file-size limit, read-only, I/O error)."""
+    name = errno.errorcode.get(e.errno, "?")
+    return PipelineError(
+        f"Could not write {path}: {e.strerror or e} ({name}). Nothing half-written was left behind and every file "
+        "written before is intact. Free some space (or choose another --artifacts folder) and rerun the same "
+        "command: finished stages are skipped and training resumes from its last complete epoch.")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temp path beside ``path``; rename it onto ``path`` only on success.
+
+    The temp file is named ``.<name>.<random>.tmp``; one left by a killed process
+    is removed by the next run (see :func:`pipeline.manifest.temp_leftovers`).
+    A write the disk refuses becomes a :class:`PipelineError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.errno in DISK_ERRNOS:
+            raise disk_error(path, e) from None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

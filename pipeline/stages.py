@@ -5,8 +5,11 @@ before quantize because PTQ and the CPU INT8 variant quantize the FP32 ONNX file
 (onnxruntime's calibrators work on ONNX); QAT reads the checkpoint. Each stage reads the
 previous stages' artifacts by path (through :class:`RunDir`) and writes its
 own. A stage is skipped when its *key* (a hash of its config and the SHA-256
-of the files it reads) matches the one recorded in ``stages.json`` and every
-file it wrote is still there with the same SHA-256; ``--force`` reruns all.
+of the files it reads) matches the one recorded in the manifest (``stages.json``,
+see :mod:`pipeline.manifest`) and every file it wrote is still there with the
+same SHA-256. A missing output makes its stage run again; an altered or
+truncated one stops the run before anything reads or overwrites it.
+``--force`` redoes every stage.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import checkpoint, models
+from . import checkpoint, manifest, models
 from .config import RunConfig, stamp
 from .errors import PipelineError
 from .layout import RunDir, check_writable, sha256_file, write_json
@@ -87,6 +90,9 @@ def _train_run(ctx: Context) -> list[Path]:
     from .train import train
 
     cfg = ctx.cfg
+    import torch
+
+    torch.manual_seed(cfg.train.seed)  # initial weights come from the global RNG: seed it before building
     model = models.build(cfg.model)
     log.info("train: %s (%s parameters, %.2f M MACs/image), %d epochs, batch %d, %s lr %g, %s schedule",
              cfg.model, f"{models.param_count(model):,}", models.macs_per_image(model) / 1e6, cfg.train.epochs,
@@ -406,35 +412,19 @@ class Stage:
     key: Callable[[Context], dict]
     run: Callable[[Context], list[Path]]
     doc: str
+    scratch: Callable[[Context], list[Path]] = lambda ctx: []  # working files removed once the stage is recorded
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", _data_key, _data_run, "MNIST via torchvision, validation split, sample grid"),
-    Stage("train", _train_key, _train_run, "train, keep best validation epoch, checkpoint + curves"),
+    Stage("train", _train_key, _train_run, "train, keep best validation epoch, checkpoint + curves",
+          scratch=lambda ctx: [ctx.rd.train_state]),
     Stage("export", _export_key, _export_run, "FP32 ONNX with metadata + golden logits"),
     Stage("quantize", _quantize_key, _quantize_run, "INT8 QDQ ONNX by PTQ and QAT (+ CPU INT8), per-layer SQNR"),
     Stage("engines", _engines_key, _engines_run, "TensorRT engines when TensorRT and a GPU are present"),
     Stage("validate", _validate_key, _validate_run, "accuracy parity on 10,000 test images, latency, report"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-
-
-def _load_record(path: Path) -> dict:
-    try:
-        rec = json.loads(path.read_text())
-        return rec if isinstance(rec, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _up_to_date(rd: RunDir, prev: dict | None, key: str) -> bool:
-    if not prev or prev.get("key") != key:
-        return False
-    for rel, sha in prev.get("outputs", {}).items():
-        p = rd.root / rel
-        if not p.is_file() or sha256_file(p) != sha:
-            return False
-    return True
 
 
 def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict:
@@ -445,6 +435,12 @@ def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict:
     ctx = Context(cfg, progress)
     check_writable(ctx.rd.root)
     with run_lock(ctx.rd.root):
+        leftovers = manifest.temp_leftovers(ctx.rd.root)
+        for p in leftovers:
+            p.unlink(missing_ok=True)
+        if leftovers:
+            log.info("removed %d partial file(s) left by an interrupted run: %s", len(leftovers),
+                     ", ".join(str(p.relative_to(ctx.rd.root)) for p in leftovers))
         return _run_stages(ctx, until)
 
 
@@ -476,22 +472,28 @@ def run_lock(root: Path):
 
 def _run_stages(ctx: Context, until: str) -> dict:
     cfg = ctx.cfg
-    record = _load_record(ctx.rd.stages)
+    record = manifest.load(ctx.rd.stages)
     for stage in STAGES:
-        key = hashlib.sha256(json.dumps(stage.key(ctx), sort_keys=True).encode()).hexdigest()
-        if not cfg.force and _up_to_date(ctx.rd, record.get(stage.name), key):
+        prev = record.get(stage.name)
+        problems = manifest.check_stage(ctx.rd.root, stage.name, prev) if prev else []
+        if not cfg.force:
+            manifest.refuse_damaged(ctx.rd.root, problems)
+        inputs = stage.key(ctx)
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        if not cfg.force and prev and prev.get("key") == key and not problems:
             log.info("%s: up to date, skipped (use --force to redo)", stage.name)
         else:
+            if problems:
+                log.info("%s: redone, %s", stage.name, "; ".join(str(p) for p in problems))
             t0 = time.perf_counter()
             log.info("%s: %s", stage.name, stage.doc)
+            if record.pop(stage.name, None) is not None:
+                manifest.save(ctx.rd.stages, record)  # from here until it is recorded again, the stage is not done
             outputs = stage.run(ctx)
-            record[stage.name] = {
-                "key": key,
-                "outputs": {str(p.relative_to(ctx.rd.root)): sha256_file(p) for p in outputs},
-                "seconds": round(time.perf_counter() - t0, 2),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            write_json(ctx.rd.stages, record)
+            record[stage.name] = manifest.entry(ctx.rd.root, key, inputs, outputs, time.perf_counter() - t0)
+            manifest.save(ctx.rd.stages, record)
+            for p in stage.scratch(ctx):
+                p.unlink(missing_ok=True)
             log.info("%s: done in %.1f s", stage.name, record[stage.name]["seconds"])
         if stage.name == until:
             break

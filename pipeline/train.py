@@ -136,13 +136,23 @@ def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=No
     scheduler, RNG, history, best epoch) is written atomically after every
     epoch, and a run interrupted at any moment continues from the last complete
     epoch if ``resume_key`` (the hash of data + model + config) is unchanged.
-    The file is removed once training finishes.
+    The caller removes the file once the trained model is safely written.
     """
+    import torch
+
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(model, splits, cfg, progress, resume_path, resume_key)
+    finally:
+        torch.set_num_threads(before)  # a thread count is process-wide: don't leak it to later work
+
+
+def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resume_key: str) -> TrainResult:
     import torch
     import torch.nn.functional as F
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -214,8 +224,6 @@ def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=No
                 "history": history, "best_acc": best[0], "best_epoch": best[1], "best_state": best_state,
             })
     seconds = time.perf_counter() - start
-    if resume_path is not None:
-        Path(resume_path).unlink(missing_ok=True)
     model.load_state_dict(best_state)
     model = model.cpu().eval()
     _, test_acc, _ = evaluate(model, splits.test_x, splits.test_y)

@@ -8,6 +8,7 @@ import numpy as np
 
 from .base import BaseRunner
 from .errors import BackendUnavailable, RuntimeInputError
+from .modelfile import check_onnx_file
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -44,8 +45,7 @@ class OnnxrtRunner(BaseRunner):
 
     def activate_impl(self) -> None:
         ort = _ort()
-        if not self.path.is_file():
-            raise RuntimeInputError(f"ONNX model {self.path} does not exist.")
+        check_onnx_file(self.path)  # missing, empty, or external data leading out of its folder
         wanted = PROVIDERS[self.provider]
         if wanted not in ort.get_available_providers():
             raise BackendUnavailable(

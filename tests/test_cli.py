@@ -69,18 +69,6 @@ def test_changed_config_reruns_from_the_changed_stage(quick_copy, data_root):
     assert "data: up to date" in r.output and "train: up to date" not in r.output
 
 
-def test_tampered_checkpoint_is_detected_and_nothing_else_is_lost(quick_copy, data_root):
-    ckpt = quick_copy / "edgenet" / "train" / "model.pt"
-    ckpt.write_bytes(b"garbage" + ckpt.read_bytes()[7:])
-    before = snapshot(quick_copy)
-    r = invoke("run", "export", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
-    # the checkpoint's hash no longer matches: train reruns and replaces it (nothing half-written)
-    assert r.exit_code == 0, r.output
-    assert "train: up to date" not in r.output
-    after = snapshot(quick_copy)
-    assert set(before) <= set(after)
-
-
 def test_foreign_checkpoint_is_refused_with_a_paragraph(quick_copy, data_root):
     import torch
 

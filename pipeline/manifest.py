@@ -1,0 +1,133 @@
+"""The run manifest (``<run>/stages.json``): what each finished stage wrote, and checks against it.
+
+One entry per finished stage: ``key`` (SHA-256 of the stage's config and of
+the files it read), ``inputs`` (that config and those hashes, readable),
+``outputs`` (SHA-256 and size of every file it wrote, relative to the run
+folder), ``versions`` of the software that wrote them, and timing.
+
+The entry is removed *before* a stage starts and written back only after all
+its outputs are renamed into place, so at every instant an entry describes
+files as they are: a killed stage has no entry (it is redone), and a file that
+differs from its entry was changed by someone else (it is refused, never
+consumed or overwritten). Only this module knows the format.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from .errors import PipelineError
+from .layout import sha256_file, write_json
+
+FORMAT = "edge-export-pipeline/run-manifest-v2"
+PACKAGES = ("torch", "torchvision", "torchao", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "numpy",
+            "tensorrt")
+
+
+def load(path: Path) -> dict[str, dict]:
+    """Stage name -> entry; an unreadable or absent manifest is an empty one (every stage is redone)."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(rec, dict):
+        return {}
+    rec.pop("format", None)
+    return {k: v for k, v in rec.items() if isinstance(v, dict)}
+
+
+def save(path: Path, record: dict[str, dict]) -> None:
+    write_json(path, {"format": FORMAT, **record})
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def entry(root: Path, key: str, inputs: dict, outputs: list[Path], seconds: float) -> dict:
+    return {
+        "key": key,
+        "inputs": inputs,
+        "outputs": {str(Path(p).relative_to(root)): {"sha256": sha256_file(p), "size": Path(p).stat().st_size}
+                    for p in outputs},
+        "versions": versions(),
+        "seconds": round(seconds, 2),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _expected(value) -> tuple[str, int | None]:
+    """(sha256, size) of an output entry; manifests of v1 stored the bare hash."""
+    if isinstance(value, str):
+        return value, None
+    return value.get("sha256", ""), value.get("size")
+
+
+def recorded_sha(record: dict[str, dict], rel: str) -> str | None:
+    for info in record.values():
+        if rel in info.get("outputs", {}):
+            return _expected(info["outputs"][rel])[0]
+    return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    stage: str
+    path: str  # relative to the run folder
+    kind: str  # missing | truncated | altered
+
+    def __str__(self) -> str:
+        what = {"missing": "missing", "truncated": "truncated (shorter than recorded)",
+                "altered": "altered (SHA-256 differs from the manifest)"}[self.kind]
+        return f"{what}: {self.path} (written by stage {self.stage})"
+
+
+def check_stage(root: Path, stage: str, info: dict) -> list[Problem]:
+    problems = []
+    for rel, value in info.get("outputs", {}).items():
+        sha, size = _expected(value)
+        p = Path(root) / rel
+        if not p.is_file():
+            problems.append(Problem(stage, rel, "missing"))
+        elif size is not None and p.stat().st_size < size:
+            problems.append(Problem(stage, rel, "truncated"))
+        elif sha256_file(p) != sha:
+            problems.append(Problem(stage, rel, "altered"))
+    return problems
+
+
+def check(root: Path, record: dict[str, dict]) -> list[Problem]:
+    """Every recorded output that is missing, truncated or altered."""
+    return [p for stage, info in record.items() for p in check_stage(root, stage, info)]
+
+
+def refuse_damaged(root: Path, problems: list[Problem]) -> None:
+    """Stop before a damaged file is read or overwritten; missing files are simply rebuilt."""
+    damaged = [p for p in problems if p.kind != "missing"]
+    if damaged:
+        listing = "; ".join(str(p) for p in damaged)
+        raise PipelineError(
+            f"{root} holds files that no longer match what the pipeline wrote: {listing}. They were changed after "
+            "they were written (by hand, another program, or disk corruption), so they are neither used nor "
+            "overwritten. Delete them to have their stage rebuild them, or rerun with --force to redo every stage. "
+            "Nothing was changed.")
+
+
+def temp_leftovers(root: Path) -> list[Path]:
+    """Temp files of writes that a killed process never renamed into place (see ``layout.atomic_path``)."""
+    if not Path(root).is_dir():
+        return []
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and (
+        (p.name.startswith(".") and p.name.endswith(".tmp"))  # layout.atomic_path
+        or p.name.endswith((".engine.tmp", ".cache.tmp", ".json.tmp"))))  # exporters.tensorrt._write_atomic
