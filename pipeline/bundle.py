@@ -111,6 +111,7 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
             "variant": v.name, "precision": v.precision, "accuracy": rows[v.name]["accuracy"],
             "agreement": rows[v.name]["agreement"], "tensorrt": v.name in TRT_VARIANTS and target != "cpu",
             "image_shape": json.loads(meta.get("input_shape", "[1, 28, 28]")), "metadata": meta,
+            "ort_optimization": v.ort_optimization,
         }
     # the test set and PyTorch's logits on it, so bench.py reproduces the report's figures exactly
     raw = ensure_raw(data_root)

@@ -46,12 +46,17 @@ def render_markdown(report: dict) -> str:
         lat = v.get("latency", {})
         s, b = lat.get(small, {}), lat.get(big, {})
         lines.append("| " + " | ".join([
-            f"`{v['name']}`", v["backend"], v["provider"], v["precision"], _fmt_bytes(v.get("size_bytes")),
+            f"`{v['name']}`", v["backend"], v["provider"] + ("¹" if v.get("ort_optimization") == "basic" else ""),
+            v["precision"], _fmt_bytes(v.get("size_bytes")),
             f"{100 * v['accuracy']:.2f} %", f"{v.get('accuracy_delta', 0):+.2f}", str(len(v.get("flips", []))),
             f"{v['agreement']:.4f}", f"{v['max_abs_diff']:.2e}",
             f"{s.get('p50_ms', float('nan')):.3f}", f"{s.get('p99_ms', float('nan')):.3f}",
             f"{b.get('throughput_per_s', float('nan')):,.0f}",
         ]) + " |")
+    if any(v.get("ort_optimization") == "basic" for v in report["variants"]):
+        lines += ["", "¹ TensorRT-targeted INT8 file run with onnxruntime's basic graph optimizations: Q/DQ executed as "
+                  "written (what TensorRT computes), because onnxruntime's fused x86 int8 kernels saturate on CPUs "
+                  "without VNNI. Its CPU latency is therefore not a deployment figure; use `onnx-int8-cpu` on CPUs."]
     lines += ["", "## Latency by batch size", "", "| variant | batch | p50 ms | p90 ms | p99 ms | mean ms | CV | img/s |",
               "|---|---|---|---|---|---|---|---|"]
     for v in report["variants"]:

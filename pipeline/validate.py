@@ -80,6 +80,8 @@ def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], im
         lat = latency(runner, images, cfg)
     row = {"name": variant.name, "backend": variant.backend, "provider": variant.provider,
            "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat}
+    if variant.backend == "onnxruntime":
+        row["ort_optimization"] = variant.ort_optimization
     log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %.2e  p50@1 %.3f ms  %.0f img/s @%s",
              variant.name, 100 * figures["accuracy"], figures["agreement"], figures["max_abs_diff"],
              lat[str(cfg.batches[0])]["p50_ms"], lat[str(cfg.batches[-1])]["throughput_per_s"], cfg.batches[-1])

@@ -88,7 +88,7 @@ def test_verify_run_folder_and_bad_paths(quick_copy, tmp_path):
     f = run / "export" / "golden.npz"
     f.write_bytes(f.read_bytes()[:100])
     r = invoke("verify", run)
-    assert r.exit_code == 1 and "altered or truncated: export/golden.npz" in r.output
+    assert r.exit_code == 1 and "truncated (shorter than recorded): export/golden.npz" in r.output
     r = invoke("verify", tmp_path / "nothing")
     assert r.exit_code == 2 and "does not exist" in r.output
     r = invoke("verify", tmp_path)

@@ -109,13 +109,14 @@ def test_unknown_calibration_method_and_quant_mode(tmp_path, data_root):
 def test_quantize_without_a_trained_checkpoint(tmp_path, data_root):
     from pipeline import stages
     from pipeline.cli import build_config
+    from pipeline.stages import quantize as quantize_stage
 
     cfg = build_config(model="edgenet", artifacts=tmp_path, data_root=data_root, force=False, quick=True)
     ctx = stages.Context(cfg)
     (ctx.rd.root / "data").mkdir(parents=True)
     ctx.rd.data_summary.write_text("{}")
     with pytest.raises(PipelineError, match="run `pipeline run train` first|is missing"):
-        stages._quantize_run(ctx)
+        quantize_stage.run(ctx)
 
 
 def test_quant_none_skips_int8_and_says_so(quick_copy, data_root):

@@ -1,6 +1,5 @@
 """The human report: markdown, self-contained HTML with figures, rebuilt from report.json alone."""
 import base64
-import json
 import shutil
 import subprocess
 from html.parser import HTMLParser

@@ -1,0 +1,31 @@
+"""Per-run state the stages share: the config, the artifact layout, lazily loaded data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import PipelineError
+from ..layout import RunDir, sha256_file
+
+
+class Context:
+    """Per-run state shared by the stages: config, layout, lazily loaded data."""
+
+    def __init__(self, cfg: RunConfig, progress=None):
+        self.cfg = cfg
+        self.rd = RunDir.for_model(cfg.artifacts, cfg.model)
+        self.progress = progress
+        self._splits = None
+
+    @property
+    def splits(self):
+        if self._splits is None:
+            from ..data import load_splits
+
+            self._splits = load_splits(self.cfg.data)
+        return self._splits
+
+    def sha(self, path: Path) -> str:
+        if not path.is_file():
+            raise PipelineError(f"{path} is missing; rerun the stage that writes it (or use --force).")
+        return sha256_file(path)

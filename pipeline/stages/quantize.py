@@ -1,0 +1,70 @@
+"""Stage ``quantize``: INT8 QDQ ONNX by PTQ (onnxruntime) and QAT (torchao), the CPU INT8 variant, SQNR."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .. import checkpoint
+from ..config import stamp
+from ..layout import write_json
+from ..variants import BY_NAME, VARIANTS
+from .context import Context
+
+log = logging.getLogger(__name__)
+
+
+def key(ctx: Context) -> dict:
+    return {"data": ctx.sha(ctx.rd.data_summary), "checkpoint": ctx.sha(ctx.rd.checkpoint),
+            "fp32": ctx.sha(ctx.rd.export_file(BY_NAME["onnx-fp32"].file)), "quant": stamp(ctx.cfg.quant),
+            "opset": ctx.cfg.export.opset}
+
+
+def run(ctx: Context) -> list[Path]:
+    from .. import plots, quantize
+
+    q = ctx.cfg.quant
+    if q.mode == "none":
+        log.info("quantize: --quant none, no INT8 variants")
+        return []
+    fp32 = ctx.rd.export_file(BY_NAME["onnx-fp32"].file)
+    ckpt = checkpoint.load(ctx.rd.checkpoint)
+    norm = ckpt["normalization"]
+    from exporters.onnx import build_metadata
+
+    def meta(method: str) -> dict:
+        return build_metadata(model_name=ckpt["model"], mean=norm["mean"], std=norm["std"], classes=ckpt["classes"],
+                              checkpoint_sha256=ctx.sha(ctx.rd.checkpoint), precision="int8",
+                              extra={"quantization": method})
+
+    calib = quantize.calibration_images(ctx.splits.train_x, q)
+    outputs, sqnr = [], {}
+    if q.ptq:
+        path = quantize.ptq(fp32, ctx.rd.export_file(BY_NAME["onnx-int8-ptq"].file), calib, q,
+                            meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
+        outputs.append(path)
+        log.info("quantize: PTQ (%s, %d calibration images) -> %s (%s bytes)", q.calib_method, q.calib_size, path,
+                 f"{path.stat().st_size:,}")
+    if q.qat:
+        model = checkpoint.restore(ckpt)
+        path = quantize.qat(model, ctx.splits, q, ctx.rd.export_file(BY_NAME["onnx-int8-qat"].file),
+                            meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}"), ctx.cfg.export.opset,
+                            progress=ctx.progress)
+        outputs.append(path)
+        log.info("quantize: QAT (%d epoch(s), lr %g) -> %s (%s bytes)", q.qat_epochs, q.qat_lr, path,
+                 f"{path.stat().st_size:,}")
+    if q.cpu_variant:
+        path = quantize.cpu_int8(fp32, ctx.rd.export_file(BY_NAME["onnx-int8-cpu"].file), calib, q,
+                                 meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
+        outputs.append(path)
+        log.info("quantize: CPU INT8 (uint8 activations) -> %s (%s bytes)", path, f"{path.stat().st_size:,}")
+    probe = calib[: q.sqnr_images]
+    for p in outputs:
+        name = next(v.name for v in VARIANTS if v.file == p.name)
+        sqnr[name] = quantize.per_layer_sqnr(fp32, p, probe)
+        worst = min(sqnr[name], key=lambda r: r["sqnr_db"])
+        log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", name,
+                 " ".join(f"{r['sqnr_db']:.1f}" for r in sqnr[name]), worst["layer"], worst["op"])
+    outputs.append(write_json(ctx.rd.sqnr_json, {"images": len(probe), "source": "training split (calibration set)",
+                                                 "variants": sqnr}))
+    outputs.append(plots.sqnr(sqnr, ctx.rd.sqnr_png))
+    return outputs

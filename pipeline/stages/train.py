@@ -1,0 +1,56 @@
+"""Stage ``train``: seed, build, train (resumable), and write the self-describing checkpoint and curves."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from .. import checkpoint, models
+from ..config import stamp
+from ..layout import write_json
+from .context import Context
+
+log = logging.getLogger(__name__)
+
+
+def key(ctx: Context) -> dict:
+    return {"data": ctx.sha(ctx.rd.data_summary), "model": ctx.cfg.model,
+            "model_source": models.source_fingerprint(ctx.cfg.model), "train": stamp(ctx.cfg.train)}
+
+
+def run(ctx: Context) -> list[Path]:
+    import torch
+
+    from .. import plots
+    from ..data import CLASSES
+    from ..train import train
+
+    cfg = ctx.cfg
+    torch.manual_seed(cfg.train.seed)  # initial weights come from the global RNG: seed it before building
+    model = models.build(cfg.model)
+    log.info("train: %s (%s parameters, %.2f M MACs/image), %d epochs, batch %d, %s lr %g, %s schedule",
+             cfg.model, f"{models.param_count(model):,}", models.macs_per_image(model) / 1e6, cfg.train.epochs,
+             cfg.train.batch_size, cfg.train.optimizer, cfg.train.lr, cfg.train.schedule)
+    s = ctx.splits
+    resume_key = hashlib.sha256(json.dumps(key(ctx), sort_keys=True).encode()).hexdigest()
+    if cfg.force:
+        ctx.rd.train_state.unlink(missing_ok=True)  # --force means from scratch
+    result = train(model, s, cfg.train, progress=ctx.progress, resume_path=ctx.rd.train_state, resume_key=resume_key)
+    summary = {
+        "model": cfg.model, "epochs": cfg.train.epochs, "best_epoch": result.best_epoch,
+        "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+        "seconds": result.seconds, "device": result.device, "train_images": len(s.train_y),
+        "val_images": len(s.val_y), "history": result.history,
+    }
+    ckpt = checkpoint.save(ctx.rd.checkpoint, {
+        "model": cfg.model,
+        "state_dict": result.model.state_dict(),
+        "train_config": stamp(cfg.train),
+        "normalization": {"mean": [s.mean], "std": [s.std], "pixel_scale": 1 / 255},
+        "classes": CLASSES,
+        "input": {"name": "input", "shape": [1, 28, 28], "layout": "NCHW", "dtype": "float32"},
+        "summary": {k: v for k, v in summary.items() if k != "history"},
+    })
+    return [ckpt, write_json(ctx.rd.history, summary),
+            plots.training_curves(result.history, ctx.rd.curves_png, result.best_epoch)]
