@@ -208,5 +208,5 @@ def _verify_tar(path: Path) -> list[str]:
 def _verify_run(run_dir: Path) -> list[str]:
     record = manifest.load(run_dir / "stages.json")
     if not record:
-        raise PipelineError(f"{run_dir / 'stages.json'} is unreadable or empty, so there is nothing to verify against.")
+        raise PipelineError(f"{run_dir / 'stages.json'} records no finished stage, so there is nothing to verify.")
     return [str(p) for p in manifest.check(run_dir, record)]  # temp files of killed writes are not artifacts

@@ -28,15 +28,23 @@ PACKAGES = ("torch", "torchvision", "torchao", "onnx", "onnxscript", "onnxruntim
 
 
 def load(path: Path) -> dict[str, dict]:
-    """Stage name -> entry; an unreadable or absent manifest is an empty one (every stage is redone)."""
+    """Stage name -> entry. An absent manifest is an empty one (a new run folder); one that is present but
+    unreadable is refused: it is only ever replaced whole (atomic rename), so damage came from outside, and
+    without it nobody can tell which files are intact."""
+    path = Path(path)
+    if not path.exists():
+        return {}
     try:
-        rec = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(rec, dict):
-        return {}
+        rec = json.loads(path.read_text())
+        if not isinstance(rec, dict) or not all(isinstance(v, dict) for k, v in rec.items() if k != "format"):
+            raise ValueError("not a JSON object of stage entries")
+    except (OSError, ValueError) as e:
+        raise PipelineError(
+            f"The run manifest {path} is unreadable ({type(e).__name__}: {e}), so no file in {path.parent} can be "
+            "checked. It is only ever replaced whole, so it was damaged from outside. Nothing was changed. Delete it "
+            "to have every stage redone (their files are then rewritten), or restore it from a backup.") from None
     rec.pop("format", None)
-    return {k: v for k, v in rec.items() if isinstance(v, dict)}
+    return rec
 
 
 def save(path: Path, record: dict[str, dict]) -> None:

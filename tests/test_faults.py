@@ -228,3 +228,16 @@ def test_leftover_temp_files_of_a_killed_write_are_removed(quick_copy, data_root
     r = invoke("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
     assert r.exit_code == 0 and "removed 3 partial file(s)" in r.output, r.output
     assert not any(j.exists() for j in junk)
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"data\": ", b"[1, 2]", b"\x00\xff garbage", b"{\"data\": 3}"])
+def test_damaged_manifest_is_refused_and_nothing_changes(quick_copy, data_root, content):
+    run = quick_copy / "edgenet"
+    (run / "stages.json").write_bytes(content)
+    before = snapshot(quick_copy)
+    r = invoke("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "stages.json is unreadable" in out and "Nothing was changed" in out, r.output
+    r = invoke("verify", run)
+    assert r.exit_code == 2 and "unreadable" in r.output
+    assert snapshot(quick_copy) == before
