@@ -25,10 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "train", "export", "quantize", "engines", "validate")
 
 
+def _default_sigint() -> None:
+    """A job started in the background (``cmd &``) inherits SIGINT as *ignored*, and then Python installs no
+    KeyboardInterrupt handler: undo that, so the SIGINT rounds test Ctrl-C and not an ignored signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _pipeline(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from pipeline.cli import main; main()", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"}, preexec_fn=_default_sigint)
 
 
 def _run_to_end(*args) -> tuple[int, str]:
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
         print(f"round {i + 1}: {signal.Signals(sig).name} at {rounds[-1]['at_s']:.1f} s in {in_stage}; exit "
               f"{p.returncode}; finished stages: {', '.join(rounds[-1]['finished_stages']) or '-'}; verify: "
               f"{'ok' if not problems else problems}; temp files left: {len(leftovers)}", flush=True)
-        ok &= not problems and p.returncode in (-signal.SIGKILL, 130)
+        ok &= not problems and p.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
 
     rc, out = _run_to_end(*args)
     final = json.loads((run / "report.json").read_text()) if rc == 0 else None

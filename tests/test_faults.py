@@ -30,9 +30,14 @@ class Pipeline:
     """``pipeline ...`` in a child process, its merged output read line by line on a thread."""
 
     def __init__(self, *args, preexec_fn=None):
+        def setup():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job inherits SIGINT ignored: restore Ctrl-C
+            if preexec_fn:
+                preexec_fn()
+
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from pipeline.cli import main; main()", *map(str, args)], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=setup,
             env={**os.environ, "COLUMNS": "200"})
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
