@@ -80,9 +80,9 @@ def test_killed_in_every_stage_resumes_to_the_same_result(tmp_path, data_root, q
         ("data", lambda p: "data: MNIST" in p.output, 0.0, signal.SIGKILL),
         ("train", lambda p: (run / "train" / "resume.pt").is_file(), 0.0, signal.SIGKILL),
         ("train", lambda p: "resuming after epoch 1" in p.output, 0.0, signal.SIGINT),
-        ("export", lambda p: "export: FP32 ONNX" in p.output, 1.5, signal.SIGKILL),
-        ("quantize", lambda p: "quantize: INT8" in p.output, 3.0, signal.SIGKILL),
-        ("validate", lambda p: "validate: accuracy parity" in p.output, 3.0, signal.SIGKILL),
+        ("export", lambda p: "export: FP32 ONNX" in p.output, 0.5, signal.SIGKILL),
+        ("quantize", lambda p: "quantize: INT8" in p.output, 1.0, signal.SIGKILL),
+        ("validate", lambda p: "validate: accuracy parity" in p.output, 1.0, signal.SIGKILL),
     ]
     for i, (stage, cond, delay, sig) in enumerate(kills):
         before = _recorded(run) if run.exists() else {}
