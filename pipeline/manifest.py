@@ -41,8 +41,8 @@ def load(path: Path) -> dict[str, dict]:
     except (OSError, ValueError) as e:
         raise PipelineError(
             f"The run manifest {path} is unreadable ({type(e).__name__}: {e}), so no file in {path.parent} can be "
-            "checked. It is only ever replaced whole, so it was damaged from outside. Nothing was changed. Delete it "
-            "to have every stage redone (their files are then rewritten), or restore it from a backup.") from None
+            "checked. It is only ever replaced whole, so it was damaged from outside. Nothing was changed. Rerun with "
+            "--force (or delete it) to have every stage redone and their files rewritten, or restore it from a backup.") from None
     rec.pop("format", None)
     return rec
 

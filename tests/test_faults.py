@@ -246,3 +246,11 @@ def test_damaged_manifest_is_refused_and_nothing_changes(quick_copy, data_root, 
     r = invoke("verify", run)
     assert r.exit_code == 2 and "unreadable" in r.output
     assert snapshot(quick_copy) == before
+
+
+def test_force_replaces_a_damaged_manifest(quick_copy, data_root):
+    run = quick_copy / "edgenet"
+    (run / "stages.json").write_bytes(b"\x00garbage")
+    r = invoke("run", "data", "--quick", "--force", "--artifacts", quick_copy, "--data-root", data_root)
+    assert r.exit_code == 0 and "unreadable manifest" in r.output, r.output
+    assert list(manifest.load(run / "stages.json")) == ["data"]

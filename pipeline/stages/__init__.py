@@ -100,7 +100,13 @@ def run_lock(root: Path):
 
 def _run_stages(ctx: Context, until: str) -> dict:
     cfg = ctx.cfg
-    record = manifest.load(ctx.rd.stages)
+    try:
+        record = manifest.load(ctx.rd.stages)
+    except PipelineError:
+        if not cfg.force:
+            raise
+        log.warning("unreadable manifest %s: --force redoes every stage and writes a new one", ctx.rd.stages)
+        record = {}
     for stage in STAGES:
         prev = record.get(stage.name)
         problems = manifest.check_stage(ctx.rd.root, stage.name, prev) if prev else []
