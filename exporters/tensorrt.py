@@ -79,7 +79,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     (This file is also shipped alone in bundles, so it cannot use ``pipeline.layout``.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # the hidden-temp pattern a run sweeps after a kill
     try:
         with open(tmp, "wb") as f:
             f.write(data)

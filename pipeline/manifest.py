@@ -133,9 +133,8 @@ def refuse_damaged(root: Path, problems: list[Problem]) -> None:
 
 
 def temp_leftovers(root: Path) -> list[Path]:
-    """Temp files of writes that a killed process never renamed into place (see ``layout.atomic_path``)."""
+    """Temp files of writes that a killed process never renamed into place: ``.<name>[.<random>].tmp``, as
+    written by ``layout.atomic_path`` and ``exporters.tensorrt._write_atomic``."""
     if not Path(root).is_dir():
         return []
-    return sorted(p for p in Path(root).rglob("*") if p.is_file() and (
-        (p.name.startswith(".") and p.name.endswith(".tmp"))  # layout.atomic_path
-        or p.name.endswith((".engine.tmp", ".cache.tmp", ".json.tmp"))))  # exporters.tensorrt._write_atomic
+    return sorted(p for p in Path(root).rglob(".*.tmp") if p.is_file())

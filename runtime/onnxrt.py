@@ -11,7 +11,9 @@ from .errors import BackendUnavailable, RuntimeInputError
 from .modelfile import check_onnx_file
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
+#: onnxruntime.GraphOptimizationLevel member per accepted ``optimization`` name
+OPTIMIZATIONS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                 "disabled": "ORT_DISABLE_ALL"}
 
 
 def _ort():
@@ -63,10 +65,7 @@ class OnnxrtRunner(BaseRunner):
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.log_severity_level = 3
-        opts.graph_optimization_level = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        }[self.optimization]
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATIONS[self.optimization])
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=[wanted])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types

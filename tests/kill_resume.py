@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "train", "export", "quantize", "engines", "validate")
 
 
-def _default_sigint() -> None:
+def default_sigint() -> None:
     """A job started in the background (``cmd &``) inherits SIGINT as *ignored*, and then Python installs no
     KeyboardInterrupt handler: undo that, so the SIGINT rounds test Ctrl-C and not an ignored signal."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -34,7 +34,7 @@ def _default_sigint() -> None:
 def _pipeline(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from pipeline.cli import main; main()", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"}, preexec_fn=_default_sigint)
+                            env={**os.environ, "COLUMNS": "200"}, preexec_fn=default_sigint)
 
 
 def _run_to_end(*args) -> tuple[int, str]:

@@ -22,6 +22,7 @@ import pytest
 
 from pipeline import manifest
 from tests.conftest import invoke, snapshot
+from tests.kill_resume import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ class Pipeline:
 
     def __init__(self, *args, preexec_fn=None):
         def setup():
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job inherits SIGINT ignored: restore Ctrl-C
+            default_sigint()
             if preexec_fn:
                 preexec_fn()
 
