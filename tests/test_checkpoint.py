@@ -15,20 +15,29 @@ class Exploit:
         return (PWNED.append, ("ran",))
 
 
-def _payload():
-    return {"model": "lenet5", "state_dict": models.build("lenet5").state_dict(),
+def _payload(model=None):
+    model = model or models.build("lenet5")
+    return {"model": "lenet5", "state_dict": model.state_dict(),
             "normalization": {"mean": [0.13], "std": [0.31]}, "classes": [str(i) for i in range(10)],
             "input": {"name": "input", "shape": [1, 28, 28]}, "train_config": {"epochs": 1}}
 
 
 def test_roundtrip_restores_identical_weights(tmp_path):
-    p = checkpoint.save(tmp_path / "m.pt", _payload())
+    torch.manual_seed(7)
+    ref = models.build("lenet5").eval()
+    p = checkpoint.save(tmp_path / "m.pt", _payload(ref))
     ckpt = checkpoint.load(p)
     m = checkpoint.restore(ckpt)
-    x = torch.randn(2, 1, 28, 28)
-    ref = models.build("lenet5")
-    ref.load_state_dict(_payload()["state_dict"])
-    assert ckpt["format"] == checkpoint.FORMAT and m(x).shape == (2, 10)
+    assert ckpt["format"] == checkpoint.FORMAT
+    restored, original = m.state_dict(), ref.state_dict()
+    assert restored.keys() == original.keys()
+    for k in original:
+        assert torch.equal(restored[k], original[k]), k
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref(x))
+    # a model with other random weights is not what came back (the comparison above can fail)
+    assert not torch.equal(models.build("lenet5").state_dict()["0.weight"], restored["0.weight"])
 
 
 def test_code_running_pickle_is_refused_never_executed(tmp_path):
