@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     verify_rc, verify_out = _run_to_end("verify", run)
     same = final is not None and _figures(final) == _figures(reference)
     ok &= rc == 0 and verify_rc == 0 and same
+    ok &= any(r["exit"] in (-signal.SIGKILL, 130) for r in rounds)  # a sweep that killed nothing proves nothing
     summary = {"run_args": list(a.run_args), "rounds": rounds, "final_exit": rc, "verify_exit": verify_rc,
                "reference": _figures(reference), "final": _figures(final) if final else None,
                "identical_accuracies": same, "ok": ok}

@@ -81,6 +81,7 @@ def test_calibration_never_reads_the_test_set_and_is_seeded(data_root):
     a = quantize.calibration_images(s.train_x, QuantConfig(calib_size=100))
     b = quantize.calibration_images(s.train_x, QuantConfig(calib_size=100))
     assert np.array_equal(a, b)
+    assert not np.array_equal(a, quantize.calibration_images(s.train_x, QuantConfig(calib_size=100, calib_seed=1)))
     train_rows = {r.tobytes() for r in s.train_x.numpy()}
     assert all(r.tobytes() in train_rows for r in a)
 
@@ -115,7 +116,7 @@ def test_quantize_without_a_trained_checkpoint(tmp_path, data_root):
     ctx = stages.Context(cfg)
     (ctx.rd.root / "data").mkdir(parents=True)
     ctx.rd.data_summary.write_text("{}")
-    with pytest.raises(PipelineError, match="run `pipeline run train` first|is missing"):
+    with pytest.raises(PipelineError, match=r"Checkpoint .*model\.pt does not exist; run `pipeline run train` first"):
         quantize_stage.run(ctx)
 
 
