@@ -653,6 +653,13 @@ def test_bench_runs_trtexec_engines_without_a_sidecar_and_says_what_it_could_not
     assert all(max(runner.calls) <= 256 for runner in fake_polygraphy)
     text = capsys.readouterr().out
     assert "no sidecar (trtexec writes none), so not checked" in text and "batch 512 not timed" in text
+    # a sidecar from another ONNX file: still run, but reported and the exit code says so
+    info = manifest["models"]["model-fp16"]
+    (folder / "engines" / "model-fp16.engine.json").write_text(json.dumps(
+        {"onnx_sha256": "0" * 64, "tensorrt": "10.3.0.30", "metadata": info["metadata"]}))
+    assert bench.main(["--engines", "--batches", "1", "--iterations", "2", "--seconds", "0.01"]) == 1
+    text = capsys.readouterr().out
+    assert "onnx-fp16: WARNING: built from another ONNX file" in text and "engines FAILED: onnx-fp16" in text
 
 
 # ---------------------------------------------------------------- moved from test_bundle.py
