@@ -53,27 +53,53 @@ def _readme(target: str, model: str, models: dict) -> str:
     if target == "jetson":
         lines += ["", "On a Jetson, set and record the power mode first (`sudo nvpmodel -m 0`, `sudo jetson_clocks`);",
                   "bench.py --json records `nvpmodel -q` and `jetson_clocks --show` with the results.",
-                  "`python3 build_engines.py --dla-core 0` builds for a DLA core with GPU fallback; the layers that",
-                  "fall back are printed and stored in the sidecar."]
+                  "`python3 build_engines.py --dla-core 0` builds the fp16 and int8 engines for a DLA core (static",
+                  "profile: batch = --max-batch; GPU fallback on); the layers that run on the GPU, read from the",
+                  "built engine, are printed and stored in the sidecar."]
     lines += ["", "Models:", ""] + [f"- `models/{stem}.onnx`: {m['variant']}, {m['precision']}, reported accuracy "
                                      f"{100 * m['accuracy']:.2f} % on the 10,000 MNIST test images" for stem, m in models.items()]
     lines += ["", "MNIST is by Yann LeCun and Corinna Cortes, CC BY-SA 3.0 (data/mnist-test.npz).", ""]
     return "\n".join(lines)
 
 
+#: where JetPack 6 installs trtexec (not on the PATH); the script looks there after the PATH
+JETSON_TRTEXEC_DIR = "/usr/src/tensorrt/bin"
+
+
 def _trtexec(models: dict) -> str:
+    """``build_engines.sh``: the trtexec forms of ``build_engines.py`` (same profile, workspace, typing).
+
+    trtexec's banner encodes the version as one number: ``&&&& RUNNING TensorRT.trtexec [TensorRT v100300]``
+    is 10.3.0 (major*10000 + minor*100 + patch from 10.0 on; 11.1 prints v110100), and 8.6.1 printed v8601
+    (major*1000 + minor*100 + patch). Decoded here, so 10.x gets ``--stronglyTyped`` (11.x has no other mode).
+    The flags were read against trtexec 10.3 and 11.1 documentation, never run with a real trtexec.
+    """
     lines = ["#!/bin/sh", "# trtexec forms of build_engines.py: precision comes from each ONNX file (strongly typed).",
-             "# TensorRT 10 needs --stronglyTyped; TensorRT 11 builds strongly typed networks only.", "set -e",
-             'cd "$(dirname "$0")"', "mkdir -p engines",
-             'MAJOR=$(trtexec --help 2>&1 | sed -n "s/.*TensorRT.v\\([0-9][0-9]*\\).*/\\1/p" | head -n1)',
-             'TYPED=""; [ "$MAJOR" = "10" ] && TYPED="--stronglyTyped"']
+             "# TensorRT 10 needs --stronglyTyped; TensorRT 11 builds strongly typed networks only.",
+             "# trtexec: $TRTEXEC, else the PATH, else $TENSORRT_BIN (default: JetPack's " + JETSON_TRTEXEC_DIR + ").",
+             "set -e", 'cd "$(dirname "$0")"',
+             'if [ -z "$TRTEXEC" ]; then TRTEXEC=$(command -v trtexec || true); fi',
+             f'if [ -z "$TRTEXEC" ] && [ -x "${{TENSORRT_BIN:-{JETSON_TRTEXEC_DIR}}}/trtexec" ]; then '
+             f'TRTEXEC="${{TENSORRT_BIN:-{JETSON_TRTEXEC_DIR}}}/trtexec"; fi',
+             'if [ -z "$TRTEXEC" ]; then echo "error: trtexec is neither on the PATH nor in '
+             f'${{TENSORRT_BIN:-{JETSON_TRTEXEC_DIR}}}; set TRTEXEC=/path/to/trtexec." >&2; exit 2; fi',
+             'V=$("$TRTEXEC" --help 2>&1 | sed -n "s/.*\\[TensorRT v\\([0-9][0-9]*\\)\\].*/\\1/p" | head -n1)',
+             'if [ -z "$V" ]; then echo "error: $TRTEXEC printed no [TensorRT vNNNN] banner." >&2; exit 2; fi',
+             'if [ "$V" -ge 100000 ]; then MAJOR=$((V / 10000)); else MAJOR=$((V / 1000)); fi',
+             'case "$MAJOR" in',
+             '  10) TYPED="--stronglyTyped" ;;',
+             '  11) TYPED="" ;;',
+             '  *) echo "error: $TRTEXEC is TensorRT $MAJOR.x (banner v$V); use 10.x or 11.x." >&2; exit 2 ;;',
+             "esac",
+             'echo "trtexec: $TRTEXEC (TensorRT $MAJOR.x, banner v$V)"', "mkdir -p engines"]
     for stem, m in models.items():
         if m["tensorrt"]:
             c, h, w = m["image_shape"]
-            lines.append(f"trtexec --onnx=models/{stem}.onnx --saveEngine=engines/{stem}.engine $TYPED --noTF32 "
+            lines.append(f'"$TRTEXEC" --onnx=models/{stem}.onnx --saveEngine=engines/{stem}.engine $TYPED --noTF32 '
                          f"--minShapes=input:1x{c}x{h}x{w} --optShapes=input:64x{c}x{h}x{w} "
                          f"--maxShapes=input:256x{c}x{h}x{w} --memPoolSize=workspace:1024M")
-    lines.append("echo 'trtexec writes no sidecar: use build_engines.py when you want stale-engine protection.'")
+    lines.append("echo 'trtexec writes no sidecar: bench.py --engines still runs these engines but cannot check their "
+                 "source ONNX, TensorRT version, GPU or layer precisions; build_engines.py records and checks them.'")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,9 @@ from .layout import sha256_file, write_json
 FORMAT = "edge-export-pipeline/run-manifest-v2"
 PACKAGES = ("torch", "torchvision", "torchao", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "numpy",
             "tensorrt")
+#: other pip distributions that provide a package's module: TensorRT's wheels are ``tensorrt`` (a meta
+#: package), ``tensorrt-cu12`` or ``tensorrt-cu13``; JetPack's apt package has none (its module is the truth)
+DISTRIBUTIONS = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")}
 
 
 def load(path: Path) -> dict[str, dict]:
@@ -53,13 +56,20 @@ def save(path: Path, record: dict[str, dict]) -> None:
 
 def versions() -> dict[str, str]:
     import platform
+    import sys
 
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+        module = sys.modules.get(pkg) if pkg in DISTRIBUTIONS else None  # imported: its __version__ is what ran
+        if getattr(module, "__version__", None):
+            out[pkg] = str(module.__version__)
+            continue
+        for dist in DISTRIBUTIONS.get(pkg, (pkg,)):
+            try:
+                out[pkg] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                pass
     return out
 
 

@@ -63,6 +63,17 @@ def render_markdown(report: dict) -> str:
         for bsz, st in sorted(v.get("latency", {}).items(), key=lambda kv: int(kv[0])):
             lines.append(f"| `{v['name']}` | {bsz} | {st['p50_ms']:.3f} | {st['p90_ms']:.3f} | {st['p99_ms']:.3f} | "
                          f"{st['mean_ms']:.3f} | {st['cv']:.2f} | {st['throughput_per_s']:,.0f} |")
+    spans: dict[str, list[str]] = {}  # what one timed call includes, per variant (trtexec names H2D/compute/D2H apart)
+    for v in report["variants"]:
+        inc = next((st["includes"] for st in v.get("latency", {}).values() if st.get("includes")), None)
+        if inc:
+            spans.setdefault(inc, []).append(f"`{v['name']}`")
+    if spans:
+        lines += ["", "Each timed call spans: " + "; ".join(f"{', '.join(n)}: {inc}" for inc, n in spans.items()) + "."]
+    built = [v for v in report["variants"] if (v.get("engine") or {}).get("layer_precisions")]
+    if built:
+        lines += ["", "TensorRT layers by precision, read from each built engine: " + "; ".join(
+            f"`{v['name']}` {v['engine']['layer_precisions'].get('by_precision')}" for v in built) + "."]
     ratios = report.get("speedup_vs_torch")
     if ratios:
         lines += ["", "Speed relative to torch eager, measured in the same run: " + "; ".join(

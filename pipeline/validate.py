@@ -15,7 +15,7 @@ from runtime.base import BaseRunner
 from runtime.bench import measure, summarize
 
 from .config import ValidateConfig
-from .errors import ParityError
+from .errors import ParityError, PipelineError
 from .variants import Variant
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,21 @@ INPUT, OUTPUT = "input", "logits"
 
 
 def run_logits(runner: BaseRunner, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits for ``images`` (N, 1, 28, 28 float32), in batches; float32 (N, 10)."""
-    outs = [runner.infer({INPUT: images[i : i + batch_size]})[OUTPUT] for i in range(0, len(images), batch_size)]
+    """Logits for ``images`` (N, 1, 28, 28 float32), in batches; float32 (N, 10).
+
+    Batches stay within what the runner accepts (``runner.batch_range``: a TensorRT engine's optimization
+    profile, read from the engine; feeding more makes ``set_input_shape`` fail): at most ``batch_size`` and
+    the range's maximum. A last chunk below the range's minimum (a static profile, as DLA builds need) is
+    padded with copies of its last image and the padding's logits are dropped."""
+    lo, hi = runner.batch_range or (1, batch_size)
+    step = max(lo, min(batch_size, hi))
+    outs = []
+    for i in range(0, len(images), step):
+        chunk = images[i : i + step]
+        n = len(chunk)
+        if n < lo:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, axis=0)])
+        outs.append(runner.infer({INPUT: chunk})[OUTPUT][:n])
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -45,29 +58,24 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> di
 def latency(runner: BaseRunner, images: np.ndarray, cfg: ValidateConfig) -> dict:
     """``{"<batch>": stats}`` for every batch size in ``cfg.batches``.
 
-    Stats time the whole call, host<->device copies included; runners that can
-    report their own device time (TensorRT) add ``copies_excluded`` stats from
-    the same calls.
+    Stats time the whole call (host wall clock); each carries ``includes``, what that call spans
+    (``runner.latency_includes``: for TensorRT the H2D copy, GPU compute, D2H copy and synchronization).
+    No "copies excluded" figure is given: Polygraphy's own ``last_inference_time()`` spans the copies too.
     """
     out = {}
     for b in cfg.batches:
+        if runner.batch_range and not runner.batch_range[0] <= b <= runner.batch_range[1]:
+            lo, hi = runner.batch_range
+            raise PipelineError(f"{runner.name} accepts batches {lo} to {hi} (its engine's optimization profile), "
+                                f"so batch {b} cannot be timed; rebuild the engine with a profile that covers it.")
         reps = -(-b // len(images))
         batch = np.ascontiguousarray(np.concatenate([images] * reps)[:b]) if reps > 1 else np.ascontiguousarray(images[:b])
         feed = {INPUT: batch}
-        device_ms = []  # TensorRT: the backend's own time of each call, host copies excluded
-
-        def run():
-            runner.infer(feed)
-            if hasattr(runner, "device_time_ms"):
-                device_ms.append(runner.device_time_ms())
-
-        stats = measure(run, b, warmup=cfg.warmup, iterations=cfg.iterations,
+        stats = measure(lambda: runner.infer(feed), b, warmup=cfg.warmup, iterations=cfg.iterations,
                         max_seconds=cfg.max_seconds, sync=runner.synchronize)
         if stats.noisy:
             log.warning("%s batch %d: latency varies a lot (CV %.2f); the machine may be busy", runner.name, b, stats.cv)
-        out[str(b)] = stats.as_dict()
-        if device_ms:
-            out[str(b)]["copies_excluded"] = summarize(device_ms[-stats.iterations :], b).as_dict()
+        out[str(b)] = {**stats.as_dict(), "includes": runner.latency_includes}
     return out
 
 

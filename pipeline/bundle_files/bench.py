@@ -5,6 +5,10 @@
     python3 bench.py --provider cuda      # onnxruntime-gpu
     python3 bench.py --engines            # the engines built by build_engines.py (TensorRT + polygraphy)
 
+With --engines it exits 1 when an engine's accuracy is more than --engine-tolerance-pp off its ONNX model's
+reported accuracy or its sidecar does not match; an engine without a sidecar (trtexec) still runs, and the
+checks that needed the sidecar are listed as not done. The TensorRT parts were never run by their authors.
+
 For each model it classifies the 10,000 MNIST test images in data/mnist-test.npz, compares with the
 PyTorch reference logits in data/reference.npz (accuracy, agreement, max |logit diff|, flips), times
 it (warm-up, then p50/p90/p99 and throughput), and says whether the accuracy equals the one the
@@ -46,6 +50,8 @@ def normalize(images_u8, meta):
 
 
 class OrtModel:
+    includes = "session.run on the host: compute + copies (CUDA provider: H2D + GPU compute + D2H)"
+
     def __init__(self, path, provider, threads, optimization="all"):
         """``optimization="basic"`` runs Q/DQ as written, as the report did for the TensorRT-targeted INT8 files
         (onnxruntime's fused int8 kernels saturate on x86 CPUs without VNNI)."""
@@ -67,21 +73,64 @@ class OrtModel:
 
 
 class TrtModel:
-    """TensorRT engine through Polygraphy's runner (device buffers, copies and stream sync included)."""
+    """TensorRT engine through Polygraphy's runner. A timed call spans the H2D copy, GPU compute, the D2H copy
+    and the stream sync (Polygraphy's own inference time spans the same); `trtexec --loadEngine=FILE` reports
+    GPU compute alone. Written against TensorRT 10.x/11.x and Polygraphy 0.49, never run by its authors."""
 
-    def __init__(self, path):
+    includes = "H2D copy + GPU compute + D2H copy + stream sync, host wall clock (Polygraphy TrtRunner)"
+
+    def __init__(self, path, info, files):
+        import tensorrt as trt
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        side = json.loads(Path(str(path) + ".json").read_text())
-        self.meta = side["metadata"]
+        side_path = Path(str(path) + ".json")
+        self.unchecked, self.problems = [], []
+        if side_path.is_file():
+            side = json.loads(side_path.read_text())
+            self.meta = side["metadata"]
+            want = files.get(f"models/{Path(path).stem}.onnx")
+            if want and side.get("onnx_sha256") != want:
+                self.problems.append("built from another ONNX file than this bundle's (SHA-256 differs)")
+            if side.get("tensorrt") != trt.__version__:
+                self.problems.append(f"built by TensorRT {side.get('tensorrt')}, this is {trt.__version__}")
+            self.layer_precisions = side.get("layer_precisions")
+        else:  # e.g. built by build_engines.sh: trtexec writes no sidecar
+            self.meta = info.get("metadata", {})
+            self.unchecked = ["source ONNX (SHA-256)", "TensorRT version", "GPU", "build parameters",
+                              "per-layer precisions"]
+            self.layer_precisions = None
         self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(path))))
         self.runner.activate()
         self.input = self.meta.get("input_name", "input")
+        self.batch_range = engine_batch_range(trt, self.runner.engine, self.input)
         self.backend = "tensorrt"
 
     def __call__(self, x):
-        return next(iter(self.runner.infer({self.input: x}).values()))
+        # copy: Polygraphy's TrtRunner reuses its host output buffers, so the next call would overwrite this one
+        return np.array(next(iter(self.runner.infer({self.input: x}).values())), copy=True)
+
+
+def engine_batch_range(trt, engine, name):
+    """(min, max) batch of optimization profile 0 (the one TrtRunner uses), read from the engine
+    (ICudaEngine.get_tensor_profile_shape(name, 0) -> (min, opt, max), TensorRT 10.x/11.x)."""
+    mn, _opt, mx = engine.get_tensor_profile_shape(name, 0)
+    return int(mn[0]), int(mx[0])
+
+
+def classify(model, x, step=1000):
+    """Logits of every image, in batches the model accepts (an engine: within its profile; a last chunk
+    below a static profile's batch is padded with copies of its last image, whose logits are dropped)."""
+    lo, hi = getattr(model, "batch_range", None) or (1, step)
+    step = max(lo, min(step, hi))
+    outs = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        n = len(chunk)
+        if n < lo:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, axis=0)])
+        outs.append(model(chunk)[:n])
+    return np.concatenate(outs).astype(np.float32)
 
 
 def timings(model, x, batch, warmup, iterations, seconds):
@@ -109,6 +158,9 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=2.0, help="max timing seconds per batch size")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--engine-tolerance-pp", type=float, default=0.1,
+                    help="--engines: exit 1 when an engine's accuracy differs from its ONNX model's reported "
+                         "accuracy by more than this many percentage points, or its sidecar does not match")
     args = ap.parse_args(argv)
 
     manifest = json.loads((HERE / "MANIFEST.json").read_text())
@@ -123,20 +175,26 @@ def main(argv=None):
     rows = []
     for path in paths:
         info = manifest.get("models", {}).get(path.stem, {})
-        model = TrtModel(path) if args.engines else OrtModel(path, args.provider, args.threads,
-                                                             info.get("ort_optimization", "all"))
+        model = TrtModel(path, info, manifest.get("files", {})) if args.engines else \
+            OrtModel(path, args.provider, args.threads, info.get("ort_optimization", "all"))
         x = normalize(images, model.meta)
-        logits = np.concatenate([model(x[i:i + 1000]) for i in range(0, len(x), 1000)]).astype(np.float32)
+        logits = classify(model, x)
         pred = logits.argmax(1)
         name = info.get("variant", path.stem)
         expected = info.get("accuracy")
         acc = float((pred == labels).mean())
+        lo, hi = getattr(model, "batch_range", None) or (1, max(batches))
         row = {"variant": name, "backend": model.backend, "precision": model.meta.get("precision", "?"),
                "size_bytes": path.stat().st_size, "accuracy": acc,
                "agreement": float((pred == ref_pred).mean()), "max_abs_diff": float(np.abs(logits - ref).max()),
                "flips": int((pred != ref_pred).sum()), "reported_accuracy": expected,
                "matches_report": expected is not None and acc == expected,
-               "latency": {str(b): timings(model, x[:256], b, 10, args.iterations, args.seconds) for b in batches}}
+               "latency_includes": model.includes,
+               "latency": {str(b): timings(model, x[:256], b, 10, args.iterations, args.seconds) if lo <= b <= hi
+                           else None for b in batches}}
+        if args.engines:
+            row.update(unchecked=model.unchecked, problems=model.problems, layer_precisions=model.layer_precisions,
+                       batch_range=[lo, hi])
         rows.append(row)
     small, big = str(batches[0]), str(batches[-1])
     head = (f"| variant | backend | precision | size | accuracy | agreement | max abs diff | flips | "
@@ -144,17 +202,36 @@ def main(argv=None):
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        s, b = r["latency"][small], r["latency"][big]
+        s, b = r["latency"][small] or {}, r["latency"][big] or {}
         print(f"| {r['variant']} | {r['backend']} | {r['precision']} | {r['size_bytes'] / 1024:.1f} KiB | "
               f"{100 * r['accuracy']:.2f} % | {r['agreement']:.4f} | {r['max_abs_diff']:.2e} | {r['flips']} | "
-              f"{s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {b['throughput_per_s']:,.0f} | "
+              f"{s.get('p50_ms', float('nan')):.3f} | {s.get('p99_ms', float('nan')):.3f} | "
+              f"{b.get('throughput_per_s', float('nan')):,.0f} | "
               f"{'yes' if r['matches_report'] else 'NO' if r['reported_accuracy'] is not None else '-'} |")
-    print("Timing: host wall clock per call after 10 warm-up calls (TensorRT: Polygraphy's runner, copies included).")
+    print("Timing: host wall clock per call after 10 warm-up calls; each call spans: "
+          + "; ".join(sorted({f"{r['backend']}: {r['latency_includes']}" for r in rows})) + ".")
+    for r in rows:
+        skipped = [b for b, st in r["latency"].items() if st is None]
+        if skipped:
+            print(f"{r['variant']}: batch {', '.join(skipped)} not timed: outside the engine profile's "
+                  f"{r['batch_range'][0]}..{r['batch_range'][1]} (nan above)")
+        if r.get("unchecked"):
+            print(f"{r['variant']}: no sidecar (trtexec writes none), so not checked: {', '.join(r['unchecked'])}")
+        for problem in r.get("problems") or []:
+            print(f"{r['variant']}: WARNING: {problem}; rebuild with build_engines.py")
+        if r.get("layer_precisions"):
+            print(f"{r['variant']}: layers by precision {r['layer_precisions'].get('by_precision')}")
     state = device_state()
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "device": state}, indent=2))
     checked = [r for r in rows if r["reported_accuracy"] is not None and r["backend"] == "onnxruntime-cpu"]
-    return 0 if all(r["matches_report"] for r in checked) else 1
+    failed = [r["variant"] for r in rows if r["backend"] == "tensorrt" and (
+        r["problems"] or r["reported_accuracy"] is None
+        or 100 * abs(r["accuracy"] - r["reported_accuracy"]) > args.engine_tolerance_pp)]
+    if failed:
+        print(f"engines FAILED: {', '.join(failed)} (accuracy off the report by more than "
+              f"{args.engine_tolerance_pp} pp, or a sidecar that does not match)")
+    return 0 if all(r["matches_report"] for r in checked) and not failed else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Stage ``engines``: TensorRT engines where TensorRT and a GPU are present; otherwise the reason why not."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,16 +21,18 @@ def key(ctx: Context) -> dict:
 
 
 def _trt_identity() -> dict:
-    """TensorRT version and GPU, so a new driver/GPU/TensorRT rebuilds the engines."""
-    from importlib import metadata
+    """TensorRT version and GPU, so a new driver/GPU/TensorRT rebuilds the engines.
 
-    try:
-        version = metadata.version("tensorrt")
-    except metadata.PackageNotFoundError:
+    The version is the module's ``tensorrt.__version__``, not the pip distribution's: ``tensorrt-cu12``,
+    ``tensorrt-cu13`` and JetPack's apt package provide the module without a distribution named ``tensorrt``."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:  # no import (and no CUDA libraries) on CPU-only hosts
         return {}
-    from exporters.tensorrt import gpu_identity
+    from exporters.tensorrt import gpu_identity, installed_version
 
-    return {"tensorrt": version, **gpu_identity()}
+    version = installed_version()
+    return {"tensorrt": version, **gpu_identity()} if version else {}
 
 
 def run(ctx: Context) -> list[Path]:
@@ -51,11 +54,13 @@ def run(ctx: Context) -> list[Path]:
         meta = read_metadata(src)
         try:
             side = trtx.build_engine(src, engine, v.precision, metadata=meta, log=log.info,
+                                     image_shape=tuple(json.loads(meta.get("input_shape", "[1, 28, 28]"))),
                                      timing_cache=ctx.rd.export_file("timing.cache"))
         except trtx.TensorRTError as e:
             raise PipelineError(str(e)) from None
         status[v.name] = {"built": True, **{k: side[k] for k in ("tensorrt", "gpu", "compute_capability",
-                                                                   "build_seconds", "gpu_fallback_layers")}}
+                                                                   "build_seconds", "gpu_fallback_layers",
+                                                                   "layer_precisions")}}
         outputs += [engine, Path(str(engine) + ".json")]
         log.info("engines: %s built in %.1f s", engine, side["build_seconds"])
     return outputs + [write_json(ctx.rd.engines_status, status)]

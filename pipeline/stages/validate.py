@@ -66,6 +66,8 @@ def run(ctx: Context) -> list[Path]:
         path = ctx.rd.export_file(v.file) if v.file else ctx.rd.checkpoint
         row["path"] = str(path)
         row["size_bytes"] = path.stat().st_size
+        if v.backend == "tensorrt":
+            row["engine"] = _engine_summary(path)
         rows.append(row)
 
     summary = ckpt.get("summary", {})
@@ -114,18 +116,30 @@ def run(ctx: Context) -> list[Path]:
 
 
 def _trt_runner(ctx: Context, v):
-    """A TensorRT runner, after refusing an engine whose sidecar does not match this ONNX/TensorRT/GPU."""
-    from importlib import metadata
-
+    """A TensorRT runner, after refusing an engine whose sidecar does not match this ONNX, TensorRT (the
+    module's ``__version__``: hosts with only ``tensorrt-cu12``/``-cu13`` or JetPack's apt package have no
+    distribution named ``tensorrt``), GPU, or the build parameters the engines stage uses."""
     from exporters import tensorrt as trtx
+    from exporters.onnx import read_metadata
     from runtime.tensorrt import TensorRTRunner
 
-    engine = ctx.rd.export_file(v.file)
+    engine, src = ctx.rd.export_file(v.file), ctx.rd.export_file(v.source)
     try:
-        trtx.require_fresh(engine, ctx.rd.export_file(v.source), metadata.version("tensorrt"), trtx.gpu_identity())
+        version = trtx.installed_version()
+        if version is None:
+            raise trtx.TensorRTError("TensorRT cannot be imported here.")
+        shape = tuple(json.loads(read_metadata(src).get("input_shape", "[1, 28, 28]")))  # as the engines stage
+        trtx.require_fresh(engine, src, version, trtx.gpu_identity(), trtx.build_params(v.precision, shape))
     except trtx.TensorRTError as e:
         raise PipelineError(f"{e} Run `pipeline run all --force` to rebuild.") from None
     return TensorRTRunner(engine)
+
+
+def _engine_summary(engine: Path) -> dict:
+    """What the built engine really holds (per-layer precisions, placement, profile), from its sidecar."""
+    side = _read_json(Path(str(engine) + ".json"), {})
+    return {k: side[k] for k in ("tensorrt", "layer_precisions", "profile", "dla_core", "gpu_fallback_layers")
+            if k in side}
 
 
 def _read_json(path: Path, default=None):
