@@ -127,15 +127,18 @@ def main(argv=None):
                                                              info.get("ort_optimization", "all"))
         x = normalize(images, model.meta)
         logits = np.concatenate([model(x[i:i + 1000]) for i in range(0, len(x), 1000)]).astype(np.float32)
-        pred = logits.argmax(1)
+        finite = np.isfinite(logits).all(1)  # an image with a NaN/inf logit is wrong, never argmax'ed
+        pred = np.where(finite, logits.argmax(1), -1)
         name = info.get("variant", path.stem)
         expected = info.get("accuracy")
         acc = float((pred == labels).mean())
         row = {"variant": name, "backend": model.backend, "precision": model.meta.get("precision", "?"),
                "size_bytes": path.stat().st_size, "accuracy": acc,
-               "agreement": float((pred == ref_pred).mean()), "max_abs_diff": float(np.abs(logits - ref).max()),
+               "agreement": float((pred == ref_pred).mean()),
+               "max_abs_diff": float(np.abs(logits - ref).max()) if finite.all() else None,  # null: NaN/inf
+               "nonfinite": int((~finite).sum()),
                "flips": int((pred != ref_pred).sum()), "reported_accuracy": expected,
-               "matches_report": expected is not None and acc == expected,
+               "matches_report": expected is not None and acc == expected and bool(finite.all()),
                "latency": {str(b): timings(model, x[:256], b, 10, args.iterations, args.seconds) for b in batches}}
         rows.append(row)
     small, big = str(batches[0]), str(batches[-1])
@@ -146,15 +149,19 @@ def main(argv=None):
     for r in rows:
         s, b = r["latency"][small], r["latency"][big]
         print(f"| {r['variant']} | {r['backend']} | {r['precision']} | {r['size_bytes'] / 1024:.1f} KiB | "
-              f"{100 * r['accuracy']:.2f} % | {r['agreement']:.4f} | {r['max_abs_diff']:.2e} | {r['flips']} | "
+              f"{100 * r['accuracy']:.2f} % | {r['agreement']:.4f} | "
+              f"{'NaN/inf' if r['max_abs_diff'] is None else format(r['max_abs_diff'], '.2e')} | {r['flips']} | "
               f"{s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {b['throughput_per_s']:,.0f} | "
               f"{'yes' if r['matches_report'] else 'NO' if r['reported_accuracy'] is not None else '-'} |")
     print("Timing: host wall clock per call after 10 warm-up calls (TensorRT: Polygraphy's runner, copies included).")
     state = device_state()
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "device": state}, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": rows, "device": state}, indent=2, allow_nan=False))
+    broken = [r["variant"] for r in rows if r["nonfinite"]]
+    if broken:
+        print(f"FAILED: NaN or infinite logits from {', '.join(broken)}")
     checked = [r for r in rows if r["reported_accuracy"] is not None and r["backend"] == "onnxruntime-cpu"]
-    return 0 if all(r["matches_report"] for r in checked) else 1
+    return 0 if all(r["matches_report"] for r in checked) and not broken else 1
 
 
 if __name__ == "__main__":
