@@ -95,43 +95,32 @@ def test_the_messages_name_the_field_and_the_problem(quick_copy):
 POOL = [None, "x", "0.5", -1, 0, 2, 0.5, 1e308, 10**30, True, [], {}, [1.5], {"a": 1}]
 
 
-def _paths(node, prefix=()):
-    yield prefix
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for k, v in items:
-        if k in ("latency", "history", "matrix", "environment", "flips") and prefix:  # bound the tree's size
-            yield prefix + (k,)
+def _mutate(data, node) -> None:
+    """Walk down from the top (each level's keys equally likely, so top-level and deep fields are both hit
+    often), then replace, or delete, the value reached."""
+    while True:
+        k = data.draw(st.sampled_from(list(node) if isinstance(node, dict) else range(len(node))))
+        child = node[k]
+        if isinstance(child, (dict, list)) and child and data.draw(st.booleans()):
+            node = child
             continue
-        yield from _paths(v, prefix + (k,))
-
-
-@pytest.fixture(scope="module")
-def real_report(quick_run):
-    rep = copy.deepcopy(quick_run["report"])
-    return rep, [p for p in _paths(rep) if p]
+        if isinstance(node, dict) and data.draw(st.integers(0, 3)) == 0:
+            del node[k]
+        else:
+            node[k] = data.draw(st.sampled_from(POOL))
+        return
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_any_mutation_of_a_real_report_is_refused_or_renders(real_report, data):
+def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
     """Wrong types, nulls, deletions anywhere in a real report.json: the schema refuses it (one SchemaError,
     a PipelineError) or the report renders; never any other exception."""
     from pipeline.report import render_markdown, shipped_variant
 
-    base, paths = real_report
-    rep = copy.deepcopy(base)
+    rep = copy.deepcopy(quick_run["report"])
     for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
-        node = rep
-        try:
-            for k in path[:-1]:
-                node = node[k]
-            if data.draw(st.booleans()) and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = data.draw(st.sampled_from(POOL))
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation removed this path
+        _mutate(data, rep)
     try:
         check_report(rep, "report.json")
     except SchemaError as e:
@@ -139,6 +128,51 @@ def test_any_mutation_of_a_real_report_is_refused_or_renders(real_report, data):
         return
     render_markdown(rep)
     shipped_variant(rep["variants"])
+
+
+def _paths(node, prefix=()):
+    """Every path in the report (lists: their first two items), containers included."""
+    items = node.items() if isinstance(node, dict) else list(enumerate(node))[:2] if isinstance(node, list) else ()
+    for k, v in items:
+        yield prefix + (k,)
+        yield from _paths(v, prefix + (k,))
+
+
+def _refused_or_renders(rep) -> bool:
+    from pipeline.report import render_markdown, shipped_variant
+
+    try:
+        check_report(rep, "report.json")
+    except SchemaError:
+        return True
+    render_markdown(rep)
+    shipped_variant(rep["variants"])
+    return False
+
+
+def test_every_single_field_damaged_in_every_way_is_refused_or_renders(quick_run):
+    """Exhaustive: each path of a real report.json, deleted or set to each value of POOL (a few thousand
+    reports). Never an exception other than the schema's; and most damage is refused."""
+    base = quick_run["report"]
+    refused = total = 0
+    for path in _paths(base):
+        for value in [_DELETE, *POOL]:
+            rep = copy.deepcopy(base)
+            node = rep
+            for k in path[:-1]:
+                node = node[k]
+            if value is _DELETE:
+                if not isinstance(node, dict):
+                    continue
+                del node[path[-1]]
+            else:
+                node[path[-1]] = copy.deepcopy(value)
+            total += 1
+            refused += _refused_or_renders(rep)
+    assert total > 2000 and refused > total / 2
+
+
+_DELETE = object()
 
 
 def test_schema_accepts_the_real_report_and_refuses_nonfinite_numbers(quick_run):
