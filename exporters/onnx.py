@@ -33,9 +33,9 @@ def build_metadata(*, model_name: str, mean, std, classes, checkpoint_sha256: st
         md.INPUT_SHAPE: json.dumps(list(input_shape)),
         md.INPUT_LAYOUT: "NCHW",
         md.INPUT_DTYPE: "float32",
-        md.PIXEL_SCALE: json.dumps(1 / 255),
-        md.MEAN: json.dumps([float(m) for m in mean]),
-        md.STD: json.dumps([float(s) for s in std]),
+        md.PIXEL_SCALE: json.dumps(1 / 255, allow_nan=False),
+        md.MEAN: json.dumps([float(m) for m in mean], allow_nan=False),
+        md.STD: json.dumps([float(s) for s in std], allow_nan=False),  # strict: a NaN here would break every reader
         md.CLASSES: json.dumps(list(classes)),
         md.OUTPUT_NAME: OUTPUT_NAME,
         md.OUTPUT_KIND: "logits",

@@ -336,7 +336,7 @@ def build_engine(onnx_path, engine_path, precision: str, *, metadata: dict | Non
         "timing_cache_reused": reused, "build_seconds": round(seconds, 2),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metadata": metadata or {},
     }
-    _write_atomic(Path(str(engine_path) + ".json"), json.dumps(side, indent=2).encode())
+    _write_atomic(Path(str(engine_path) + ".json"), json.dumps(side, indent=2, allow_nan=False).encode())
     return side
 
 

@@ -25,6 +25,13 @@ app = typer.Typer(
 log = logging.getLogger("pipeline")
 
 
+def escape(text: str) -> str:
+    """``text`` with rich markup escaped, so a path or key like ``[/x]`` is printed, never parsed."""
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
+
 def _console():
     from rich.console import Console
 
@@ -53,11 +60,11 @@ def guarded(fn):
 
         try:
             return fn(*args, **kwargs)
-        except PipelineError as e:
-            _console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        except PipelineError as e:  # messages quote user text (paths, JSON keys): escape rich markup
+            _console().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except (RuntimeInputError, BackendUnavailable) as e:
-            _console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            _console().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _console().print("[bold red]interrupted:[/] finished stages and files are kept; rerun to continue.")
@@ -176,29 +183,37 @@ def list_models() -> None:
 
 @app.command()
 @guarded
-def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"), help="A run folder holding report.json.")) -> None:
+def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
+                                          help="A run folder holding report.json, or that report.json itself.")) -> None:
     """Rebuild report.md, report.html and the figures from report.json alone."""
-    import json
-
-    from . import report as report_mod
-
-    path = run_dir / "report.json"
     from . import manifest
+    from . import report as report_mod
+    from .schema import check_report, strict_loads
 
-    if path.is_file():  # in a run folder, refuse a report.json that differs from what validate wrote
-        damaged = [p for p in manifest.check(run_dir, manifest.load(run_dir / "stages.json")) if p.path == "report.json"]
-        manifest.refuse_damaged(run_dir, damaged)
+    if run_dir.is_file() and run_dir.name == "report.json":  # the file itself: a likely, harmless slip
+        run_dir = run_dir.parent
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise PipelineError(f"{run_dir} is neither a run folder holding report.json nor a report.json file; "
+                            "give the run folder (artifacts/<model>) or its report.json. Nothing was written.")
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} does not exist; run `pipeline run all` first, or give the run folder "
+                            "(artifacts/<model>) that holds it.")
+    # in a run folder, refuse a report.json that differs from what validate wrote (and a damaged manifest)
+    damaged = [p for p in manifest.check(run_dir, manifest.load(run_dir / "stages.json")) if p.path == "report.json"]
+    manifest.refuse_damaged(run_dir, damaged)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path} does not exist; run `pipeline run all` first.") from None
-    except ValueError as e:
-        raise PipelineError(f"{path} is not a pipeline report (invalid JSON: {e}).") from None
-    missing = [k for k in ("model", "train", "variants", "environment") if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise PipelineError(f"{path} is not a pipeline report (missing {', '.join(missing)}).")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path} could not be read ({e.strerror or e}). Nothing was written.") from None
+    try:
+        data = strict_loads(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError included
+        raise PipelineError(f"{path} is not a pipeline report (invalid JSON: {e}). Nothing was written.") from None
+    check_report(data, path)  # every problem named, before anything is rendered or rewritten
     written = report_mod.write_all(data, run_dir)
-    _console().print(f"[green]rebuilt:[/] {', '.join(str(p) for p in written[1:3])} and {len(written) - 3} figures")
+    _console().print(f"[green]rebuilt:[/] {escape(', '.join(str(p) for p in written[1:3]))} and "
+                     f"{len(written) - 3} figures")
 
 
 @app.command()

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -86,8 +87,42 @@ def atomic_write(path: Path, data: bytes | str) -> Path:
     return Path(path)
 
 
+def _nonfinite_at(obj: Any, where: str = "") -> str | None:
+    """Where (``['variants'][2]['max_abs_diff']``) the first NaN/inf float in ``obj`` sits, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _nonfinite_at(v, f"{where}[{k!r}]")
+        if found:
+            return found
+    return None
+
+
+def strict_json(obj: Any) -> str:
+    """``obj`` as strict JSON text (RFC 8259): a NaN or infinity raises instead of becoming a bare ``NaN``.
+
+    Why raise rather than write ``null``: a non-finite number reaching a writer means a check upstream was
+    missed (a NaN loss, a NaN logit difference), and writing it would publish a wrong result that other
+    programs (``json.loads`` in strict parsers, ``jq``, browsers) either reject or misread. Values that are
+    legitimately unknown are turned into ``null`` deliberately where they arise, and documented there:
+    ``max_abs_diff`` of a variant whose logits are NaN/inf (:func:`pipeline.validate.compare`) and
+    ``sqnr_db`` of a layer whose SQNR is infinite or undefined (:func:`pipeline.quantize.per_layer_sqnr`).
+    So this is a bug guard: :class:`ValueError` (not a :class:`PipelineError`), naming where the value sits.
+    """
+    try:
+        return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError:
+        where = _nonfinite_at(obj)
+        if where is None:
+            raise
+        raise ValueError(f"refusing to write a NaN or infinite number as JSON at {where}: strict JSON has "
+                         "none; the value should have been checked (or made null) where it was computed") from None
+
+
 def write_json(path: Path, obj: Any) -> Path:
-    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as strict JSON (see :func:`strict_json`); nothing is written when it has NaN/inf."""
+    return atomic_write(path, strict_json(obj))
 
 
 def check_writable(root: Path) -> None:

@@ -32,15 +32,19 @@ DISTRIBUTIONS = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")}
 
 def load(path: Path) -> dict[str, dict]:
     """Stage name -> entry. An absent manifest is an empty one (a new run folder); one that is present but
-    unreadable is refused: it is only ever replaced whole (atomic rename), so damage came from outside, and
-    without it nobody can tell which files are intact."""
+    unreadable, or valid JSON that does not match the declared schema (:mod:`pipeline.schema`: wrong types,
+    missing keys, NaN), is refused: it is only ever replaced whole (atomic rename), so damage came from
+    outside, and without it nobody can tell which files are intact."""
+    from .schema import manifest_problems, strict_loads
+
     path = Path(path)
     if not path.exists():
         return {}
     try:
-        rec = json.loads(path.read_text())
-        if not isinstance(rec, dict) or not all(isinstance(v, dict) for k, v in rec.items() if k != "format"):
-            raise ValueError("not a JSON object of stage entries")
+        rec = strict_loads(path.read_text())
+        problems = manifest_problems(rec)
+        if problems:
+            raise ValueError(f"not a run manifest: {problems}")
     except (OSError, ValueError) as e:
         raise PipelineError(
             f"The run manifest {path} is unreadable ({type(e).__name__}: {e}), so no file in {path.parent} can be "

@@ -69,7 +69,8 @@ def sqnr(per_variant: dict[str, list[dict]], path: Path) -> Path:
     for i, name in enumerate(names):
         rows = per_variant[name]
         xs = [r["layer"] + i * width for r in rows]
-        ax.bar(xs, [r["sqnr_db"] for r in rows], width=width, label=name)
+        ax.bar(xs, [float("nan") if r["sqnr_db"] is None else r["sqnr_db"] for r in rows], width=width,
+               label=name)  # null (infinite or undefined SQNR) draws no bar
     if names:
         rows = per_variant[names[0]]
         ax.set_xticks([r["layer"] + 0.4 - width / 2 for r in rows])

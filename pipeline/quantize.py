@@ -178,6 +178,8 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
 
     from exporters.onnx import ExportError, torch_to_onnx_proto
 
+    from .train import check_loss
+
     torch.manual_seed(cfg.calib_seed)
     model = fold_batchnorm(model)
     example = splits.train_x[:2]
@@ -202,12 +204,15 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
         for i in range(0, n, 128):
             idx = perm[i : i + 128]
             loss = F.cross_entropy(prepared(x[idx]), y[idx])
+            value = float(loss.detach())
+            check_loss(value, "QAT fine-tuning", epoch + 1, cfg.qat_epochs, i // 128 + 1, math.ceil(n / 128),
+                       f"--qat-lr (now {cfg.qat_lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if progress:
-                progress.update(task, advance=1, description=f"QAT epoch {epoch + 1}/{cfg.qat_epochs} loss {float(loss.detach()):.4f}")
+                progress.update(task, advance=1, description=f"QAT epoch {epoch + 1}/{cfg.qat_epochs} loss {value:.4f}")
     if progress:
         progress.remove_task(task)
     move_exported_model_to_eval(prepared)
@@ -255,6 +260,8 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio, 10*log10(sum(ref^2) / sum((ref-test)^2)), in dB."""
     noise = float(np.sum((reference.astype(np.float64) - test) ** 2))
     signal = float(np.sum(reference.astype(np.float64) ** 2))
+    if not (math.isfinite(noise) and math.isfinite(signal)):
+        return float("nan")
     return float("inf") if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
 
 
@@ -262,11 +269,18 @@ def per_layer_sqnr(fp32: Path, int8: Path, images: np.ndarray) -> list[dict]:
     """SQNR of each compute layer's output, INT8 model vs FP32 model, on the same images.
 
     The error is cumulative (each layer sees its quantized predecessors), which
-    is what shows where accuracy is lost.
+    is what shows where accuracy is lost. ``sqnr_db`` is None (null in sqnr.json and report.json, which are
+    strict JSON) where the SQNR is not a finite number: infinite (identical outputs) or undefined (NaN/inf
+    outputs, logged as a warning; the validate stage then fails that variant).
     """
     ref, q = layer_outputs(fp32, images), layer_outputs(int8, images)
     if len(ref) != len(q):
         log.warning("SQNR: %s has %d compute layers, %s has %d; comparing the first %d in order",
                     fp32.name, len(ref), int8.name, len(q), min(len(ref), len(q)))
-    return [{"layer": i, "name": rn, "op": op, "sqnr_db": round(sqnr_db(r, t), 2)}
-            for i, ((rn, op, r), (_, _, t)) in enumerate(zip(ref, q))]
+    rows = []
+    for i, ((rn, op, r), (_, _, t)) in enumerate(zip(ref, q)):
+        db = sqnr_db(r, t)
+        if math.isnan(db):
+            log.warning("SQNR: layer %d (%s) of %s gives NaN or infinite outputs", i, op, int8.name)
+        rows.append({"layer": i, "name": rn, "op": op, "sqnr_db": round(db, 2) if math.isfinite(db) else None})
+    return rows

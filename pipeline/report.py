@@ -10,13 +10,24 @@ from pathlib import Path
 
 from runtime.bench import METHOD
 
-from .layout import atomic_write, write_json
+from .layout import atomic_write, strict_json
 
 
 def _fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _fmt_diff(v: dict) -> str:
+    """max |logit diff|; null (the variant's logits were NaN/inf) is spelled out, never drawn as a number."""
+    if v.get("max_abs_diff") is None:
+        return f"NaN/inf logits ({v['nonfinite']} images)" if v.get("nonfinite") else "NaN/inf"
+    return f"{v['max_abs_diff']:.2e}"
+
+
+def _fmt_sqnr(db: float | None) -> str:
+    return "-" if db is None else f"{db:.1f}"
 
 
 def render_markdown(report: dict) -> str:
@@ -49,7 +60,7 @@ def render_markdown(report: dict) -> str:
             f"`{v['name']}`", v["backend"], v["provider"] + ("¹" if v.get("ort_optimization") == "basic" else ""),
             v["precision"], _fmt_bytes(v.get("size_bytes")),
             f"{100 * v['accuracy']:.2f} %", f"{v.get('accuracy_delta', 0):+.2f}", str(len(v.get("flips", []))),
-            f"{v['agreement']:.4f}", f"{v['max_abs_diff']:.2e}",
+            f"{v['agreement']:.4f}", _fmt_diff(v),
             f"{s.get('p50_ms', float('nan')):.3f}", f"{s.get('p99_ms', float('nan')):.3f}",
             f"{b.get('throughput_per_s', float('nan')):,.0f}",
         ]) + " |")
@@ -95,7 +106,7 @@ def render_markdown(report: dict) -> str:
                   "| layer | op | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|---|" + "---|" * len(names)]
         first = q["variants"][names[0]]
         for i, row in enumerate(first):
-            cells = [f"{q['variants'][n][i]['sqnr_db']:.1f}" if i < len(q["variants"][n]) else "-" for n in names]
+            cells = [_fmt_sqnr(q["variants"][n][i]["sqnr_db"]) if i < len(q["variants"][n]) else "-" for n in names]
             lines.append(f"| {row['layer']} | {row['op']} | " + " | ".join(cells) + " |")
     env = report["environment"]
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
@@ -104,7 +115,20 @@ def render_markdown(report: dict) -> str:
 
 
 def write(report: dict, json_path: Path, md_path: Path) -> None:
-    write_json(json_path, report)
+    """Write report.json, after checking that what is about to be written honours the report contract.
+
+    The check runs on the strict-JSON text itself, so it sees exactly what a reader will; a report the
+    pipeline builds that fails it is our bug, so it raises :class:`RuntimeError` (with a traceback),
+    not a user error, and nothing is written.
+    """
+    from .schema import SchemaError, check_report, strict_loads
+
+    text = strict_json(report)
+    try:
+        check_report(strict_loads(text), "the report about to be written")
+    except SchemaError as e:
+        raise RuntimeError(f"bug: {e}") from None
+    atomic_write(json_path, text)
     atomic_write(md_path, render_markdown(report))
 
 
@@ -113,7 +137,7 @@ def shipped_variant(variants: list[dict]) -> str:
 
     FP32 ONNX (exact parity) is the fallback; the torch reference is never shipped.
     """
-    ok = [v for v in variants if v["backend"] != "torch" and
+    ok = [v for v in variants if v["backend"] != "torch" and not v.get("nonfinite") and
           (v.get("budget_pp") is None and v["precision"] == "fp32"
            or v.get("budget_pp") is not None and v["accuracy_delta"] >= -v["budget_pp"] - 1e-9)]
     return min(ok, key=lambda v: v.get("size_bytes") or 0)["name"] if ok else "onnx-fp32"

@@ -21,6 +21,22 @@ from .errors import PipelineError
 log = logging.getLogger(__name__)
 
 
+_KEPT = ("Finished stages and their files are kept and nothing half-written was left (the saved state of the last "
+         "complete training epoch, if any, is ignored by a rerun with other settings).")
+
+
+def check_loss(value: float, what: str, epoch: int, epochs: int, step: int, steps: int, advice: str) -> None:
+    """Stop with one paragraph when a batch loss is NaN or infinite; ``epoch`` and ``step`` are 1-based.
+
+    Checked before the backward pass, so no NaN update ever reaches the weights or a saved state. ``advice``
+    names the options to lower, with their current values.
+    """
+    if not math.isfinite(value):
+        raise PipelineError(
+            f"{what} diverged: the loss became {value} at epoch {epoch} of {epochs}, step {step} of {steps}. "
+            f"The learning rate is probably too high for this model: rerun with a lower {advice}. {_KEPT}")
+
+
 def pick_device(name: str):
     import torch
 
@@ -188,18 +204,27 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
                 xb = augment(xb, background, gen)
             out = model(xb)
             loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
+            value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
+            check_loss(value, "Training", epoch, cfg.epochs, i + 1, steps,
+                       f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += value * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             if progress:
-                progress.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {float(loss.detach()):.4f}")
+                progress.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {value:.4f}")
         if progress:
             progress.remove_task(task)
         val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, device=device)
+        if not math.isfinite(val_loss):
+            raise PipelineError(
+                f"Training stopped after epoch {epoch} of {cfg.epochs}: the training loss stayed finite but the "
+                f"validation loss is {val_loss} (the model gives NaN or infinite logits in eval mode). Check the "
+                "model's eval-mode forward (BatchNorm statistics, a division by zero, a branch on self.training), or "
+                f"rerun with a lower --lr (now {cfg.lr:g}). {_KEPT}")
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / n,

@@ -7,6 +7,7 @@ Running is kept apart from judging (Polygraphy's Comparator habit):
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable
 
 import numpy as np
@@ -43,15 +44,26 @@ def run_logits(runner: BaseRunner, images: np.ndarray, batch_size: int = 1000) -
 
 def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy (fraction), agreement of argmax with the reference (fraction), max |logit diff|,
-    accuracy delta vs the reference (percentage points) and the test indices whose prediction flips."""
-    pred, ref_pred = logits.argmax(1), reference.argmax(1)
+    accuracy delta vs the reference (percentage points), the test indices whose prediction flips, and
+    ``nonfinite``: how many images got a NaN or infinite logit.
+
+    ``nan > tol`` is False, so NaN would otherwise pass every check (argmax of an all-NaN row is 0: a
+    NaN model "agrees" with a NaN reference and scores the share of zeros). An image with a non-finite
+    logit (in ``logits`` or ``reference``) therefore counts as wrong and as a flip, and ``max_abs_diff``
+    is None (null in report.json): no difference can be computed, it is not a number.
+    """
+    ok, ref_ok = np.isfinite(logits).all(1), np.isfinite(reference).all(1)
+    pred = np.where(ok, logits.argmax(1), -1)
+    ref_pred = np.where(ref_ok, reference.argmax(1), -1)
     acc, ref_acc = float((pred == labels).mean()), float((ref_pred == labels).mean())
+    both = ok & ref_ok
     return {
         "accuracy": acc,
-        "agreement": float((pred == ref_pred).mean()),
-        "max_abs_diff": float(np.abs(logits - reference).max()),
+        "agreement": float(((pred == ref_pred) & both).mean()),
+        "max_abs_diff": float(np.abs(logits - reference).max()) if both.all() else None,
+        "nonfinite": int((~ok).sum()),
         "accuracy_delta": round(100 * (acc - ref_acc), 4),
-        "flips": np.flatnonzero(pred != ref_pred).tolist(),
+        "flips": np.flatnonzero((pred != ref_pred) | ~both).tolist(),
     }
 
 
@@ -90,28 +102,46 @@ def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], im
            "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat}
     if variant.backend == "onnxruntime":
         row["ort_optimization"] = variant.ort_optimization
-    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %.2e  p50@1 %.3f ms  %.0f img/s @%s",
-             variant.name, 100 * figures["accuracy"], figures["agreement"], figures["max_abs_diff"],
+    if figures["nonfinite"]:
+        log.error("%s: %d of %d test images give NaN or infinite logits", variant.name, figures["nonfinite"],
+                  len(images))
+    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %s  p50@1 %.3f ms  %.0f img/s @%s",
+             variant.name, 100 * figures["accuracy"], figures["agreement"], _diff(figures["max_abs_diff"]),
              lat[str(cfg.batches[0])]["p50_ms"], lat[str(cfg.batches[-1])]["throughput_per_s"], cfg.batches[-1])
     return row, logits
 
 
+def _diff(value) -> str:
+    return "NaN/inf" if value is None or not math.isfinite(value) else f"{value:.2e}"
+
+
 def over_budget(rows: list[dict]) -> list[str]:
-    """Variants whose accuracy dropped more than their budget (reported as a warning, not a failure)."""
+    """Variants whose accuracy dropped more than their budget (reported as a warning, not a failure).
+    A delta that is not a finite number is over any budget."""
     return [f"{r['name']} dropped {-r['accuracy_delta']:.2f} pp (budget {r['budget_pp']:.2f})" for r in rows
-            if r.get("budget_pp") is not None and r["accuracy_delta"] < -r["budget_pp"] - 1e-9]
+            if r.get("budget_pp") is not None
+            and not (math.isfinite(r["accuracy_delta"]) and r["accuracy_delta"] >= -r["budget_pp"] - 1e-9)]
 
 
 def check_parity(rows: list[dict], variants: dict[str, Variant]) -> None:
-    """Raise one :class:`ParityError` listing every variant that broke its tolerance."""
+    """Raise one :class:`ParityError` listing every variant that broke its tolerance, and every variant
+    (with or without a tolerance) whose logits are NaN or infinite.
+
+    Each test is written so that NaN fails it (``not diff <= atol``, never ``diff > atol``).
+    """
     bad = []
     for row in rows:
         v = variants.get(row["name"])
-        if v is None or v.atol is None:
-            continue
-        if row["agreement"] < 1.0 or row["max_abs_diff"] > v.atol:
-            bad.append(f"{row['name']}: agreement {row['agreement']:.4f} (needs 1.0), "
-                       f"max |logit diff| {row['max_abs_diff']:.2e} (needs <= {v.atol:g})")
+        why = []
+        if row.get("nonfinite", 0):
+            why.append(f"{row['nonfinite']} test images give NaN or infinite logits")
+        if v is not None and v.atol is not None:
+            diff = row["max_abs_diff"]
+            if not row["agreement"] >= 1.0 or diff is None or not diff <= v.atol:
+                why.append(f"agreement {row['agreement']:.4f} (needs 1.0), max |logit diff| {_diff(diff)} "
+                           f"(needs <= {v.atol:g})")
+        if why:
+            bad.append(f"{row['name']}: " + ", ".join(why))
     if bad:
-        raise ParityError("FP32 parity with PyTorch is broken: " + "; ".join(bad) +
-                          ". The report was still written so you can inspect it.")
+        raise ParityError("Parity with the PyTorch reference (FP32 within tolerance, every variant finite) is "
+                          "broken: " + "; ".join(bad) + ". The report was still written so you can inspect it.")

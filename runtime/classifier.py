@@ -265,6 +265,12 @@ class Classifier:
         if logits.shape[1] != len(self.classes):
             raise RuntimeInputError(f"{self.path.name} returned {logits.shape[1]} scores per image but there are "
                                     f"{len(self.classes)} classes.")
+        broken = ~np.isfinite(logits).all(axis=1)
+        if broken.any():  # the input was checked finite above, so the model is at fault: never a silent label
+            raise RuntimeInputError(
+                f"{self.path.name} returned NaN or infinite scores for {int(broken.sum())} of {n} images, so no "
+                "label can be given: the model file is broken (its input was finite). Re-export it, or use another "
+                "model.")
         idx = logits.argmax(axis=1).astype(np.int64)
         return Prediction([self.classes[i] for i in idx], idx, softmax(logits), logits)
 

@@ -85,3 +85,116 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
                     f"--user-data-dir={tmp_path / 'q'}", f"--screenshot={shot}", "--window-size=1200,2400",
                     html.as_uri()], capture_output=True, timeout=120)
     assert shot.stat().st_size > 20000  # a rendered page, not a blank one
+
+
+# ------------------------------------------------------------------ report.json: path forms and schema
+
+import json  # noqa: E402
+
+from tests.conftest import snapshot  # noqa: E402
+
+
+def test_report_command_accepts_the_report_json_file_itself(quick_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(quick_run["dir"] / "report.json", run / "report.json")
+    r = invoke("report", run / "report.json")
+    assert r.exit_code == 0, r.output
+    assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
+    assert not (run / "report.json" / "report.md").exists()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing-folder", "does not exist"),
+    ("notes.txt", "is neither a run folder holding report.json nor a report.json file"),
+    ("report.md", "is neither a run folder holding report.json nor a report.json file"),
+    ("other.json", "is neither a run folder holding report.json nor a report.json file"),
+    ("empty-folder", "does not exist"),
+])
+def test_report_command_refuses_a_path_that_is_neither_a_run_folder_nor_report_json(quick_run, tmp_path, name,
+                                                                                   message):
+    (tmp_path / "empty-folder").mkdir()
+    for f in ("notes.txt", "report.md", "other.json"):
+        shutil.copy(quick_run["dir"] / "report.json", tmp_path / f)  # even holding a valid report
+    before = snapshot(tmp_path)
+    r = invoke("report", tmp_path / name)
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and message in out and out.count("error:") == 1 and "Traceback" not in out
+    assert snapshot(tmp_path) == before
+
+
+def _set(path, value):
+    def mutate(rep):
+        *parents, last = path
+        node = rep
+        for k in parents:
+            node = node[k]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+        return json.dumps(rep)
+    return mutate
+
+
+_DELETE = object()
+DAMAGED_REPORTS = {
+    "params as a string": _set(["params"], "147290"),
+    "params as a bool": _set(["params"], True),
+    "accuracy as a string": _set(["variants", 0, "accuracy"], "0.98"),
+    "accuracy above 1": _set(["variants", 1, "accuracy"], 98.3),
+    "max_abs_diff as a list": _set(["variants", 1, "max_abs_diff"], []),
+    "train null": _set(["train"], None),
+    "train missing": _set(["train"], _DELETE),
+    "test_accuracy missing": _set(["train", "test_accuracy"], _DELETE),
+    "history row as a list": _set(["train", "history", 0], [1, 0.5]),
+    "variants a dict": _set(["variants"], {}),
+    "variants empty": _set(["variants"], []),
+    "variant name null": _set(["variants", 0, "name"], None),
+    "p50 missing": _set(["variants", 0, "latency", "1", "p50_ms"], _DELETE),
+    "latency key not a batch size": _set(["variants", 0, "latency", "one"], {}),
+    "size_bytes huge": _set(["variants", 0, "size_bytes"], 10**30),
+    "flips of floats": _set(["variants", 2, "flips"], [1.5]),
+    "precision unknown, with markup": _set(["variants", 0, "precision"], "[/bold]fp8"),
+    "environment a list": _set(["environment"], ["python"]),
+    "environment missing": _set(["environment"], _DELETE),
+    "confusion matrix not square": _set(["confusion", "matrix"], [[1, 2], [3, 4]]),
+    "sqnr as a string": _set(["quantization", "variants", "onnx-int8-ptq", 0, "sqnr_db"], "high"),
+    "speedup ratio negative": _set(["speedup_vs_torch", "onnx-fp32", "throughput_ratio"], -1.0),
+    "top level a list": lambda rep: json.dumps([rep]),
+    "top level a number": lambda rep: "42",
+    "NaN literal": lambda rep: json.dumps(rep).replace('"agreement": 1.0', '"agreement": NaN', 1),
+    "Infinity literal": lambda rep: json.dumps(rep).replace('"cv": ', '"cv": Infinity, "x": ', 1),
+    "number too big for a float": lambda rep: json.dumps(rep).replace('"agreement": 1.0', '"agreement": 1e999', 1),
+}
+
+
+@pytest.mark.parametrize("mode", ["recorded in stages.json", "no stages.json"])
+@pytest.mark.parametrize("case", list(DAMAGED_REPORTS))
+def test_damaged_but_valid_json_report_is_refused_and_nothing_changes(quick_run, tmp_path, case, mode):
+    """Each file is valid JSON (or nearly: NaN/Infinity, which Python accepts) with wrong types or missing keys.
+
+    With stages.json, the damaged file is recorded there as the validate stage's output (as a user who edits
+    both would), so the schema, not the hash check, is what refuses it.
+    """
+    from pipeline.layout import sha256_file
+
+    if mode == "no stages.json":
+        run = tmp_path / "run"
+        run.mkdir()
+    else:
+        shutil.copytree(quick_run["artifacts"], tmp_path / "a")
+        run = tmp_path / "a" / "edgenet"
+    rep = json.loads((quick_run["dir"] / "report.json").read_text())
+    (run / "report.json").write_text(DAMAGED_REPORTS[case](rep))
+    if mode != "no stages.json":
+        rec = json.loads((run / "stages.json").read_text())
+        rec["validate"]["outputs"]["report.json"] = {"sha256": sha256_file(run / "report.json"),
+                                                     "size": (run / "report.json").stat().st_size}
+        (run / "stages.json").write_text(json.dumps(rec, indent=2))
+    before = snapshot(run)
+    r = invoke("report", run)
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2, r.output
+    assert "is not a pipeline report" in out and out.count("error:") == 1 and "Traceback" not in out
+    assert snapshot(run) == before

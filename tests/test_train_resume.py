@@ -53,3 +53,49 @@ def test_state_for_another_config_or_corrupted_is_ignored(small, tmp_path):
     train._save_state(state, {"key": "other", "epoch": 5})
     r = _run(small, TrainConfig(epochs=1, batch_size=100, threads=1), state)
     assert [h["epoch"] for h in r.history] == [1]
+
+
+class _NaNAfter(torch.nn.Module):
+    """Trains normally for ``ok`` steps, then its training forward returns NaN (divergence in mid-run)."""
+
+    def __init__(self, ok: int):
+        super().__init__()
+        self.fc, self.ok, self.calls = torch.nn.Linear(784, 10), ok, 0
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.ok:
+                return out * float("nan")
+        return out
+
+
+@pytest.mark.parametrize("ok, epoch, step", [(0, 1, 1), (12, 2, 3), (19, 2, 10)])
+def test_nan_loss_stops_training_naming_epoch_and_step(small, tmp_path, ok, epoch, step):
+    from pipeline.errors import PipelineError
+
+    state = tmp_path / "resume.pt"
+    cfg = TrainConfig(epochs=3, batch_size=100, threads=1, lr=0.01)  # 1,000 images: 10 steps per epoch
+    model = _NaNAfter(ok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PipelineError) as e:
+        train.train(model, small, cfg, resume_path=state, resume_key="k1")
+    msg = str(e.value)
+    assert f"the loss became nan at epoch {epoch} of 3, step {step} of 10" in msg
+    assert "lower --lr (now 0.01)" in msg and "--schedule (now onecycle)" in msg
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())  # no NaN update was applied
+    if epoch == 1:
+        assert not state.exists() and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    else:  # the state of the last complete epoch is intact and finite
+        saved = torch.load(state, weights_only=True)
+        assert saved["epoch"] == epoch - 1 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_nan_logits_in_eval_mode_stop_training_after_the_epoch(small):
+    from pipeline.errors import PipelineError
+    from tests.fixtures.user_models import NaNInEval
+
+    with pytest.raises(PipelineError) as e:
+        train.train(NaNInEval(), small, TrainConfig(epochs=2, batch_size=100, threads=1))
+    assert "Training stopped after epoch 1 of 2" in str(e.value) and "validation loss is nan" in str(e.value)

@@ -26,3 +26,94 @@ def test_parity_failure_lists_every_broken_variant():
 
 def test_parity_passes_within_tolerance():
     check_parity([{"name": "onnx-fp32", "agreement": 1.0, "max_abs_diff": 5e-5}], BY_NAME)
+
+
+# ------------------------------------------------------------------ NaN/inf never passes a comparison
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipeline.validate import over_budget  # noqa: E402
+from pipeline.report import shipped_variant  # noqa: E402
+
+NONFINITE = [np.nan, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("bad", NONFINITE)
+@pytest.mark.parametrize("where", ["logits", "reference"])
+@pytest.mark.parametrize("rows", [[2], [0, 3], [0, 1, 2, 3]])
+def test_compare_counts_nonfinite_images_as_wrong_and_has_no_max_diff(bad, where, rows):
+    ref = np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]
+    out = ref.copy()
+    (out if where == "logits" else ref)[rows, 0] = bad
+    f = compare(out, ref, np.array([0, 1, 2, 3]))
+    assert f["max_abs_diff"] is None  # not a number: null in report.json
+    assert f["nonfinite"] == (len(rows) if where == "logits" else 0)
+    assert f["flips"] == rows and f["agreement"] == 1 - len(rows) / 4
+    if where == "logits":
+        assert f["accuracy"] == 1 - len(rows) / 4  # never argmax'ed into a lucky class 0
+
+
+def test_all_nan_logits_no_longer_pass_as_agreement_one():
+    """The issue's case: NaN logits against a NaN-free reference scored agreement 1.0 and 9.80 %."""
+    ref = np.eye(10, dtype=np.float32)[[0, 0, 0]]
+    f = compare(np.full_like(ref, np.nan), ref, np.array([0, 0, 0]))
+    assert f["agreement"] == 0.0 and f["accuracy"] == 0.0 and f["nonfinite"] == 3
+
+
+@pytest.mark.parametrize("name", [v.name for v in BY_NAME.values()] + ["not-in-the-table"])
+def test_check_parity_fails_every_variant_with_nonfinite_logits(name):
+    rows = [{"name": name, "agreement": 0.99, "max_abs_diff": None, "nonfinite": 7}]
+    with pytest.raises(ParityError) as e:
+        check_parity(rows, BY_NAME)
+    assert f"{name}: 7 test images give NaN or infinite logits" in str(e.value) and e.value.exit_code == 3
+
+
+@pytest.mark.parametrize("diff", [float("nan"), float("inf"), None])
+def test_fp32_parity_fails_when_max_diff_is_not_a_number(diff):
+    rows = [{"name": "onnx-fp32", "agreement": 1.0, "max_abs_diff": diff}]
+    with pytest.raises(ParityError) as e:
+        check_parity(rows, BY_NAME)
+    assert "onnx-fp32: agreement 1.0000 (needs 1.0), max |logit diff| NaN/inf" in str(e.value)
+
+
+@pytest.mark.parametrize("agreement", [float("nan"), 0.9999])
+def test_fp32_parity_fails_when_agreement_is_nan_or_short(agreement):
+    with pytest.raises(ParityError):
+        check_parity([{"name": "onnx-fp32", "agreement": agreement, "max_abs_diff": 0.0}], BY_NAME)
+
+
+@pytest.mark.parametrize("delta", [float("nan"), float("-inf"), -0.5])
+def test_over_budget_counts_nonfinite_deltas(delta):
+    assert over_budget([{"name": "onnx-fp16", "accuracy_delta": delta, "budget_pp": 0.02}])
+    assert not over_budget([{"name": "onnx-fp16", "accuracy_delta": 0.0, "budget_pp": 0.02}])
+
+
+def test_a_variant_with_nonfinite_logits_is_never_shipped():
+    rows = [{"name": "onnx-fp32", "backend": "onnxruntime", "precision": "fp32", "budget_pp": None,
+             "accuracy_delta": 0.0, "size_bytes": 400, "nonfinite": 0},
+            {"name": "onnx-fp16", "backend": "onnxruntime", "precision": "fp16", "budget_pp": 0.02,
+             "accuracy_delta": 0.0, "size_bytes": 200, "nonfinite": 3}]
+    assert shipped_variant(rows) == "onnx-fp32"
+    rows[1]["nonfinite"] = 0
+    assert shipped_variant(rows) == "onnx-fp16"
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), noise=st.sampled_from([0.0, 1e-6, 5e-5]),
+       poison=st.lists(st.tuples(st.integers(0, 63), st.integers(0, 9), st.sampled_from(NONFINITE)), max_size=3))
+def test_fp32_parity_passes_exactly_when_every_logit_is_finite_and_close(seed, noise, poison):
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=(64, 10)).astype(np.float32) * 5
+    ref[np.arange(64), rng.integers(0, 10, 64)] += 20  # a clear winner per row, so tiny noise never flips it
+    out = ref + rng.uniform(-noise, noise, ref.shape).astype(np.float32)
+    for i, j, bad in poison:
+        out[i, j] = bad
+    row = {"name": "onnx-fp32", **compare(out, ref, ref.argmax(1))}
+    if poison:
+        with pytest.raises(ParityError):
+            check_parity([row], BY_NAME)
+        assert row["nonfinite"] == len({i for i, _, _ in poison}) and row["max_abs_diff"] is None
+    else:
+        check_parity([row], BY_NAME)
+        assert row["nonfinite"] == 0 and row["max_abs_diff"] <= 1e-4

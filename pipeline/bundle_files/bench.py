@@ -179,16 +179,19 @@ def main(argv=None):
             OrtModel(path, args.provider, args.threads, info.get("ort_optimization", "all"))
         x = normalize(images, model.meta)
         logits = classify(model, x)
-        pred = logits.argmax(1)
+        finite = np.isfinite(logits).all(1)  # an image with a NaN/inf logit is wrong, never argmax'ed
+        pred = np.where(finite, logits.argmax(1), -1)
         name = info.get("variant", path.stem)
         expected = info.get("accuracy")
         acc = float((pred == labels).mean())
         lo, hi = getattr(model, "batch_range", None) or (1, max(batches))
         row = {"variant": name, "backend": model.backend, "precision": model.meta.get("precision", "?"),
                "size_bytes": path.stat().st_size, "accuracy": acc,
-               "agreement": float((pred == ref_pred).mean()), "max_abs_diff": float(np.abs(logits - ref).max()),
+               "agreement": float((pred == ref_pred).mean()),
+               "max_abs_diff": float(np.abs(logits - ref).max()) if finite.all() else None,  # null: NaN/inf
+               "nonfinite": int((~finite).sum()),
                "flips": int((pred != ref_pred).sum()), "reported_accuracy": expected,
-               "matches_report": expected is not None and acc == expected,
+               "matches_report": expected is not None and acc == expected and bool(finite.all()),
                "latency_includes": model.includes,
                "latency": {str(b): timings(model, x[:256], b, 10, args.iterations, args.seconds) if lo <= b <= hi
                            else None for b in batches}}
@@ -204,7 +207,8 @@ def main(argv=None):
     for r in rows:
         s, b = r["latency"][small] or {}, r["latency"][big] or {}
         print(f"| {r['variant']} | {r['backend']} | {r['precision']} | {r['size_bytes'] / 1024:.1f} KiB | "
-              f"{100 * r['accuracy']:.2f} % | {r['agreement']:.4f} | {r['max_abs_diff']:.2e} | {r['flips']} | "
+              f"{100 * r['accuracy']:.2f} % | {r['agreement']:.4f} | "
+              f"{'NaN/inf' if r['max_abs_diff'] is None else format(r['max_abs_diff'], '.2e')} | {r['flips']} | "
               f"{s.get('p50_ms', float('nan')):.3f} | {s.get('p99_ms', float('nan')):.3f} | "
               f"{b.get('throughput_per_s', float('nan')):,.0f} | "
               f"{'yes' if r['matches_report'] else 'NO' if r['reported_accuracy'] is not None else '-'} |")
@@ -223,15 +227,18 @@ def main(argv=None):
             print(f"{r['variant']}: layers by precision {r['layer_precisions'].get('by_precision')}")
     state = device_state()
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "device": state}, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": rows, "device": state}, indent=2, allow_nan=False))
+    broken = [r["variant"] for r in rows if r["nonfinite"]]
+    if broken:
+        print(f"FAILED: NaN or infinite logits from {', '.join(broken)}")
     checked = [r for r in rows if r["reported_accuracy"] is not None and r["backend"] == "onnxruntime-cpu"]
     failed = [r["variant"] for r in rows if r["backend"] == "tensorrt" and (
-        r["problems"] or r["reported_accuracy"] is None
+        r["problems"] or r["reported_accuracy"] is None or r["nonfinite"]
         or 100 * abs(r["accuracy"] - r["reported_accuracy"]) > args.engine_tolerance_pp)]
     if failed:
         print(f"engines FAILED: {', '.join(failed)} (accuracy off the report by more than "
-              f"{args.engine_tolerance_pp} pp, or a sidecar that does not match)")
-    return 0 if all(r["matches_report"] for r in checked) and not failed else 1
+              f"{args.engine_tolerance_pp} pp, NaN/inf logits, or a sidecar that does not match)")
+    return 0 if all(r["matches_report"] for r in checked) and not failed and not broken else 1
 
 
 if __name__ == "__main__":

@@ -61,9 +61,10 @@ def run(ctx: Context) -> list[Path]:
     for p in outputs:
         name = next(v.name for v in VARIANTS if v.file == p.name)
         sqnr[name] = quantize.per_layer_sqnr(fp32, p, probe)
-        worst = min(sqnr[name], key=lambda r: r["sqnr_db"])
+        worst = min(sqnr[name], key=lambda r: float("inf") if r["sqnr_db"] is None else r["sqnr_db"])
         log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", name,
-                 " ".join(f"{r['sqnr_db']:.1f}" for r in sqnr[name]), worst["layer"], worst["op"])
+                 " ".join("-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}" for r in sqnr[name]),
+                 worst["layer"], worst["op"])
     outputs.append(write_json(ctx.rd.sqnr_json, {"images": len(probe), "source": "training split (calibration set)",
                                                  "variants": sqnr}))
     outputs.append(plots.sqnr(sqnr, ctx.rd.sqnr_png))

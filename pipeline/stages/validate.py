@@ -62,6 +62,7 @@ def run(ctx: Context) -> list[Path]:
         row, logits = validate_variant(v, make, images, labels, reference, vcfg)
         logits_by_name[v.name] = logits
         if reference is None:
+            _require_finite_reference(ctx, row["nonfinite"], len(images), "test images")
             reference = logits
         path = ctx.rd.export_file(v.file) if v.file else ctx.rd.checkpoint
         row["path"] = str(path)
@@ -149,8 +150,24 @@ def _read_json(path: Path, default=None):
         return default
 
 
+def _require_finite_reference(ctx: Context, nonfinite: int, total: int, what: str) -> None:
+    """The PyTorch reference must give finite logits: every variant is judged against it.
+
+    Exit 2 (:class:`PipelineError`), not 3: exit 3 says "an exported file disagrees with a reference that is
+    right"; here the reference itself, the user's trained model, is broken, so no parity can be stated at
+    all, and the fix (the model's eval-mode forward, or retraining) is the user's. No report is written:
+    every figure in it would be measured against NaN.
+    """
+    if nonfinite:
+        raise PipelineError(
+            f"The trained model itself ({ctx.rd.checkpoint}, run in PyTorch) gives NaN or infinite logits on "
+            f"{nonfinite} of {total} {what}, so no exported variant can be checked against it and no report was "
+            "written. Its eval-mode forward is broken (a division by zero, log of 0, sqrt of a negative number, or "
+            "diverged weights): fix the model, then rerun with --force (a lower --lr if training diverged).")
+
+
 def _check_golden(ctx: Context, model) -> None:
-    """The checkpoint must still reproduce the golden logits the export stage stored."""
+    """The checkpoint must still reproduce the golden logits the export stage stored (NaN never does)."""
     import numpy as np
     import torch
 
@@ -160,7 +177,9 @@ def _check_golden(ctx: Context, model) -> None:
     except Exception as e:
         raise PipelineError(f"{ctx.rd.golden} is unreadable ({type(e).__name__}); rerun with --force.") from None
     with torch.inference_mode():
-        diff = float(np.abs(model(torch.from_numpy(x)).numpy() - ref).max())
-    if diff > 1e-5:
+        out = model(torch.from_numpy(x)).numpy()
+    _require_finite_reference(ctx, int((~np.isfinite(out).all(1)).sum()), len(out), "golden inputs")
+    diff = float(np.abs(out - ref).max())
+    if not diff <= 1e-5:  # NaN in the stored golden logits fails too
         raise PipelineError(f"The checkpoint no longer reproduces {ctx.rd.golden} (max diff {diff:.2e}); "
                             "rerun with --force.")
