@@ -7,8 +7,12 @@
 
 For each model it classifies the 10,000 MNIST test images in data/mnist-test.npz, compares with the
 PyTorch reference logits in data/reference.npz (accuracy, agreement, max |logit diff|, flips), times
-it (warm-up, then p50/p90/p99 and throughput), and says whether the accuracy equals the one the
-pipeline reported (MANIFEST.json). It prints the same table as the pipeline's report.md.
+it (warm-up, then p50/p90/p99 and throughput), and says whether it equals what the pipeline reported
+(MANIFEST.json) as strictly as the pipeline's validate stage checks it: every logit finite, the same
+accuracy, the same test images flipped against PyTorch, and for variants with a parity tolerance
+(atol) agreement 1.0 and max |logit diff| <= atol. The reference itself must reproduce the report's
+torch-fp32 accuracy. It prints the same table as the pipeline's report.md, then each failed check.
+Exit 1 when the reference or any onnxruntime-CPU model fails a check.
 """
 import argparse
 import json
@@ -100,6 +104,66 @@ def timings(model, x, batch, warmup, iterations, seconds):
             "throughput_per_s": batch * len(t) / (t.sum() / 1000)}
 
 
+def compare(logits, ref, labels):
+    """Accuracy and agreement (fractions), max |logit diff| against the reference, and the flipped test indices."""
+    pred, ref_pred = logits.argmax(1), ref.argmax(1)
+    return {"accuracy": float((pred == labels).mean()), "agreement": float((pred == ref_pred).mean()),
+            "max_abs_diff": float(np.abs(logits - ref).max()), "flip_indices": np.flatnonzero(pred != ref_pred).tolist()}
+
+
+def _examples(indices, n=5):
+    return ", ".join(str(i) for i in indices[:n]) + (", ..." if len(indices) > n else "")
+
+
+def check_model(logits, figures, info):
+    """The checks that failed, each as a sentence (empty: the model equals the report). ``info`` is the model's
+    MANIFEST.json entry; a check whose reported figure is absent (an older bundle) is skipped."""
+    failed = []
+    bad = int((~np.isfinite(logits)).sum())
+    if bad:
+        failed.append(f"{bad} logits are NaN or infinite")
+    if info.get("accuracy") is not None and figures["accuracy"] != info["accuracy"]:
+        failed.append(f"accuracy {figures['accuracy']!r} differs from the reported {info['accuracy']!r}")
+    if info.get("flips") is not None:
+        now, then = set(figures["flip_indices"]), set(info["flips"])
+        if now != then:
+            new, gone = sorted(now - then), sorted(then - now)
+            failed.append(f"flipped test images differ from the report: {len(new)} newly flipped"
+                          f"{' (' + _examples(new) + ')' if new else ''}, {len(gone)} no longer flipped"
+                          f"{' (' + _examples(gone) + ')' if gone else ''}")
+    atol = info.get("atol")
+    if atol is not None:
+        if figures["agreement"] != 1.0:
+            failed.append(f"agreement {figures['agreement']:.4f} (needs 1.0)")
+        if not figures["max_abs_diff"] <= atol:  # written so that NaN fails
+            failed.append(f"max |logit diff| {figures['max_abs_diff']:.2e} (needs <= {atol:g})")
+    return failed
+
+
+def check_reference(ref, labels, expected):
+    """data/reference.npz must be finite and reproduce the report's torch-fp32 accuracy, or no comparison holds."""
+    bad = int((~np.isfinite(ref)).sum())
+    if bad:
+        return [f"data/reference.npz: {bad} logits are NaN or infinite"]
+    acc = float((ref.argmax(1) == labels).mean())
+    if expected is not None and acc != expected:
+        return [f"data/reference.npz: accuracy {acc!r} differs from the report's torch-fp32 accuracy {expected!r}"]
+    return []
+
+
+def strict_json(obj):
+    """``obj`` with every NaN or infinity replaced by None, so json.dumps(allow_nan=False) accepts it."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
@@ -115,7 +179,7 @@ def main(argv=None):
     test = np.load(HERE / "data" / "mnist-test.npz")
     ref = np.load(HERE / "data" / "reference.npz")["logits"]
     images, labels = test["images"], test["labels"]
-    ref_pred = ref.argmax(1)
+    reference_failed = check_reference(ref, labels, manifest.get("reference", {}).get("accuracy"))
     batches = [int(b) for b in args.batches.split(",")]
     paths = sorted((HERE / "engines").glob("*.engine")) if args.engines else sorted((HERE / "models").glob("*.onnx"))
     if not paths:
@@ -127,15 +191,13 @@ def main(argv=None):
                                                              info.get("ort_optimization", "all"))
         x = normalize(images, model.meta)
         logits = np.concatenate([model(x[i:i + 1000]) for i in range(0, len(x), 1000)]).astype(np.float32)
-        pred = logits.argmax(1)
-        name = info.get("variant", path.stem)
+        figures = compare(logits, ref, labels)
+        failed = check_model(logits, figures, info)
         expected = info.get("accuracy")
-        acc = float((pred == labels).mean())
-        row = {"variant": name, "backend": model.backend, "precision": model.meta.get("precision", "?"),
-               "size_bytes": path.stat().st_size, "accuracy": acc,
-               "agreement": float((pred == ref_pred).mean()), "max_abs_diff": float(np.abs(logits - ref).max()),
-               "flips": int((pred != ref_pred).sum()), "reported_accuracy": expected,
-               "matches_report": expected is not None and acc == expected,
+        row = {"variant": info.get("variant", path.stem), "backend": model.backend,
+               "precision": model.meta.get("precision", "?"), "size_bytes": path.stat().st_size,
+               **figures, "flips": len(figures["flip_indices"]), "reported_accuracy": expected,
+               "matches_report": expected is not None and not failed, "failed_checks": failed,
                "latency": {str(b): timings(model, x[:256], b, 10, args.iterations, args.seconds) for b in batches}}
         rows.append(row)
     small, big = str(batches[0]), str(batches[-1])
@@ -150,11 +212,17 @@ def main(argv=None):
               f"{s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {b['throughput_per_s']:,.0f} | "
               f"{'yes' if r['matches_report'] else 'NO' if r['reported_accuracy'] is not None else '-'} |")
     print("Timing: host wall clock per call after 10 warm-up calls (TensorRT: Polygraphy's runner, copies included).")
+    for problem in reference_failed:
+        print(f"REFERENCE BROKEN: {problem}; no row above can be trusted.")
+    for r in rows:
+        if r["failed_checks"]:
+            print(f"{r['variant']} ({r['backend']}) does not equal the report: " + "; ".join(r["failed_checks"]) + ".")
     state = device_state()
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "device": state}, indent=2))
+        out = {"rows": rows, "reference_failed_checks": reference_failed, "device": state}
+        Path(args.json).write_text(json.dumps(strict_json(out), indent=2, allow_nan=False))
     checked = [r for r in rows if r["reported_accuracy"] is not None and r["backend"] == "onnxruntime-cpu"]
-    return 0 if all(r["matches_report"] for r in checked) else 1
+    return 0 if not reference_failed and all(r["matches_report"] for r in checked) else 1
 
 
 if __name__ == "__main__":
