@@ -4,8 +4,10 @@ A bundle holds the ONNX variants, the MNIST test set, the PyTorch reference
 logits and golden inputs, a manifest with the SHA-256 of every file, a README
 for the device, an engine build script (``build_engines.py``: the very same
 file as :mod:`exporters.tensorrt`; ``build_engines.sh``: the trtexec forms) and
-``bench.py``, which needs only numpy plus onnxruntime or TensorRT and prints
-the same table as the report. ``pipeline verify`` checks every hash.
+``bench.py``, which needs only numpy plus onnxruntime or TensorRT, prints
+the same table as the report and checks each model as strictly as validate does.
+``pipeline verify`` checks every hash and, since an archive is untrusted, every
+member's type and name.
 """
 from __future__ import annotations
 
@@ -213,16 +215,20 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, vari
 
 def _swap_in(new: Path, dest: Path) -> None:
     """Put the complete folder ``new`` at ``dest``: the old one is renamed aside, the new one renamed into place,
-    and only then is the old one removed; if the second rename fails the old one is put back."""
+    and only then is the old one removed. If anything (Ctrl-C included) stops this before the new one is in place,
+    the old one is put back."""
     if not dest.exists():
         os.rename(new, dest)
         return
     aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old.tmp", dir=dest.parent))
-    os.rename(dest, aside)  # onto an empty folder: allowed, and atomic
     try:
+        os.rename(dest, aside)  # onto an empty folder: allowed, and atomic
         os.rename(new, dest)
     except BaseException:
-        os.rename(aside, dest)
+        if not dest.exists():
+            os.rename(aside, dest)  # if even this fails, the old bundle stays whole in ``aside``
+        else:
+            shutil.rmtree(aside, ignore_errors=True)  # empty (nothing moved), or both renames were done
         raise
     shutil.rmtree(aside, ignore_errors=True)
 
