@@ -4,16 +4,20 @@ A bundle holds the ONNX variants, the MNIST test set, the PyTorch reference
 logits and golden inputs, a manifest with the SHA-256 of every file, a README
 for the device, an engine build script (``build_engines.py``: the very same
 file as :mod:`exporters.tensorrt`; ``build_engines.sh``: the trtexec forms) and
-``bench.py``, which needs only numpy plus onnxruntime or TensorRT and prints
-the same table as the report. ``pipeline verify`` checks every hash.
+``bench.py``, which needs only numpy plus onnxruntime or TensorRT, prints
+the same table as the report and checks each model as strictly as validate does.
+``pipeline verify`` checks every hash and, since an archive is untrusted, every
+member's type and name.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
+import os
 import shutil
 import tarfile
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import numpy as np
 
 from . import manifest
 from .errors import PipelineError
-from .layout import RunDir, atomic_path, atomic_write, sha256_file, write_json
+from .layout import RunDir, _umask, atomic_path, atomic_write, sha256_file, write_json
 from .variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ FILES = Path(__file__).parent / "bundle_files"
 TRT_VARIANTS = {"onnx-fp32": "fp32", "onnx-fp16": "fp16", "onnx-int8-ptq": "int8", "onnx-int8-qat": "int8"}
 
 
-def _readme(target: str, model: str, models: dict) -> str:
+def _readme(target: str, model: str, models: dict, tar_name: str) -> str:
     engines = target in ("jetson", "gpu")
     lines = [
         f"# {model} bundle for {target}",
@@ -39,8 +43,14 @@ def _readme(target: str, model: str, models: dict) -> str:
         "Made by edge-export-pipeline. Needs Python 3 with numpy and onnxruntime"
         + (" (onnxruntime-gpu for CUDA), or TensorRT 10.x/11.x with polygraphy for engines." if engines else "."),
         "",
+        "0. Unpack the archive with tarfile's `data` filter (Python >= 3.10.12 or 3.11.4), which refuses links, devices",
+        "   and names outside the folder, or run `pipeline verify` on it first; avoid a bare `tar xzf` on an archive",
+        "   you did not make:",
+        f"   `python3 -c \"import tarfile; tarfile.open('{tar_name}').extractall(filter='data')\"`",
         "1. Check the files: `sha256sum` against MANIFEST.json, or `pipeline verify <this folder>` on the build host.",
-        "2. Parity and latency on onnxruntime: `python3 bench.py` (add `--provider cuda` with onnxruntime-gpu).",
+        "2. Parity and latency on onnxruntime: `python3 bench.py` (add `--provider cuda` with onnxruntime-gpu). It checks",
+        "   each model as strictly as the pipeline's validate stage (finite logits, same accuracy, the same flipped test",
+        "   images, and agreement 1.0 within atol for FP32) and exits 1 if an onnxruntime-CPU check fails.",
     ]
     if engines:
         lines += [
@@ -104,7 +114,70 @@ def _trtexec(models: dict) -> str:
 
 
 def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<model>-<target>-bundle/`` and its ``.tar.gz``; return both paths."""
+    """Write ``<out_dir>/<model>-<target>-bundle/`` and its ``.tar.gz``; return both paths.
+
+    Every run artifact it reads is first checked against the run's manifest, and the bundle is built in a
+    temp folder beside the destination and swapped in only once complete, so a refusal, a bad ``--data-root``
+    or a Ctrl-C leaves the previous bundle (folder and tarball) exactly as it was.
+    """
+    if target not in TARGETS:
+        raise PipelineError(f"--target must be one of {', '.join(TARGETS)}; got '{target}'.")
+    if not run.report_json.is_file() or not run.stages.is_file():
+        raise PipelineError(f"{run.report_json} is missing or unreadable; run `pipeline run all` first.")
+    # the report's rows decide which model files are read, so the fixed files are checked (and the report read) first
+    manifest.require_intact(run.root, [_rel(run, p) for p in (run.report_json, run.checkpoint, run.golden)],
+                            "pipeline bundle")
+    report = _read_report(run)
+    rows = {v["name"]: v for v in report["variants"]}
+    # the onnxruntime-CPU rows: the figures bench.py reproduces (a CUDA row shares its file with a CPU row)
+    variants = [v for v in VARIANTS if v.name in rows and v.backend == "onnxruntime" and v.provider == "cpu"]
+    record = manifest.require_intact(run.root, [_rel(run, run.export_file(v.file)) for v in variants],
+                                     "pipeline bundle")
+
+    out_dir = Path(out_dir)
+    folder = out_dir / f"{run.root.name}-{target}-bundle"
+    tar_path = folder.with_name(folder.name + ".tar.gz")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=out_dir))
+    except OSError as e:
+        raise PipelineError(f"Cannot write the bundle into {out_dir} ({e.strerror or e}); choose another --out.") from None
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle gets normal permissions
+        files = _fill(staging, run, target, report, rows, variants, data_root)
+        copied = {"report.json": run.report_json, "data/golden.npz": run.golden,
+                  **{f"models/{v.file}": run.export_file(v.file) for v in variants}}
+        changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, _rel(run, src))]
+        if changed:  # checked before copying; this catches a file replaced while the bundle was being built
+            raise PipelineError(f"{', '.join(changed)} changed while the bundle was being built; nothing was replaced. "
+                                "Run `pipeline bundle` again when nothing else writes to the run folder.")
+        with atomic_path(tar_path) as tmp_tar:
+            with tarfile.open(tmp_tar, "w:gz") as tar:
+                tar.add(staging, arcname=folder.name)
+            _swap_in(staging, folder)  # the tarball follows when this block exits (atomic_path renames it)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("bundle: %s (%d files) and %s", folder, len(files) + 1, tar_path)
+    return folder, tar_path
+
+
+def _rel(run: RunDir, path: Path) -> str:
+    return str(Path(path).relative_to(run.root))
+
+
+def _read_report(run: RunDir) -> dict:
+    try:
+        report = json.loads(run.report_json.read_text())
+        rows = {v["name"]: v for v in report["variants"]}
+        _ = report["model"], rows["torch-fp32"]["accuracy"]  # the fields the bundle needs besides the rows
+        return report
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PipelineError(f"{run.report_json} is not a complete pipeline report ({type(e).__name__}: {e}); "
+                            "rerun `pipeline run all --force`.") from None
+
+
+def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, variants, data_root: Path) -> dict:
+    """Write every bundle file into ``folder`` (MANIFEST.json last); return {relative path: SHA-256}."""
     import torch
 
     from exporters.onnx import read_metadata
@@ -112,35 +185,27 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
     from . import checkpoint
     from .data import ensure_raw
 
-    if target not in TARGETS:
-        raise PipelineError(f"--target must be one of {', '.join(TARGETS)}; got '{target}'.")
-    try:
-        report = json.loads(run.report_json.read_text())
-    except (OSError, ValueError):
-        raise PipelineError(f"{run.report_json} is missing or unreadable; run `pipeline run all` first.") from None
-    rows = {v["name"]: v for v in report["variants"]}
-    folder = Path(out_dir) / f"{run.root.name}-{target}-bundle"
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "models").mkdir(parents=True)
+    (folder / "models").mkdir()
     (folder / "data").mkdir()
     models = {}
-    for v in VARIANTS:
-        if not v.file or v.name not in rows:
-            continue
+    for v in variants:
         src = run.export_file(v.file)
-        if sha256_file(src) != _recorded_sha(run, src):
-            raise PipelineError(f"{src} no longer matches what the pipeline recorded; rerun `pipeline run all`.")
         shutil.copy2(src, folder / "models" / v.file)
         meta = read_metadata(src)
+        row = rows[v.name]
         models[Path(v.file).stem] = {
-            "variant": v.name, "precision": v.precision, "accuracy": rows[v.name]["accuracy"],
-            "agreement": rows[v.name]["agreement"], "tensorrt": v.name in TRT_VARIANTS and target != "cpu",
+            "variant": v.name, "precision": v.precision, "accuracy": row["accuracy"],
+            "agreement": row["agreement"], "max_abs_diff": row["max_abs_diff"], "flips": row.get("flips"),
+            "atol": v.atol, "tensorrt": v.name in TRT_VARIANTS and target != "cpu",
             "image_shape": json.loads(meta.get("input_shape", "[1, 28, 28]")), "metadata": meta,
             "ort_optimization": v.ort_optimization,
         }
     # the test set and PyTorch's logits on it, so bench.py reproduces the report's figures exactly
-    raw = ensure_raw(data_root)
+    try:
+        raw = ensure_raw(data_root)
+    except OSError as e:
+        raise PipelineError(f"--data-root {data_root} cannot hold MNIST ({e.strerror or e}); point it at a folder "
+                            "with MNIST/raw or one that can be written.") from None
     images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
     labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
     ckpt = checkpoint.load(run.checkpoint)
@@ -148,6 +213,14 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
     x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))
     with torch.inference_mode():
         logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+    reference = {"variant": "torch-fp32", "accuracy": rows["torch-fp32"]["accuracy"]}
+    acc = float((logits.argmax(1) == labels).mean())
+    if not np.isfinite(logits).all() or acc != reference["accuracy"]:
+        raise PipelineError(
+            f"The checkpoint's logits on the test set in {data_root} give accuracy {acc!r}"
+            f"{' and are not all finite' if not np.isfinite(logits).all() else ''}, but the report says torch-fp32 "
+            f"reached {reference['accuracy']!r}: the bundle's reference would not reproduce the report, so none was "
+            "written. Rerun `pipeline run all --force`.")
     _savez(folder / "data" / "mnist-test.npz", images=images, labels=labels)
     _savez(folder / "data" / "reference.npz", logits=logits)
     shutil.copy2(run.golden, folder / "data" / "golden.npz")
@@ -156,23 +229,34 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
     if target != "cpu":
         shutil.copy2(Path(__file__).resolve().parents[1] / "exporters" / "tensorrt.py", folder / "build_engines.py")
         atomic_write(folder / "build_engines.sh", _trtexec(models))
-    atomic_write(folder / "README.md", _readme(target, report["model"], models))
+    atomic_write(folder / "README.md", _readme(target, report["model"], models, f"{run.root.name}-{target}-bundle.tar.gz"))
     files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     write_json(folder / "MANIFEST.json", {
         "format": FORMAT, "model": report["model"], "target": target,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "models": models, "files": files,
+        "reference": reference, "models": models, "files": files,
     })
-    tar_path = folder.with_name(folder.name + ".tar.gz")
-    with atomic_path(tar_path) as tmp:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(folder, arcname=folder.name)
-    log.info("bundle: %s (%d files) and %s", folder, len(files) + 1, tar_path)
-    return folder, tar_path
+    return files
 
 
-def _recorded_sha(run: RunDir, path: Path) -> str | None:
-    return manifest.recorded_sha(manifest.load(run.stages), str(path.relative_to(run.root)))
+def _swap_in(new: Path, dest: Path) -> None:
+    """Put the complete folder ``new`` at ``dest``: the old one is renamed aside, the new one renamed into place,
+    and only then is the old one removed. If anything (Ctrl-C included) stops this before the new one is in place,
+    the old one is put back."""
+    if not dest.exists():
+        os.rename(new, dest)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old.tmp", dir=dest.parent))
+    try:
+        os.rename(dest, aside)  # onto an empty folder: allowed, and atomic
+        os.rename(new, dest)
+    except BaseException:
+        if not dest.exists():
+            os.rename(aside, dest)  # if even this fails, the old bundle stays whole in ``aside``
+        else:
+            shutil.rmtree(aside, ignore_errors=True)  # empty (nothing moved), or both renames were done
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _savez(path: Path, **arrays) -> None:
@@ -187,13 +271,15 @@ def verify(path: Path) -> list[str]:
     if path.is_file() and path.name.endswith(".tar.gz"):
         return _verify_tar(path)
     if (path / "MANIFEST.json").is_file():
-        manifest = _read_manifest((path / "MANIFEST.json").read_bytes(), path)
-        return _compare(manifest["files"], {str(p.relative_to(path)): p.read_bytes()
-                                            for p in path.rglob("*") if p.is_file() and p.name != "MANIFEST.json"})
+        return _verify_folder(path)
     if (path / "stages.json").is_file():
         return _verify_run(path)
     raise PipelineError(f"{path} is neither a bundle (no MANIFEST.json), a bundle .tar.gz, nor a run folder "
                         "(no stages.json).")
+
+
+#: the largest MANIFEST.json read into memory (a real one is a few KiB); every other file is hashed in chunks
+MANIFEST_MAX_BYTES = 16 << 20
 
 
 def _read_manifest(data: bytes, where) -> dict:
@@ -206,29 +292,120 @@ def _read_manifest(data: bytes, where) -> dict:
         raise PipelineError(f"The MANIFEST.json of {where} is corrupted or foreign ({e}).") from None
 
 
-def _compare(expected: dict, actual: dict[str, bytes]) -> list[str]:
-    import hashlib
-
+def _compare(expected: dict, actual: dict[str, str]) -> list[str]:
+    """``actual``: relative path -> SHA-256 of every regular file found (MANIFEST.json excluded)."""
     problems = [f"missing: {rel}" for rel in expected if rel not in actual]
     problems += [f"altered: {rel} (SHA-256 differs from the manifest)" for rel, sha in expected.items()
-                 if rel in actual and hashlib.sha256(actual[rel]).hexdigest() != sha]
+                 if rel in actual and actual[rel] != sha]
     problems += [f"not in the manifest: {rel}" for rel in actual if rel not in expected
                  and not rel.startswith("engines/")]  # engines are built on the device
     return problems
 
 
+def _verify_folder(root: Path) -> list[str]:
+    """A bundle folder: only folders and regular files (a symlink could point anywhere), each hashed in chunks."""
+    import stat
+
+    problems, hashes = [], {}
+    for parent, dirs, names in os.walk(root):  # does not follow symlinked folders; they are listed in ``dirs``
+        for name in sorted(dirs + names):
+            p = Path(parent) / name
+            rel = str(p.relative_to(root))
+            mode = p.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                problems.append(f"symbolic link (only regular files and folders are allowed): {rel}")
+            elif stat.S_ISREG(mode):
+                hashes[rel] = sha256_file(p)
+            elif not stat.S_ISDIR(mode):
+                problems.append(f"not a regular file ({_kind(mode)}): {rel}")
+        dirs[:] = [d for d in dirs if stat.S_ISDIR((Path(parent) / d).lstat().st_mode)]
+    if "MANIFEST.json" not in hashes:
+        return problems + ["MANIFEST.json is not a regular file"]
+    if (root / "MANIFEST.json").stat().st_size > MANIFEST_MAX_BYTES:
+        return problems + [f"MANIFEST.json is larger than {MANIFEST_MAX_BYTES} bytes, so it is not a bundle manifest"]
+    manifest = _read_manifest((root / "MANIFEST.json").read_bytes(), root)
+    hashes.pop("MANIFEST.json")
+    return problems + _compare(manifest["files"], hashes)
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, what in ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return what
+    return "unknown type"
+
+
+#: what a tar member that is not a regular file or a folder is, for the problem line
+_TAR_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device",
+              tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo"}
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why a member name could land outside the folder it is unpacked into (None when it is safe)."""
+    if not name:
+        return "empty name"
+    if "\0" in name or "\\" in name:
+        return "NUL or backslash in the name"
+    if name.startswith("/"):
+        return "absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "'..' component"
+    if any(part in ("", ".") for part in parts):
+        return "empty or '.' component"
+    return None
+
+
+def _show(name: str) -> str:
+    return name if name.isprintable() else ascii(name)
+
+
 def _verify_tar(path: Path) -> list[str]:
+    """A bundle .tar.gz, read member by member without unpacking: only regular files and folders with safe relative
+    names under one top folder, each name once; regular files are hashed in 1 MiB chunks, so memory stays flat
+    whatever a member's size."""
+    import hashlib
+    import zlib
+
+    problems, seen, safe, hashes, manifest_data, top = [], {}, {}, {}, None, None
     try:
         with tarfile.open(path, "r:gz") as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError, EOFError) as e:
-        return [f"{path} is not a readable .tar.gz ({type(e).__name__}: {e})"]
-    tops = {name.split("/", 1)[0] for name in members}
-    if len(tops) != 1 or f"{next(iter(tops))}/MANIFEST.json" not in members:
-        return [f"{path} does not contain one bundle folder with a MANIFEST.json"]
-    top = next(iter(tops))
-    manifest = _read_manifest(members.pop(f"{top}/MANIFEST.json"), path)
-    return _compare(manifest["files"], {name[len(top) + 1 :]: data for name, data in members.items()})
+            for m in tar:
+                name = m.name[:-1] if m.isdir() and m.name.endswith("/") else m.name
+                why = [_unsafe_name(name)]
+                if why[0] is None:
+                    top = top or name.split("/", 1)[0]
+                    if name.split("/", 1)[0] != top:
+                        why.append(f"outside the bundle folder {_show(top)}/")
+                if not (m.isreg() or m.isdir()):
+                    link = f" to {_show(m.linkname)}" if m.issym() or m.islnk() else ""
+                    why.append(f"{_TAR_KINDS.get(m.type, 'special member')}{link}; only regular files and folders "
+                               "are allowed")
+                if name in seen:
+                    why.append(f"appears twice (before as a {seen[name]})")
+                seen.setdefault(name, "folder" if m.isdir() else "file" if m.isreg() else "special member")
+                why = [w for w in why if w]
+                if why:
+                    problems.append(f"unsafe member: {_show(m.name)} ({'; '.join(why)})")
+                    continue
+                safe[name] = seen[name]
+                if m.isreg():
+                    if name == f"{top}/MANIFEST.json" and m.size <= MANIFEST_MAX_BYTES:
+                        manifest_data = tar.extractfile(m).read()
+                        continue
+                    h, f = hashlib.sha256(), tar.extractfile(m)
+                    while block := f.read(1 << 20):
+                        h.update(block)
+                    hashes[name] = h.hexdigest()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        return problems + [f"{path} is not a readable .tar.gz ({type(e).__name__}: {e})"]
+    if top is None or safe.get(top, "folder") != "folder" or manifest_data is None:
+        return problems + [f"{path} does not contain one bundle folder with a MANIFEST.json"]
+    manifest = _read_manifest(manifest_data, path)
+    return problems + _compare(manifest["files"], {name[len(top) + 1:]: sha for name, sha in hashes.items()})
 
 
 def _verify_run(run_dir: Path) -> list[str]:

@@ -56,6 +56,8 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from rich.markup import escape
+
         from runtime.errors import BackendUnavailable, RuntimeInputError
 
         try:
@@ -74,7 +76,7 @@ def guarded(fn):
 
             if e.errno not in DISK_ERRNOS:
                 raise
-            _console().print(f"[bold red]error:[/] {disk_error(e.filename or 'a file', e)}", highlight=False,
+            _console().print(f"[bold red]error:[/] {escape(str(disk_error(e.filename or 'a file', e)))}", highlight=False,
                              soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -267,7 +269,9 @@ def bundle_cmd(
     _setup_logging()
     run_dir = RunDir.for_model(artifacts, model)
     folder, tar = bundle.make_bundle(run_dir, target, out or artifacts / "bundles", data_root or default_data_root())
-    _console().print(f"[green]bundle:[/] {folder} and {tar}")
+    from rich.markup import escape
+
+    _console().print(f"[green]bundle:[/] {escape(str(folder))} and {escape(str(tar))}")
 
 
 @app.command()
@@ -280,9 +284,12 @@ def verify(path: Path = typer.Argument(..., help="A bundle folder, a bundle .tar
 
     if not path.exists():
         raise PipelineError(f"{path} does not exist.")
+    from rich.markup import escape
+
     problems = bundle.verify(path)
-    if problems:
-        _console().print(f"[bold red]verify failed:[/] {path}: " + "; ".join(problems), highlight=False, soft_wrap=True)
+    if problems:  # member names come from the archive: escaped, so a name like "[/x]" is printed, not parsed
+        _console().print(f"[bold red]verify failed:[/] {escape(str(path))}: " + escape("; ".join(problems)),
+                         highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     Console().print(f"{path}: every file matches its recorded SHA-256.", highlight=False)
 

@@ -105,28 +105,66 @@ def recorded_sha(record: dict[str, dict], rel: str) -> str | None:
 
 @dataclass(frozen=True)
 class Problem:
-    stage: str
+    stage: str | None  # None: no stage recorded the file
     path: str  # relative to the run folder
-    kind: str  # missing | truncated | altered
+    kind: str  # missing | truncated | altered | unrecorded
 
     def __str__(self) -> str:
+        if self.kind == "unrecorded":
+            return f"not recorded by any finished stage: {self.path}"
         what = {"missing": "missing", "truncated": "truncated (shorter than recorded)",
                 "altered": "altered (SHA-256 differs from the manifest)"}[self.kind]
         return f"{what}: {self.path} (written by stage {self.stage})"
 
 
+def _check_file(root: Path, stage: str, rel: str, value) -> Problem | None:
+    sha, size = _expected(value)
+    p = Path(root) / rel
+    if not p.is_file():
+        return Problem(stage, rel, "missing")
+    if size is not None and p.stat().st_size < size:
+        return Problem(stage, rel, "truncated")
+    if sha256_file(p) != sha:
+        return Problem(stage, rel, "altered")
+    return None
+
+
 def check_stage(root: Path, stage: str, info: dict) -> list[Problem]:
+    problems = [_check_file(root, stage, rel, value) for rel, value in info.get("outputs", {}).items()]
+    return [p for p in problems if p is not None]
+
+
+def check_files(root: Path, record: dict[str, dict], rels) -> list[Problem]:
+    """The problems of just the files ``rels`` (relative to ``root``): not recorded, missing, truncated or altered."""
+    owners = {rel: (stage, value) for stage, info in record.items() for rel, value in info.get("outputs", {}).items()}
     problems = []
-    for rel, value in info.get("outputs", {}).items():
-        sha, size = _expected(value)
-        p = Path(root) / rel
-        if not p.is_file():
-            problems.append(Problem(stage, rel, "missing"))
-        elif size is not None and p.stat().st_size < size:
-            problems.append(Problem(stage, rel, "truncated"))
-        elif sha256_file(p) != sha:
-            problems.append(Problem(stage, rel, "altered"))
+    for rel in rels:
+        if rel not in owners:
+            problems.append(Problem(None, rel, "unrecorded"))
+        elif (problem := _check_file(root, owners[rel][0], rel, owners[rel][1])) is not None:
+            problems.append(problem)
     return problems
+
+
+def require_intact(root: Path, rels, command: str) -> dict[str, dict]:
+    """Before ``command`` reads the files ``rels`` of a run: each must be recorded in the manifest and still be
+    what its stage wrote. Raises one :class:`PipelineError` naming every file that is not (so a hand-edited
+    report or a checkpoint from another run is never consumed); returns the record.
+
+    This hashes every file named, so call it once, with everything the command is about to read."""
+    root = Path(root)
+    record = load(root / "stages.json")
+    if not record:
+        raise PipelineError(f"{root} has no finished stages recorded ({root / 'stages.json'} is absent or empty), so "
+                            f"`{command}` has nothing it can trust; run `pipeline run all` first. Nothing was written.")
+    problems = check_files(root, record, rels)
+    if problems:
+        raise PipelineError(
+            f"`{command}` refuses to read {root}: " + "; ".join(str(p) for p in problems) + ". These files are not "
+            "what the pipeline wrote and recorded in stages.json (edited by hand, copied from another run, cut off, or "
+            "never produced), so nothing was read or written. Rerun `pipeline run all` to rebuild missing files; "
+            "delete altered ones to have their stage rebuild them, or rerun with --force to redo every stage.")
+    return record
 
 
 def check(root: Path, record: dict[str, dict]) -> list[Problem]:

@@ -1,13 +1,18 @@
 """`pipeline bundle` / `pipeline verify`, and the TensorRT exporter's logic that needs no GPU."""
 import json
+import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporters import tensorrt as trtx
-from tests.conftest import invoke
+from tests.conftest import invoke, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -99,5 +104,500 @@ def test_bundle_bad_input(tmp_path, data_root):
     assert r.exit_code == 2
     r = invoke("bundle", "--target", "gpu", "--artifacts", tmp_path, "--data-root", data_root)
     assert r.exit_code == 2 and "run `pipeline run all` first" in r.output
+
+
+# ---------------------------------------------------------------- bundle reads only what the run's manifest vouches for
+def _edit_report(run):
+    report = json.loads((run / "report.json").read_text())
+    row = next(v for v in report["variants"] if v["name"] == "onnx-int8-ptq")
+    row["accuracy"] += 0.0001  # a "nicer" figure, still valid JSON
+    (run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _foreign_checkpoint(run):
+    import torch
+
+    from pipeline import checkpoint
+
+    ckpt = checkpoint.load(run / "train" / "model.pt")  # a valid checkpoint whose weights are not this run's
+    first = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][first] = ckpt["state_dict"][first] + 0.01
+    torch.save(ckpt, run / "train" / "model.pt")
+
+
+def _unrecord(rel):
+    def damage(run):
+        from pipeline import manifest
+
+        record = manifest.load(run / "stages.json")
+        for info in record.values():
+            info["outputs"].pop(rel, None)
+        manifest.save(run / "stages.json", record)
+    return damage
+
+
+def _flip_bit(rel):
+    def damage(run):
+        blob = bytearray((run / rel).read_bytes())
+        blob[len(blob) // 2] ^= 0x01
+        (run / rel).write_bytes(bytes(blob))
+    return damage
+
+
+DAMAGE = {
+    "report.json edited by hand": (_edit_report, "altered (SHA-256 differs from the manifest): report.json"),
+    "report.json cut off": (lambda run: (run / "report.json").write_bytes((run / "report.json").read_bytes()[:200]),
+                            "truncated (shorter than recorded): report.json"),
+    # altered, or truncated when the foreign file happens to be shorter
+    "model.pt from another run": (_foreign_checkpoint, ": train/model.pt (written by stage train)"),
+    "golden.npz one bit flipped": (_flip_bit("export/golden.npz"), "altered (SHA-256 differs from the manifest): "
+                                                                   "export/golden.npz"),
+    "int8-qat ONNX one bit flipped": (_flip_bit("export/model-int8-qat.onnx"), "altered (SHA-256 differs from the "
+                                                                                "manifest): export/model-int8-qat.onnx"),
+    "fp32 ONNX deleted": (lambda run: (run / "export" / "model-fp32.onnx").unlink(),
+                          "missing: export/model-fp32.onnx"),
+    "golden.npz not in the record": (_unrecord("export/golden.npz"),
+                                     "not recorded by any finished stage: export/golden.npz"),
+    "stages.json deleted": (lambda run: (run / "stages.json").unlink(), "run `pipeline run all` first"),
+}
+
+
+@pytest.fixture
+def old_bundle(bundle, tmp_path):
+    """An --out folder holding a previous bundle (folder and tarball), to prove a failed rebuild keeps it."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(bundle, out / bundle.name)
+    shutil.copy2(bundle.with_name(bundle.name + ".tar.gz"), out)
+    return out
+
+
+def _bundle(artifacts, out, data_root, *extra):
+    return invoke("bundle", "--target", "jetson", "--artifacts", artifacts, "--out", out, "--data-root", data_root, *extra)
+
+
+def _assert_one_paragraph(r, code=2):
+    assert r.exit_code == code, r.output
+    assert r.output.count("error:") == 1 and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_bundle_refuses_damaged_or_foreign_artifacts_and_writes_nothing(case, quick_copy, old_bundle, data_root):
+    damage, expected = DAMAGE[case]
+    damage(quick_copy / "edgenet")
+    before = snapshot(old_bundle)
+    r = _bundle(quick_copy, old_bundle, data_root)
+    _assert_one_paragraph(r)
+    assert expected in " ".join(r.output.split()), r.output
+    assert snapshot(old_bundle) == before  # the previous bundle, byte for byte, and nothing else
+    # and into an empty --out nothing at all is written
+    empty = old_bundle.parent / "empty"
+    assert _bundle(quick_copy, empty, data_root).exit_code == 2
+    assert not empty.exists() or not any(empty.iterdir())
+
+
+def test_bundle_refuses_a_reference_that_does_not_reproduce_the_report(quick_copy, old_bundle, data_root):
+    """A report.json consistent with the manifest (re-recorded) whose torch-fp32 accuracy the checkpoint does not
+    reproduce: the bundle's reference would make bench.py compare against the wrong thing, so nothing is written."""
+    from pipeline import manifest
+    from pipeline.layout import sha256_file
+
+    run = quick_copy / "edgenet"
+    report = json.loads((run / "report.json").read_text())
+    report["variants"][0]["accuracy"] = round(report["variants"][0]["accuracy"] - 0.0001, 4)
+    (run / "report.json").write_text(json.dumps(report))
+    record = manifest.load(run / "stages.json")
+    record["validate"]["outputs"]["report.json"] = {"sha256": sha256_file(run / "report.json"),
+                                                    "size": (run / "report.json").stat().st_size}
+    manifest.save(run / "stages.json", record)
+    before = snapshot(old_bundle)
+    r = _bundle(quick_copy, old_bundle, data_root)
+    _assert_one_paragraph(r)
+    assert "reference would not reproduce the report" in " ".join(r.output.split())
+    assert snapshot(old_bundle) == before
+
+
+def _corrupt_data_root(data_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    f = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    f.write_bytes(f.read_bytes()[:-1] + b"\x07")
+    return root, "is corrupted"
+
+
+def _file_as_data_root(data_root, tmp_path):
+    (tmp_path / "not-a-folder").write_text("x")
+    return tmp_path / "not-a-folder", "cannot hold MNIST"
+
+
+def _interrupt(name, when=lambda *a, **k: True):
+    """Replace ``pipeline.bundle.<name>`` by one that raises KeyboardInterrupt (Ctrl-C) when ``when(*args)``."""
+    def setup(monkeypatch):
+        from pipeline import bundle
+
+        real = getattr(bundle, name)
+
+        def fake(*args, **kwargs):
+            if when(*args, **kwargs):
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        monkeypatch.setattr(bundle, name, fake)
+    return setup
+
+
+FAILURES = {
+    "corrupted --data-root": (_corrupt_data_root, None, 2),
+    "--data-root is a file": (_file_as_data_root, None, 2),
+    "Ctrl-C while writing the reference": (None, _interrupt("_savez"), 130),
+    "Ctrl-C while writing MANIFEST.json": (None, _interrupt("write_json"), 130),
+    "Ctrl-C while swapping the folders": (None, _interrupt("_swap_in"), 130),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_failed_rebuild_keeps_the_old_bundle_and_no_temp_folder(case, quick_run, old_bundle, data_root, tmp_path,
+                                                                monkeypatch):
+    make_root, patch, code = FAILURES[case]
+    root, message = make_root(data_root, tmp_path) if make_root else (data_root, "interrupted")
+    if patch:
+        patch(monkeypatch)
+    before = snapshot(old_bundle)
+    r = _bundle(quick_run["artifacts"], old_bundle, root)
+    assert r.exit_code == code and message in r.output and "Traceback" not in r.output, r.output
+    assert snapshot(old_bundle) == before
+    assert sorted(p.name for p in old_bundle.iterdir()) == ["edgenet-jetson-bundle", "edgenet-jetson-bundle.tar.gz"]
+
+
+def test_ctrl_c_between_the_two_renames_puts_the_old_folder_back(quick_run, old_bundle, data_root, monkeypatch):
+    import os
+
+    from pipeline import bundle as bundle_mod
+
+    real = os.rename
+
+    def rename(src, dst):  # the old folder is already aside when the new one is to be renamed into place
+        if str(dst).endswith("edgenet-jetson-bundle") and ".tmp" in str(src) and ".old." not in str(src):
+            raise KeyboardInterrupt
+        return real(src, dst)
+    monkeypatch.setattr(bundle_mod.os, "rename", rename)
+    before = snapshot(old_bundle)
+    r = _bundle(quick_run["artifacts"], old_bundle, data_root)
+    assert r.exit_code == 130, r.output
+    assert snapshot(old_bundle) == before
+    assert sorted(p.name for p in old_bundle.iterdir()) == ["edgenet-jetson-bundle", "edgenet-jetson-bundle.tar.gz"]
+
+
+def test_rebuild_replaces_the_old_bundle_whole(quick_run, old_bundle, data_root):
+    stale = old_bundle / "edgenet-jetson-bundle" / "models" / "stale.onnx"
+    stale.write_bytes(b"from an older bundle")
+    r = _bundle(quick_run["artifacts"], old_bundle, data_root)
+    assert r.exit_code == 0, r.output
+    assert not stale.exists()
+    assert sorted(p.name for p in old_bundle.iterdir()) == ["edgenet-jetson-bundle", "edgenet-jetson-bundle.tar.gz"]
+    assert oct((old_bundle / "edgenet-jetson-bundle").stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's mode
+    assert invoke("verify", old_bundle / "edgenet-jetson-bundle").exit_code == 0
+    assert invoke("verify", old_bundle / "edgenet-jetson-bundle.tar.gz").exit_code == 0
+
+
+# ---------------------------------------------------------------- bench.py checks what validate checks
+@pytest.fixture(scope="module")
+def bench_mod(bundle):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_bench", bundle / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    test = np.load(bundle / "data" / "mnist-test.npz")
+    return np.load(bundle / "data" / "reference.npz")["logits"], test["labels"]
+
+
+def _swap_two_predictions(ref, labels):
+    """Flip one right and one wrong prediction: accuracy unchanged, two flips (the 'equals report: yes' trap)."""
+    logits, pred = ref.copy(), ref.argmax(1)
+    right, wrong = np.flatnonzero(pred == labels)[0], np.flatnonzero(pred != labels)[0]
+    logits[right, (labels[right] + 1) % 10] = logits[right].max() + 1
+    logits[wrong, labels[wrong]] = logits[wrong].max() + 1
+    return logits
+
+
+def _poison(value, row=9):
+    """``value`` written where row ``row``'s largest logit is: NaN and +inf keep numpy's argmax there."""
+    def make(r, y):
+        r = r.copy()
+        r[row, r[row].argmax()] = value
+        return r
+    return make
+
+
+def _one_more_error(r, y):
+    r, right = r.copy(), int(np.flatnonzero(r.argmax(1) == y)[0])
+    r[right, (y[right] + 1) % 10] = r[right].max() + 1
+    return r
+
+
+BENCH_CASES = {  # name: (make logits from the reference, atol, the failed checks expected, in order)
+    "NaN logit": (_poison(float("nan")), None, ["1 logits are NaN or infinite"]),
+    "+inf logit": (_poison(float("inf")), None, ["1 logits are NaN or infinite"]),
+    "NaN logit, fp32 atol": (_poison(float("nan"), 5), 1e-4, ["1 logits are NaN", "max |logit diff| nan"]),
+    "-inf logit, fp32 atol": (lambda r, y: _set(r, (9, r[9].argmin()), float("-inf")), 1e-4,
+                              ["1 logits are NaN", "max |logit diff| inf"]),
+    "NaN everywhere": (lambda r, y: r * float("nan"), 1e-4, ["100000 logits", "accuracy", "flipped", "agreement",
+                                                              "max |logit diff|"]),
+    "same accuracy, other flips": (_swap_two_predictions, None, ["flipped test images differ from the report: 2 newly"]),
+    "same accuracy, other flips, fp32 atol": (_swap_two_predictions, 1e-4, ["flipped", "agreement 0.9998", "max |logit"]),
+    "argmax kept, diff 1e-3 > atol": (lambda r, y: r + 1e-3, 1e-4, ["(needs <= 0.0001)"]),
+    "one more error": (_one_more_error, None, ["accuracy", "flipped test images differ from the report: 1 newly"]),
+}
+
+
+def _set(a, idx, value):
+    a = a.copy()
+    a[idx] = value
+    return a
+
+
+@pytest.mark.parametrize("case", list(BENCH_CASES))
+def test_bench_checks_fail_like_validate(case, bench_mod, reference):
+    ref, labels = reference
+    make, atol, expected = BENCH_CASES[case]
+    info = {"accuracy": float((ref.argmax(1) == labels).mean()), "flips": [], "atol": atol}
+    assert bench_mod.check_model(ref, bench_mod.compare(ref, ref, labels), info) == []  # the reference equals itself
+    logits = make(ref, labels).astype("float32")
+    failed = bench_mod.check_model(logits, bench_mod.compare(logits, ref, labels), info)
+    assert len(failed) == len(expected) and all(e in f for e, f in zip(expected, failed)), failed
+
+
+def test_bench_checks_the_reference_itself(bench_mod, reference, quick_run):
+    ref, labels = reference
+    torch_acc = next(v["accuracy"] for v in quick_run["report"]["variants"] if v["name"] == "torch-fp32")
+    assert bench_mod.check_reference(ref, labels, torch_acc) == []
+    assert "NaN or infinite" in bench_mod.check_reference(_set(ref, (0, 0), float("nan")), labels, torch_acc)[0]
+    assert "differs from the report's torch-fp32" in bench_mod.check_reference(ref, labels, torch_acc - 0.0001)[0]
+    wrong = _swap_two_predictions(ref, labels)
+    wrong[wrong.argmax(1) == labels] *= -1  # argmax changes on most right predictions
+    assert bench_mod.check_reference(wrong, labels, torch_acc)
+
+
+@given(st.recursive(st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.text(max_size=3) | st.none(),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=3), kids, max_size=4),
+                    max_leaves=20))
+@settings(max_examples=80, deadline=None)
+def test_bench_json_is_strict(bench_mod, value):
+    import math
+
+    text = json.dumps(bench_mod.strict_json(value), allow_nan=False)  # raises on any NaN/inf left
+
+    def same(a, b):
+        if isinstance(a, float):
+            return b is None if not math.isfinite(a) else a == b
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+    assert same(value, json.loads(text))
+
+
+def _one_model_copy(bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    for p in (copy / "models").glob("*.onnx"):
+        if p.name != "model-fp32.onnx":
+            p.unlink()
+    return copy
+
+
+def _nan_reference(copy):
+    ref = np.load(copy / "data" / "reference.npz")["logits"].copy()
+    ref[17, 4] = np.nan
+    np.savez_compressed(copy / "data" / "reference.npz", logits=ref)
+
+
+def _other_flips(copy):
+    m = json.loads((copy / "MANIFEST.json").read_text())
+    m["models"]["model-fp32"]["flips"] = [7]
+    (copy / "MANIFEST.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (_nan_reference, ["REFERENCE BROKEN: data/reference.npz: 1 logits are NaN or infinite",
+                      "onnx-fp32 (onnxruntime-cpu) does not equal the report: ", "max |logit diff| nan (needs <= "]),
+    (_other_flips, ["onnx-fp32 (onnxruntime-cpu) does not equal the report: flipped test images differ from the "
+                    "report: 0 newly flipped, 1 no longer flipped (7)"]),
+])
+def test_bench_script_fails_and_says_why(bundle, tmp_path, damage, expected):
+    copy = _one_model_copy(bundle, tmp_path)
+    damage(copy)
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-I", str(copy / "bench.py"), "--seconds", "0.05", "--iterations", "5",
+                           "--batches", "1", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    for line in expected:
+        assert line in proc.stdout, proc.stdout
+    assert "| NO |" in proc.stdout
+
+    def refuse(c):
+        raise AssertionError(f"non-strict JSON constant {c}")
+    result = json.loads(out.read_text(), parse_constant=refuse)
+    if damage is _nan_reference:
+        assert result["rows"][0]["max_abs_diff"] is None and result["reference_failed_checks"]
+
+
+# ---------------------------------------------------------------- verify: archives and folders are untrusted
+MANIFEST_TOP = "edgenet-cpu-bundle"
+BENCH = b"print('bench')\n"
+
+
+def _member(name, kind=tarfile.REGTYPE, data=b"", size=None, **attrs):
+    """(TarInfo, bytes or a file object) for ``tar.addfile``; special members carry no data."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = (len(data) if size is None else size) if kind == tarfile.REGTYPE else 0
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def _bundle_tar(path, extra=(), files=None, compresslevel=9):
+    """A minimal well-formed bundle archive (top folder, MANIFEST.json, bench.py), plus ``extra`` members."""
+    import hashlib
+    import io
+
+    from pipeline.bundle import FORMAT
+
+    files = files or {"bench.py": hashlib.sha256(BENCH).hexdigest()}
+    manifest = json.dumps({"format": FORMAT, "files": files}).encode()
+    members = [_member(MANIFEST_TOP, tarfile.DIRTYPE), _member(f"{MANIFEST_TOP}/MANIFEST.json", data=manifest),
+               _member(f"{MANIFEST_TOP}/bench.py", data=BENCH), *extra]
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=compresslevel) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if isinstance(data, bytes) else data)
+    return path
+
+
+T = MANIFEST_TOP
+MALICIOUS = {
+    "symlink to /etc/passwd": [_member(f"{T}/passwd", tarfile.SYMTYPE, linkname="/etc/passwd")],
+    "symlink to a folder outside": [_member(f"{T}/models", tarfile.SYMTYPE, linkname="../../..")],
+    "hard link to /etc/passwd": [_member(f"{T}/passwd", tarfile.LNKTYPE, linkname="/etc/passwd")],
+    "hard link inside": [_member(f"{T}/copy.py", tarfile.LNKTYPE, linkname=f"{T}/bench.py")],
+    "character device": [_member(f"{T}/null", tarfile.CHRTYPE, devmajor=1, devminor=3)],
+    "block device": [_member(f"{T}/sda", tarfile.BLKTYPE, devmajor=8, devminor=0)],
+    "fifo": [_member(f"{T}/pipe", tarfile.FIFOTYPE)],
+    "../ escape": [_member("../evil.sh", data=b"rm -rf ~\n")],
+    "../ inside the top folder": [_member(f"{T}/../../evil.sh", data=b"x")],
+    "absolute path": [_member("/tmp/evil.sh", data=b"x")],
+    "empty component": [_member(f"{T}//evil.sh", data=b"x")],
+    "dot component": [_member(f"{T}/./evil.sh", data=b"x")],
+    "backslash": [_member(f"{T}\\..\\evil.sh", data=b"x")],
+    # a ustar name field ends at the first NUL, so the NUL travels in a pax "path" record, which overrides it
+    "NUL in the name": [_member(f"{T}/ev", data=b"x", pax_headers={"path": f"{T}/ev\0il.sh"})],
+    "second top folder": [_member("other/evil.sh", data=b"x")],
+    "bench.py again, as a symlink": [_member(f"{T}/bench.py", tarfile.SYMTYPE, linkname="/etc/passwd")],
+    "bench.py again, as a regular file": [_member(f"{T}/bench.py", data=BENCH)],
+    "a file and a folder of one name": [_member(f"{T}/models", data=b"x"), _member(f"{T}/models", tarfile.DIRTYPE)],
+}
+
+
+def test_minimal_bundle_archive_passes(tmp_path):
+    r = invoke("verify", _bundle_tar(tmp_path / "ok.tar.gz"))
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("case", list(MALICIOUS))
+def test_verify_refuses_unsafe_archive_members_naming_each(case, tmp_path):
+    extra = MALICIOUS[case]
+    path = _bundle_tar(tmp_path / "bad.tar.gz", extra)
+    with tarfile.open(path) as tar:  # the archive really holds what the case says (tarfile wrote it as given)
+        names = [m.name for m in tar.getmembers()]
+    assert names[3:] == [info.pax_headers.get("path", info.name) for info, _ in extra]
+    r = invoke("verify", path)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    out = " ".join(r.output.split())
+    for name in names[3:]:
+        shown = name if name.isprintable() else ascii(name)
+        assert f"unsafe member: {shown} (" in out, out
+
+
+def test_verify_names_with_markup_are_printed_not_parsed(tmp_path):
+    path = _bundle_tar(tmp_path / "bad.tar.gz", [_member(f"{T}/[/x] [bold]", tarfile.SYMTYPE, linkname="/")])
+    r = invoke("verify", path)
+    assert r.exit_code == 1 and f"unsafe member: {T}/[/x] [bold] (symbolic link to /;" in r.output, r.output
+
+
+def test_verify_streams_a_large_member(tmp_path):
+    """200 MiB of zeros in one member (about 200 KiB compressed): verify hashes it in chunks, so Python's peak
+    allocation stays far below the member's size (the old verify read every member whole)."""
+    import hashlib
+    import io
+
+    size = 200 << 20
+
+    class Zeros(io.RawIOBase):
+        def __init__(self):
+            self.left = size
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            n = min(len(b), self.left)
+            b[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    h = hashlib.sha256()
+    for _ in range(size >> 20):
+        h.update(bytes(1 << 20))
+    path = _bundle_tar(tmp_path / "big.tar.gz", compresslevel=1,
+                       files={"bench.py": hashlib.sha256(BENCH).hexdigest(), "models/big.onnx": h.hexdigest()},
+                       extra=[_member(f"{T}/models/big.onnx", data=io.BufferedReader(Zeros(), 1 << 20), size=size)])
+    assert path.stat().st_size < 2 << 20
+    code = ("import sys, tracemalloc; from pipeline.bundle import verify; tracemalloc.start(); "
+            "problems = verify(sys.argv[1]); print(tracemalloc.get_traced_memory()[1], problems)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak, problems = proc.stdout.split(" ", 1)
+    assert problems.strip() == "[]"
+    assert int(peak) < 16 << 20, f"peak Python allocation {int(peak) >> 20} MiB for a {size >> 20} MiB member"
+
+
+def _symlink_file(copy):
+    (copy / "bench.py").rename(copy / "real-bench.py")
+    (copy / "bench.py").symlink_to(copy / "real-bench.py")  # same bytes through the link: the hash alone would pass
+
+
+FOLDER_DAMAGE = {
+    "bench.py is a symlink": (_symlink_file, "symbolic link (only regular files and folders are allowed): bench.py"),
+    "symlink to /etc/passwd": (lambda c: (c / "data" / "passwd").symlink_to("/etc/passwd"),
+                               "symbolic link (only regular files and folders are allowed): data/passwd"),
+    "symlinked folder": (lambda c: (c / "engines").symlink_to("/etc"),
+                         "symbolic link (only regular files and folders are allowed): engines"),
+    "fifo": (lambda c: os.mkfifo(c / "models" / "pipe"), "not a regular file (fifo): models/pipe"),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLDER_DAMAGE))
+def test_verify_folder_refuses_links_and_special_files(case, bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    make, expected = FOLDER_DAMAGE[case]
+    make(copy)
+    r = invoke("verify", copy)  # a fifo must be reported, never opened (that would block forever)
+    assert r.exit_code == 1 and expected in " ".join(r.output.split()), r.output
+
 
 # The TensorRT exporter's tests (no GPU needed, and the gpu-marked one) are in tests/test_tensorrt.py.

@@ -11,8 +11,12 @@ checks that needed the sidecar are listed as not done. The TensorRT parts were n
 
 For each model it classifies the 10,000 MNIST test images in data/mnist-test.npz, compares with the
 PyTorch reference logits in data/reference.npz (accuracy, agreement, max |logit diff|, flips), times
-it (warm-up, then p50/p90/p99 and throughput), and says whether the accuracy equals the one the
-pipeline reported (MANIFEST.json). It prints the same table as the pipeline's report.md.
+it (warm-up, then p50/p90/p99 and throughput), and says whether it equals what the pipeline reported
+(MANIFEST.json) as strictly as the pipeline's validate stage checks it: every logit finite, the same
+accuracy, the same test images flipped against PyTorch, and for variants with a parity tolerance
+(atol) agreement 1.0 and max |logit diff| <= atol. The reference itself must reproduce the report's
+torch-fp32 accuracy. It prints the same table as the pipeline's report.md, then each failed check.
+Exit 1 when the reference or any onnxruntime-CPU model fails a check.
 """
 import argparse
 import json
@@ -149,6 +153,71 @@ def timings(model, x, batch, warmup, iterations, seconds):
             "throughput_per_s": batch * len(t) / (t.sum() / 1000)}
 
 
+def compare(logits, ref, labels):
+    """Accuracy and agreement (fractions), max |logit diff| against the reference, and the flipped test indices.
+
+    An image with a NaN/inf logit is wrong and flipped (never argmax'ed); ``max_abs_diff`` is then None (null)."""
+    finite = np.isfinite(logits).all(1)
+    pred, ref_pred = np.where(finite, logits.argmax(1), -1), ref.argmax(1)
+    return {"accuracy": float((pred == labels).mean()), "agreement": float((pred == ref_pred).mean()),
+            "max_abs_diff": float(np.abs(logits - ref).max()) if finite.all() else None,
+            "nonfinite": int((~finite).sum()), "flip_indices": np.flatnonzero(pred != ref_pred).tolist()}
+
+
+def _examples(indices, n=5):
+    return ", ".join(str(i) for i in indices[:n]) + (", ..." if len(indices) > n else "")
+
+
+def check_model(logits, figures, info):
+    """The checks that failed, each as a sentence (empty: the model equals the report). ``info`` is the model's
+    MANIFEST.json entry; a check whose reported figure is absent (an older bundle) is skipped."""
+    failed = []
+    bad = int((~np.isfinite(logits)).sum())
+    if bad:
+        failed.append(f"{bad} logits are NaN or infinite")
+    if info.get("accuracy") is not None and figures["accuracy"] != info["accuracy"]:
+        failed.append(f"accuracy {figures['accuracy']!r} differs from the reported {info['accuracy']!r}")
+    if info.get("flips") is not None:
+        now, then = set(figures["flip_indices"]), set(info["flips"])
+        if now != then:
+            new, gone = sorted(now - then), sorted(then - now)
+            failed.append(f"flipped test images differ from the report: {len(new)} newly flipped"
+                          f"{' (' + _examples(new) + ')' if new else ''}, {len(gone)} no longer flipped"
+                          f"{' (' + _examples(gone) + ')' if gone else ''}")
+    atol = info.get("atol")
+    if atol is not None:
+        if figures["agreement"] != 1.0:
+            failed.append(f"agreement {figures['agreement']:.4f} (needs 1.0)")
+        diff = figures["max_abs_diff"]
+        if diff is None or not diff <= atol:  # written so that NaN fails
+            failed.append(f"max |logit diff| {'NaN/inf' if diff is None else format(diff, '.2e')} (needs <= {atol:g})")
+    return failed
+
+
+def check_reference(ref, labels, expected):
+    """data/reference.npz must be finite and reproduce the report's torch-fp32 accuracy, or no comparison holds."""
+    bad = int((~np.isfinite(ref)).sum())
+    if bad:
+        return [f"data/reference.npz: {bad} logits are NaN or infinite"]
+    acc = float((ref.argmax(1) == labels).mean())
+    if expected is not None and acc != expected:
+        return [f"data/reference.npz: accuracy {acc!r} differs from the report's torch-fp32 accuracy {expected!r}"]
+    return []
+
+
+def strict_json(obj):
+    """``obj`` with every NaN or infinity replaced by None, so json.dumps(allow_nan=False) accepts it."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
@@ -167,7 +236,7 @@ def main(argv=None):
     test = np.load(HERE / "data" / "mnist-test.npz")
     ref = np.load(HERE / "data" / "reference.npz")["logits"]
     images, labels = test["images"], test["labels"]
-    ref_pred = ref.argmax(1)
+    reference_failed = check_reference(ref, labels, manifest.get("reference", {}).get("accuracy"))
     batches = [int(b) for b in args.batches.split(",")]
     paths = sorted((HERE / "engines").glob("*.engine")) if args.engines else sorted((HERE / "models").glob("*.onnx"))
     if not paths:
@@ -179,19 +248,14 @@ def main(argv=None):
             OrtModel(path, args.provider, args.threads, info.get("ort_optimization", "all"))
         x = normalize(images, model.meta)
         logits = classify(model, x)
-        finite = np.isfinite(logits).all(1)  # an image with a NaN/inf logit is wrong, never argmax'ed
-        pred = np.where(finite, logits.argmax(1), -1)
-        name = info.get("variant", path.stem)
+        figures = compare(logits, ref, labels)
+        failed = check_model(logits, figures, info)
         expected = info.get("accuracy")
-        acc = float((pred == labels).mean())
         lo, hi = getattr(model, "batch_range", None) or (1, max(batches))
-        row = {"variant": name, "backend": model.backend, "precision": model.meta.get("precision", "?"),
-               "size_bytes": path.stat().st_size, "accuracy": acc,
-               "agreement": float((pred == ref_pred).mean()),
-               "max_abs_diff": float(np.abs(logits - ref).max()) if finite.all() else None,  # null: NaN/inf
-               "nonfinite": int((~finite).sum()),
-               "flips": int((pred != ref_pred).sum()), "reported_accuracy": expected,
-               "matches_report": expected is not None and acc == expected and bool(finite.all()),
+        row = {"variant": info.get("variant", path.stem), "backend": model.backend,
+               "precision": model.meta.get("precision", "?"), "size_bytes": path.stat().st_size,
+               **figures, "flips": len(figures["flip_indices"]), "reported_accuracy": expected,
+               "matches_report": expected is not None and not failed, "failed_checks": failed,
                "latency_includes": model.includes,
                "latency": {str(b): timings(model, x[:256], b, 10, args.iterations, args.seconds) if lo <= b <= hi
                            else None for b in batches}}
@@ -214,7 +278,11 @@ def main(argv=None):
               f"{'yes' if r['matches_report'] else 'NO' if r['reported_accuracy'] is not None else '-'} |")
     print("Timing: host wall clock per call after 10 warm-up calls; each call spans: "
           + "; ".join(sorted({f"{r['backend']}: {r['latency_includes']}" for r in rows})) + ".")
+    for problem in reference_failed:
+        print(f"REFERENCE BROKEN: {problem}; no row above can be trusted.")
     for r in rows:
+        if r["failed_checks"]:
+            print(f"{r['variant']} ({r['backend']}) does not equal the report: " + "; ".join(r["failed_checks"]) + ".")
         skipped = [b for b, st in r["latency"].items() if st is None]
         if skipped:
             print(f"{r['variant']}: batch {', '.join(skipped)} not timed: outside the engine profile's "
@@ -227,18 +295,20 @@ def main(argv=None):
             print(f"{r['variant']}: layers by precision {r['layer_precisions'].get('by_precision')}")
     state = device_state()
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "device": state}, indent=2, allow_nan=False))
+        out = {"rows": rows, "reference_failed_checks": reference_failed, "device": state}
+        Path(args.json).write_text(json.dumps(strict_json(out), indent=2, allow_nan=False))
     broken = [r["variant"] for r in rows if r["nonfinite"]]
     if broken:
         print(f"FAILED: NaN or infinite logits from {', '.join(broken)}")
     checked = [r for r in rows if r["reported_accuracy"] is not None and r["backend"] == "onnxruntime-cpu"]
-    failed = [r["variant"] for r in rows if r["backend"] == "tensorrt" and (
+    engines_failed = [r["variant"] for r in rows if r["backend"] == "tensorrt" and (
         r["problems"] or r["reported_accuracy"] is None or r["nonfinite"]
         or 100 * abs(r["accuracy"] - r["reported_accuracy"]) > args.engine_tolerance_pp)]
-    if failed:
-        print(f"engines FAILED: {', '.join(failed)} (accuracy off the report by more than "
+    if engines_failed:
+        print(f"engines FAILED: {', '.join(engines_failed)} (accuracy off the report by more than "
               f"{args.engine_tolerance_pp} pp, NaN/inf logits, or a sidecar that does not match)")
-    return 0 if all(r["matches_report"] for r in checked) and not failed and not broken else 1
+    ok = not reference_failed and not broken and not engines_failed and all(r["matches_report"] for r in checked)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
