@@ -344,11 +344,15 @@ def _one_more_error(r, y):
 
 
 BENCH_CASES = {  # name: (make logits from the reference, atol, the failed checks expected, in order)
-    "NaN logit": (_poison(float("nan")), None, ["1 logits are NaN or infinite"]),
-    "+inf logit": (_poison(float("inf")), None, ["1 logits are NaN or infinite"]),
-    "NaN logit, fp32 atol": (_poison(float("nan"), 5), 1e-4, ["1 logits are NaN", "max |logit diff| nan"]),
+    # an image with a NaN/inf logit counts as wrong and flipped (as in validate): the accuracy and flips move too
+    "NaN logit": (_poison(float("nan")), None, ["1 logits are NaN or infinite", "accuracy",
+                                                 "flipped test images differ from the report: 1 newly flipped (9)"]),
+    "+inf logit": (_poison(float("inf")), None, ["1 logits are NaN or infinite", "accuracy", "flipped"]),
+    "NaN logit, fp32 atol": (_poison(float("nan"), 5), 1e-4, ["1 logits are NaN", "accuracy", "flipped",
+                                                              "agreement 0.9999", "max |logit diff| NaN/inf"]),
     "-inf logit, fp32 atol": (lambda r, y: _set(r, (9, r[9].argmin()), float("-inf")), 1e-4,
-                              ["1 logits are NaN", "max |logit diff| inf"]),
+                              ["1 logits are NaN", "accuracy", "flipped", "agreement 0.9999",
+                               "max |logit diff| NaN/inf"]),
     "NaN everywhere": (lambda r, y: r * float("nan"), 1e-4, ["100000 logits", "accuracy", "flipped", "agreement",
                                                               "max |logit diff|"]),
     "same accuracy, other flips": (_swap_two_predictions, None, ["flipped test images differ from the report: 2 newly"]),
