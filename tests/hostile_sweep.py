@@ -14,8 +14,10 @@ Each case is judged on four counts, all of which must stay at zero:
 
 * **traceback**: an exception escaped (or the output holds ``Traceback``);
 * **hang**: the case ran past its time limit (``signal.alarm``);
-* **changed**: a file that had to stay as it was changed (the run folder and
-  everything else the case set up are snapshotted before and after);
+* **changed**: a file that had to stay as it was changed or vanished, or a
+  temp file of an unfinished write was left (the run folder and everything
+  else the case set up are snapshotted before and after; a refusal may leave
+  new files of stages that finished before it);
 * **silent wrong result**: a success where a refusal was due (a NaN model that
   passes, a tampered file that is bundled, a symlink that is approved).
 
@@ -690,10 +692,12 @@ def run_case(case: Case, env: Env) -> Outcome:
         if case.shows and case.shows not in output.replace("\n", ""):
             problems.append(f"output lacks the literal {case.shows!r}")
     after = snapshot(*protected)
-    writes_allowed = case.expect == "ok"
-    if not writes_allowed and after != before:
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        problems.append("changed: " + ", ".join(Path(c).name for c in changed[:5]))
+    # a refused input may leave new files of stages that finished before the refusal (a new model's data
+    # stage, say), but never a changed or lost file, nor a temp file or folder of an unfinished write
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    leftovers = sorted(k for k in set(after) - set(before) if Path(k).name.endswith(".tmp") or ".tmp/" in k)
+    if case.expect == "refuse" and (changed or leftovers):
+        problems.append("changed: " + ", ".join(Path(c).name for c in (changed + leftovers)[:5]))
     if {p.name: p.stat().st_mtime_ns for p in (env.data / "MNIST" / "raw").iterdir()} != data_before:
         problems.append("changed: the MNIST data root")
     return Outcome(case, code, seconds, output, problems)
