@@ -21,9 +21,18 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def invoke(*args: str):
+    """Run the CLI in-process. An exception that escapes a command (which a user would see as a traceback) fails
+    the calling test at once: CliRunner keeps it in ``result.exception`` and never prints it, so a check for
+    "Traceback" in the output alone could never fail."""
     from typer.testing import CliRunner
 
-    return CliRunner().invoke(app, [str(a) for a in args])
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        raise AssertionError("the command raised (a user would see a traceback):\n"
+                             + "".join(traceback.format_exception(result.exception)))
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def test_verify_passes_then_catches_one_altered_byte(bundle, tmp_path):
     assert r.exit_code == 1 and "altered: models/model-int8-ptq.onnx" in r.output
     (copy / "data" / "golden.npz").unlink()
     r = invoke("verify", copy)
-    assert "missing: data/golden.npz" in r.output
+    assert r.exit_code == 1 and "missing: data/golden.npz" in r.output
 
 
 def test_verify_tarball_and_tampered_tarball(bundle, tmp_path):
@@ -101,7 +101,7 @@ def test_verify_run_folder_and_bad_paths(quick_copy, tmp_path):
 
 def test_bundle_bad_input(tmp_path, data_root):
     r = invoke("bundle", "--target", "fpga", "--artifacts", tmp_path, "--data-root", data_root)
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and "--target must be one of jetson, gpu, cpu; got 'fpga'" in r.output
     r = invoke("bundle", "--target", "gpu", "--artifacts", tmp_path, "--data-root", data_root)
     assert r.exit_code == 2 and "run `pipeline run all` first" in r.output
 

@@ -71,9 +71,10 @@ def _accuracies(report: dict) -> dict[str, float]:
     return {v["name"]: v["accuracy"] for v in report["variants"]}
 
 
-def test_killed_in_every_stage_resumes_to_the_same_result(tmp_path, data_root, quick_run):
+def test_killed_in_each_working_stage_resumes_to_the_same_result(tmp_path, data_root, quick_run):
     """SIGKILL in data, train (after epoch 1 was saved), export, quantize and validate, SIGINT in train; each
-    rerun keeps what was finished, and the last one ends with the uninterrupted run's accuracies."""
+    rerun keeps what was finished, and the last one ends with the uninterrupted run's accuracies. (``engines``
+    does no work without TensorRT, so there is nothing to kill there on this machine.)"""
     art = tmp_path / "artifacts"
     run = art / "edgenet"
     args = ("run", "all", "--quick", "--artifacts", art, "--data-root", data_root)
@@ -99,6 +100,8 @@ def test_killed_in_every_stage_resumes_to_the_same_result(tmp_path, data_root, q
             assert rc == 130 and "interrupted:" in p.output and "Traceback" not in p.output, p.output
         else:
             assert rc == -signal.SIGKILL, p.output
+        assert not (run / "stages.json").is_file() or stage not in manifest.load(run / "stages.json"), \
+            f"the kill came after {stage} had finished, so it proves nothing about {stage}"
         after = {rel: (run / rel).read_bytes() for rel in before if (run / rel).is_file()}
         assert after == before, f"a file recorded before the kill in {stage} changed or vanished"
         if (run / "stages.json").is_file():

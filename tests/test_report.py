@@ -12,11 +12,12 @@ from tests.conftest import invoke
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.tables, self.images, self.headers = 0, [], []
+        self.tables, self.images, self.headers, self.refs = 0, [], [], []
         self._in_th = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v]
         if tag == "table":
             self.tables += 1
         if tag == "img":
@@ -39,6 +40,7 @@ def test_html_report_is_self_contained_with_table_and_figures(quick_run):
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.refs and all(r.startswith("data:") for r in page.refs)  # nothing loaded from elsewhere
 
 
 def test_report_records_confusion_efficiency_and_ratios(quick_run):
@@ -49,7 +51,14 @@ def test_report_records_confusion_efficiency_and_ratios(quick_run):
     for v in rep["variants"]:
         eff = v["efficiency"]
         assert eff["gflops"] > 0 and eff["fraction_of_peak"] == pytest.approx(eff["gflops"] / rep["cpu_peak_gflops"], rel=0.01)
-    assert set(rep["speedup_vs_torch"]) >= {"onnx-fp32"}
+        assert eff["gflops"] == pytest.approx(2 * rep["macs_per_image"] * v["latency"]["256"]["throughput_per_s"] / 1e9,
+                                              abs=0.01)
+    lat = {v["name"]: v["latency"] for v in rep["variants"]}
+    assert set(rep["speedup_vs_torch"]) == set(lat) - {"torch-fp32"}
+    for name, r in rep["speedup_vs_torch"].items():
+        assert r["throughput_ratio"] == pytest.approx(
+            lat[name]["256"]["throughput_per_s"] / lat["torch-fp32"]["256"]["throughput_per_s"])
+        assert r["p50_ratio"] == pytest.approx(lat["torch-fp32"]["1"]["p50_ms"] / lat[name]["1"]["p50_ms"])
     assert set(rep["variants"][0]["latency"]) == {"1", "8", "64", "256"}
 
 

@@ -35,9 +35,15 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(small, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         _run(small, cfg, state)
     assert state.is_file() and calls == [1, 2]
-    monkeypatch.setattr(train, "_save_state", real_save)
+    trained = []
 
+    def save_and_record(path, st):
+        real_save(path, st)
+        trained.append(st["epoch"])
+
+    monkeypatch.setattr(train, "_save_state", save_and_record)
     resumed = _run(small, cfg, state)
+    assert trained == [3]  # epochs 1 and 2 came from resume.pt, not from training them again
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert state.is_file()  # the train stage removes it once the checkpoint is recorded (tests/test_faults.py)
     assert resumed.val_accuracy == reference.val_accuracy and resumed.best_epoch == reference.best_epoch

@@ -17,11 +17,17 @@ def test_compare_counts_agreement_flips_and_delta():
 
 
 def test_parity_failure_lists_every_broken_variant():
+    from dataclasses import replace
+
+    variants = {**BY_NAME, "onnx-fp32-b": replace(BY_NAME["onnx-fp32"], name="onnx-fp32-b")}
     rows = [{"name": "torch-fp32", "agreement": 1.0, "max_abs_diff": 0.0},
-            {"name": "onnx-fp32", "agreement": 0.999, "max_abs_diff": 3e-3}]
+            {"name": "onnx-fp32", "agreement": 0.999, "max_abs_diff": 1e-5},  # only the agreement breaks
+            {"name": "onnx-fp32-b", "agreement": 1.0, "max_abs_diff": 3e-4}]  # only the max diff breaks
     with pytest.raises(ParityError) as e:
-        check_parity(rows, BY_NAME)
-    assert "onnx-fp32" in str(e.value) and "agreement 0.9990" in str(e.value) and e.value.exit_code == 3
+        check_parity(rows, variants)
+    msg = str(e.value)
+    assert e.value.exit_code == 3
+    assert "onnx-fp32: agreement 0.9990" in msg and "onnx-fp32-b: agreement 1.0000" in msg and "3.00e-04" in msg
 
 
 def test_parity_passes_within_tolerance():
