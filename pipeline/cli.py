@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,7 @@ import typer
 from .config import (DataConfig, ExportConfig, QuantConfig, RunConfig, TrainConfig, ValidateConfig,
                      default_data_root)
 from .errors import PipelineError
+from .layout import RUN_ADVICE, WriteAdvice
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -43,41 +45,94 @@ def _console():
 def _setup_logging(verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
+    class LiteralHandler(RichHandler):
+        """Log records name user paths too: no markup (``markup=False``) and no raw control characters."""
+
+        def render_message(self, record, message):
+            return super().render_message(record, shown(message))
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True,
-        handlers=[RichHandler(console=_console(), show_path=False, show_time=False, markup=False)],
+        handlers=[LiteralHandler(console=_console(), show_path=False, show_time=False, markup=False)],
     )
     for noisy in ("torch", "onnxscript", "onnx_ir", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def guarded(fn):
-    """Turn known errors into a one-paragraph message and an exit code, never a traceback."""
+def shown(text) -> str:
+    """User-supplied text as printed: control characters (ESC, BEL, DEL, C1) become visible escapes such as
+    ``\\x1b``, so a file name cannot recolour, retitle or clear the terminal; newlines and tabs stay. Bytes that
+    are not UTF-8 (surrogate-escaped in ``str(Path)``) are shown the same way instead of failing to print."""
+    out = []
+    for c in str(text):
+        cat = unicodedata.category(c)
+        if cat == "Cc" and c not in "\n\t":
+            out.append(f"\\x{ord(c):02x}")
+        elif cat == "Cs":
+            out.append(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def literal(*parts):
+    """A rich ``Text`` from plain strings and ``(string, style)`` pairs, never parsed as markup.
+
+    Everything that can hold user text (paths, model names, labels from a model's metadata, exception
+    messages naming them) is printed through this, so ``[/x]`` in a file name is a name, not a closing tag
+    that crashes rich, and ``[bold]`` is shown, not applied.
+    """
+    from rich.text import Text
+
+    return Text.assemble(*((shown(p[0]), p[1]) if isinstance(p, tuple) else shown(p) for p in parts))
+
+
+def _error(message, prefix: str = "error:") -> None:
+    _console().print(literal((prefix, "bold red"), " ", str(message)), soft_wrap=True)
+
+
+#: What each command's user should change after a refused write (see :class:`pipeline.layout.DiskError`).
+ADVICE = {
+    "report": WriteAdvice("run folder (copy it elsewhere and run `pipeline report COPY`)",
+                          "report.json is only read, and the previous report files are still in place"),
+    "bundle": WriteAdvice("--out folder", "the bundle is made again from the run folder"),
+    "bench": WriteAdvice("--json path", "the results table above was printed; only the JSON file is missing"),
+}
+
+
+def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
+    """Turn known errors into a one-paragraph message and an exit code, never a traceback.
+
+    ``advice`` words a refused write (full disk, read-only folder) for this command: what to change and
+    what rerunning it does. Every message is printed as literal text (see :func:`literal`).
+    """
+    if fn is None:
+        return lambda f: guarded(f, advice=advice)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from rich.markup import escape
-
         from runtime.errors import BackendUnavailable, RuntimeInputError
+
+        from .layout import DISK_ERRNOS, DiskError, disk_error
 
         try:
             return fn(*args, **kwargs)
-        except PipelineError as e:  # messages quote user text (paths, JSON keys): escape rich markup
-            _console().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        except DiskError as e:
+            _error(e.advise(advice))
+            raise typer.Exit(e.exit_code) from None
+        except PipelineError as e:
+            _error(e)
             raise typer.Exit(e.exit_code) from None
         except (RuntimeInputError, BackendUnavailable) as e:
-            _console().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            _error(e)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            _console().print("[bold red]interrupted:[/] finished stages and files are kept; rerun to continue.")
+            _error("finished stages and files are kept; rerun to continue.", prefix="interrupted:")
             raise typer.Exit(130) from None
-        except OSError as e:  # a write outside atomic_path (a library's temp file, the lock file) hit a full disk
-            from .layout import DISK_ERRNOS, disk_error
-
+        except OSError as e:  # a write outside atomic_path (a library's temp file, the lock file) was refused
             if e.errno not in DISK_ERRNOS:
                 raise
-            _console().print(f"[bold red]error:[/] {escape(str(disk_error(e.filename or 'a file', e)))}", highlight=False,
-                             soft_wrap=True)
+            _error(disk_error(e.filename or "a file", e, advice))
             raise typer.Exit(2) from None
 
     return wrapper
@@ -137,7 +192,8 @@ def run(
         stages.run(cfg, until=until, progress=progress)
     rd = stages.RunDir.for_model(cfg.artifacts, cfg.model)
     if until == "validate":
-        _console().print(f"[green]done:[/] report at {rd.report_md}, {rd.report_html} and {rd.report_json}")
+        _console().print(literal(("done:", "green"), f" report at {rd.report_md}, {rd.report_html} and "
+                                 f"{rd.report_json}"), soft_wrap=True)
 
 
 def build_config(*, model: str, artifacts: Path, data_root: Optional[Path], force: bool, quick: bool,
@@ -184,7 +240,7 @@ def list_models() -> None:
 
 
 @app.command()
-@guarded
+@guarded(advice=ADVICE["report"])
 def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
                                           help="A run folder holding report.json, or that report.json itself.")) -> None:
     """Rebuild report.md, report.html and the figures from report.json alone."""
@@ -214,8 +270,8 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
         raise PipelineError(f"{path} is not a pipeline report (invalid JSON: {e}). Nothing was written.") from None
     check_report(data, path)  # every problem named, before anything is rendered or rewritten
     written = report_mod.write_all(data, run_dir)
-    _console().print(f"[green]rebuilt:[/] {escape(', '.join(str(p) for p in written[1:3]))} and "
-                     f"{len(written) - 3} figures")
+    _console().print(literal(("rebuilt:", "green"), f" {', '.join(str(p) for p in written[1:3])} and "
+                             f"{len(written) - 3} figures"), soft_wrap=True)
 
 
 @app.command()
@@ -224,7 +280,7 @@ def predict(
     images: list[Path] = typer.Argument(..., help="PNG/JPEG/... files of any size or mode."),
     model: Path = typer.Option(Path("artifacts/edgenet/export/model-fp32.onnx"), "--model", "-m",
                                help="An ONNX model exported by this pipeline (preprocessing is read from its metadata)."),
-    top: int = typer.Option(1, help="Show the top-k classes."),
+    top: int = typer.Option(1, help="Show the top-k classes (more than the model has shows them all)."),
 ) -> None:
     """Classify image files: each is converted to a 28x28 MNIST-style digit, then run with onnxruntime."""
     import numpy as np
@@ -240,7 +296,8 @@ def predict(
     with Classifier(model) as clf:
         pred = clf.predict(np.stack(arrays))
         classes = list(clf.classes)
-    table = Table(title=f"{model.name}")
+    top = min(top, len(classes))
+    table = Table(title=literal(model.name))  # file names and the model's labels are user text: never markup
     for col in ("image", "label", "probability", f"top {top}" if top > 1 else ""):
         if col:
             table.add_column(col)
@@ -249,12 +306,12 @@ def predict(
         cells = [path.name, pred.labels[i], f"{pred.probabilities[i, order[0]]:.4f}"]
         if top > 1:
             cells.append(", ".join(f"{classes[k]}:{pred.probabilities[i, k]:.3f}" for k in order))
-        table.add_row(*cells)
+        table.add_row(*(literal(c) for c in cells))
     Console().print(table)
 
 
 @app.command("bundle")
-@guarded
+@guarded(advice=ADVICE["bundle"])
 def bundle_cmd(
     target: str = typer.Option(..., "--target", help="jetson | gpu | cpu"),
     model: str = typer.Option("edgenet", "--model", "-m", help="Which run to bundle."),
@@ -264,14 +321,14 @@ def bundle_cmd(
 ) -> None:
     """Folder + .tar.gz with the ONNX variants, test data, reference outputs, build and bench scripts."""
     from . import bundle
-    from .layout import RunDir
+    from .layout import RunDir, check_output_dir
 
     _setup_logging()
     run_dir = RunDir.for_model(artifacts, model)
-    folder, tar = bundle.make_bundle(run_dir, target, out or artifacts / "bundles", data_root or default_data_root())
-    from rich.markup import escape
-
-    _console().print(f"[green]bundle:[/] {escape(str(folder))} and {escape(str(tar))}")
+    out = out or artifacts / "bundles"
+    check_output_dir(out, "--out")  # before reading 10,000 test images and running the model on them
+    folder, tar = bundle.make_bundle(run_dir, target, out, data_root or default_data_root())
+    _console().print(literal(("bundle:", "green"), f" {folder} and {tar}"), soft_wrap=True)
 
 
 @app.command()
@@ -284,14 +341,11 @@ def verify(path: Path = typer.Argument(..., help="A bundle folder, a bundle .tar
 
     if not path.exists():
         raise PipelineError(f"{path} does not exist.")
-    from rich.markup import escape
-
     problems = bundle.verify(path)
-    if problems:  # member names come from the archive: escaped, so a name like "[/x]" is printed, not parsed
-        _console().print(f"[bold red]verify failed:[/] {escape(str(path))}: " + escape("; ".join(problems)),
-                         highlight=False, soft_wrap=True)
+    if problems:
+        _error(f"{path}: " + "; ".join(problems), prefix="verify failed:")
         raise typer.Exit(1)
-    Console().print(f"{path}: every file matches its recorded SHA-256.", highlight=False)
+    Console().print(literal(f"{path}: every file matches its recorded SHA-256."), soft_wrap=True)
 
 
 @app.command("check-qdq")
@@ -304,12 +358,13 @@ def check_qdq_cmd(model: Path = typer.Argument(..., help="An INT8 QDQ .onnx file
         violations = check_qdq(model)
     except QDQCheckError as e:
         raise PipelineError(str(e)) from None
-    if violations:
-        _console().print(format_report(violations, model), highlight=False, soft_wrap=True)
+    if violations:  # node and tensor names come from the file: literal text
+        _console().print(literal(format_report(violations, model)), soft_wrap=True)
         raise typer.Exit(1)
     from rich.console import Console
 
-    Console().print(f"{model}: conforms to all {len(RULES)} QDQ rules (" + "; ".join(RULES) + ")", highlight=False)
+    Console().print(literal(f"{model}: conforms to all {len(RULES)} QDQ rules (" + "; ".join(RULES) + ")"),
+                    soft_wrap=True)
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -323,15 +378,15 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 @app.command()
-@guarded
+@guarded(advice=ADVICE["bench"])
 def bench(
     model: Path = typer.Argument(..., help="Any ONNX image classifier."),
     batches: str = typer.Option("1,8,64,256", "--batch", help="Comma-separated batch sizes to sweep."),
-    warmup: int = typer.Option(10, help="Untimed calls before timing each batch size."),
-    warmup_seconds: float = typer.Option(0.5, help="...and keep warming up until this many seconds passed."),
+    warmup: int = typer.Option(10, help="Untimed calls before timing each batch size (at most 10,000)."),
+    warmup_seconds: float = typer.Option(0.5, help="...and keep warming up until this many seconds passed (0 to 3600)."),
     iterations: int = typer.Option(300, help="Timed calls per batch size (at most)."),
-    duration: float = typer.Option(3.0, help="Stop timing a batch size after this many seconds (at least 10 calls)."),
-    threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = its default, one per core)."),
+    duration: float = typer.Option(3.0, help="Stop timing a batch size after this many seconds (at least 10 calls; at most 3600 s)."),
+    threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = its default, one per core; at most 1024)."),
     provider: str = typer.Option("cpu", help="cpu | cuda (needs onnxruntime-gpu and a GPU)."),
     shape: Optional[str] = typer.Option(None, help="Per-image input shape, e.g. 1,28,28, when the model does not say."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
@@ -340,18 +395,20 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from runtime.bench import METHOD, NOISY_CV, image_shape_of, sweep
+    from runtime.bench import METHOD, NOISY_CV, check_timing, image_shape_of, sweep
     from runtime.onnxrt import OnnxrtRunner
 
     from . import efficiency, environment
-    from .layout import write_json
+    from .layout import check_output_file, write_json
 
     sizes = _ints(batches, "--batch")
-    if iterations < 1 or warmup < 0 or duration <= 0:
-        raise PipelineError("--iterations must be >= 1, --warmup >= 0 and --duration > 0.")
     override = _ints(shape, "--shape") if shape else None
+    check_timing(warmup=warmup, warmup_seconds=warmup_seconds, iterations=iterations, max_seconds=duration,
+                 names=("--warmup", "--warmup-seconds", "--iterations", "--duration"))
+    if json_out:
+        check_output_file(json_out, "--json")  # before the benchmark, so its results are never lost
     with OnnxrtRunner(model, provider=provider, threads=threads) as runner:
-        image_shape = image_shape_of(runner, override)
+        image_shape = image_shape_of(runner, override)  # also refuses models without exactly one input
         results = sweep(runner, sizes, image_shape, warmup=warmup, warmup_seconds=warmup_seconds,
                         iterations=iterations, max_seconds=duration)
     try:
@@ -359,7 +416,7 @@ def bench(
     except Exception:  # shape inference can fail on exotic graphs; efficiency is then omitted
         macs = None
     peak = efficiency.peak_gflops() if macs and provider == "cpu" else None
-    table = Table(title=f"{model.name} on onnxruntime-{provider}, input {('N', *image_shape)}")
+    table = Table(title=literal(f"{model.name} on onnxruntime-{provider}, input {('N', *image_shape)}"))
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "CV", "images/s", "GFLOP/s"):
         table.add_column(col, justify="right")
     rows = []

@@ -7,6 +7,7 @@ dict that is hashed to decide whether a finished stage can be skipped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ from .errors import PipelineError
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "none")
 DEVICES = ("auto", "cpu", "cuda")
+MNIST_TRAIN_IMAGES = 60_000  # the training split before the validation images are held out
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes any 64-bit value; a non-negative int64 is what every RNG here accepts
+MAX_THREADS = 1024  # more intra-op threads than this is a typo (torch and onnxruntime would try to start them)
 
 
 def default_data_root() -> Path:
@@ -41,6 +45,11 @@ def stamp(cfg) -> dict:
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise PipelineError(msg)
+
+
+def _finite(x: float) -> bool:
+    """NaN and inf slip through one-sided comparisons (``inf >= 0`` is True), so floats are checked first."""
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,15 @@ class TrainConfig:
         _check(1 <= self.batch_size <= 8192, f"--batch-size must be in 1..8192, got {self.batch_size}.")
         _check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got '{self.optimizer}'.")
         _check(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'.")
-        _check(0 < self.lr < 10, f"--lr must be a positive number below 10, got {self.lr}.")
-        _check(self.weight_decay >= 0, "--weight-decay must be >= 0.")
-        _check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1).")
+        _check(_finite(self.lr) and 0 < self.lr < 10, f"--lr must be a positive number below 10, got {self.lr}.")
+        _check(_finite(self.weight_decay) and 0 <= self.weight_decay <= 1,
+               f"--weight-decay must be a number from 0 to 1, got {self.weight_decay}.")
+        _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+               f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
         _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}; got '{self.device}'.")
-        _check(self.threads >= 0, "--threads must be >= 0.")
+        _check(0 <= self.threads <= MAX_THREADS, f"--threads must be from 0 (all cores) to {MAX_THREADS}, "
+                                                 f"got {self.threads}.")
+        _check(0 <= self.seed <= MAX_SEED, f"--seed must be from 0 to {MAX_SEED} (2**63 - 1), got {self.seed}.")
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,15 @@ class RunConfig:
     force: bool = False
     quick: bool = False
 
+    def __post_init__(self):
+        # checked here, not only in the quantize stage, so a too-large --calib-size fails before training
+        train = MNIST_TRAIN_IMAGES - self.data.val_size
+        if self.data.max_train is not None:
+            train = min(train, self.data.max_train)
+        _check(self.quant.mode == "none" or self.quant.calib_size <= train,
+               f"--calib-size {self.quant.calib_size} is larger than the training split ({train} images); "
+               f"use at most {train} (512 to 2,048 is plenty for MNIST).")
+
 
 QUANT_MODES = ("none", "ptq", "qat", "both")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -139,7 +161,7 @@ class QuantConfig:
                f"--calib-method must be one of {', '.join(CALIB_METHODS)}; got '{self.calib_method}'.")
         _check(self.calib_size >= 1, f"--calib-size must be at least 1, got {self.calib_size}.")
         _check(self.qat_epochs >= 1, f"--qat-epochs must be at least 1, got {self.qat_epochs}.")
-        _check(0 < self.qat_lr < 1, f"--qat-lr must be in (0, 1), got {self.qat_lr}.")
+        _check(_finite(self.qat_lr) and 0 < self.qat_lr < 1, f"--qat-lr must be in (0, 1), got {self.qat_lr}.")
 
     def builds(self, switch: str | None) -> bool:
         """Whether this config builds the variant tagged ``switch`` (ptq | qat | cpu | None)."""

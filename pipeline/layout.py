@@ -35,17 +35,59 @@ def _umask() -> int:
     return mask
 
 
-#: errno values that mean "the disk refused the write", as opposed to a bug or a missing input
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+#: errno values that mean "the file system refused the write", as opposed to a bug or a missing input
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
+#: ...of which these mean "not writable at all": freeing space would not help
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-def disk_error(path, e: OSError) -> PipelineError:
-    """One paragraph for a write the disk refused (full, quota, file-size limit, read-only, I/O error)."""
+@dataclass(frozen=True)
+class WriteAdvice:
+    """What a command tells the user to do after a refused write: the output option to change, and what a rerun does."""
+
+    option: str = "--artifacts folder"
+    rerun: str = "finished stages are skipped and training resumes from its last complete epoch"
+
+
+RUN_ADVICE = WriteAdvice()
+
+
+def _refusal(e: OSError, where="it") -> str:
+    """Why the file system refused, in words: read-only and permission errors never read as a full disk."""
     name = errno.errorcode.get(e.errno, "?")
-    return PipelineError(
-        f"Could not write {path}: {e.strerror or e} ({name}). Nothing half-written was left behind and every file "
-        "written before is intact. Free some space (or choose another --artifacts folder) and rerun the same "
-        "command: finished stages are skipped and training resumes from its last complete epoch.")
+    if e.errno == errno.EROFS:
+        return f"{where} is on a read-only file system ({name})"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"{where} is not writable by this user: permission denied ({name})"
+    return f"{e.strerror or e} ({name})"
+
+
+class DiskError(PipelineError):
+    """A write the file system refused. The message's advice depends on the command, so the CLI can
+    re-word it with :meth:`advise` (``pipeline report`` has no ``--artifacts`` and resumes no training)."""
+
+    def __init__(self, path, e: OSError, advice: WriteAdvice = RUN_ADVICE) -> None:
+        self.path, self.error = path, e
+        super().__init__(self._message(advice))
+
+    def advise(self, advice: WriteAdvice) -> str:
+        return self._message(advice)
+
+    def _message(self, advice: WriteAdvice) -> str:
+        if self.error.errno in READ_ONLY_ERRNOS:
+            todo = (f"Choose a writable {advice.option} (or make this one writable) and rerun the same command: "
+                    f"{advice.rerun}.")
+        else:
+            todo = (f"Free some space (or choose another {advice.option}) and rerun the same command: "
+                    f"{advice.rerun}.")
+        return (f"Could not write {self.path}: {_refusal(self.error)}. Nothing half-written was left behind and "
+                f"every file written before is intact. {todo}")
+
+
+def disk_error(path, e: OSError, advice: WriteAdvice = RUN_ADVICE) -> DiskError:
+    """One paragraph for a write the file system refused (full, quota, file-size limit, read-only, permission,
+    I/O error); ``advice`` says what the command's user should change."""
+    return DiskError(path, e, advice)
 
 
 @contextlib.contextmanager
@@ -125,17 +167,62 @@ def write_json(path: Path, obj: Any) -> Path:
     return atomic_write(path, strict_json(obj))
 
 
-def check_writable(root: Path) -> None:
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why a file cannot be created in or under ``folder``, or None when it can.
+
+    Probes with a real temp file, because permission bits lie both ways: root ignores them,
+    and a read-only mount refuses writes whatever they say.
+    """
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return _refusal(e, str(existing))
+    return None
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work starts, an output file that cannot be written (a folder, a path under a
+    file, a read-only or permission-denied folder), so that no result is computed only to be lost."""
+    path = Path(path)
+    why = (f"it is a folder; give a file name such as {path / 'results.json'}" if path.is_dir()
+           else _unwritable(path.parent))
+    if why:
+        raise PipelineError(f"{option} {path} is not writable: {why}. Choose another {option}; nothing was run "
+                            "or written.")
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """Like :func:`check_output_file` for an output folder (created when missing)."""
+    path = Path(path)
+    why = "it is a file, not a folder" if path.exists() and not path.is_dir() else _unwritable(path)
+    if why:
+        raise PipelineError(f"{option} {path} is not writable: {why}. Choose another {option} or fix its "
+                            "permissions; nothing was run or written.")
+
+
+def check_writable(root: Path, option: str = "--artifacts") -> None:
     """Fail early, with a clear message, when the artifacts folder can't be written."""
+    check_output_dir(root, option)
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=root)
         os.close(fd)
         os.unlink(probe)
-    except OSError as e:
+    except OSError as e:  # the checks above raced with another process, or the mount changed
         raise PipelineError(
-            f"The artifacts directory '{root}' is not writable ({e.strerror or e}). "
-            "Choose another with --artifacts DIR or fix its permissions; nothing was written."
+            f"{option} {root} is not writable: {_refusal(e, str(root))}. "
+            f"Choose another with {option} DIR or fix its permissions; nothing was written."
         ) from None
 
 

@@ -7,6 +7,7 @@ accuracy within a 5-minute CPU training budget.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -136,15 +137,42 @@ def is_user_model(name: str) -> bool:
     return ":" in name
 
 
+CHECK_BATCHES = (1, 2, 3)  # batch sizes a user model is tried on: N=1 catches .squeeze(), N=3 a hard-coded 2
+
+
+def _what_happened(e: BaseException) -> str:
+    """An exception from user code in words; ``sys.exit()``/``exit()`` read as what they are."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r}) or exit() (SystemExit), which would end this program"
+    return f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def user_code(name: str, doing: str):
+    """Run a user's model code; anything it raises, ``SystemExit`` included, becomes a :class:`PipelineError`
+    naming the model and what it was doing. Ctrl-C stays Ctrl-C."""
+    try:
+        yield
+    except (KeyboardInterrupt, PipelineError):
+        raise
+    except BaseException as e:  # user code can fail in any way, exit() included
+        raise PipelineError(f"--model {name} failed while {doing}: {_what_happened(e)}.") from None
+
+
 def _load_user_class(spec: str):
+    """The ``nn.Module`` subclass named by ``package.module:Class``, checked before anything of it is called."""
+    import torch
+
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise PipelineError(f"--model '{spec}' must look like package.module:ClassName.")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # a user's module can fail to import in any way
+    except (KeyboardInterrupt, PipelineError):
+        raise
+    except BaseException as e:  # a user's module can fail to import in any way, exit() at import included
         raise PipelineError(
-            f"Could not import module '{module_name}' for --model '{spec}': {type(e).__name__}: {e}. "
+            f"Could not import module '{module_name}' for --model '{spec}': {_what_happened(e)}. "
             "Make sure it is importable (on PYTHONPATH or installed)."
         ) from None
     obj = module
@@ -152,6 +180,12 @@ def _load_user_class(spec: str):
         if not hasattr(obj, part):
             raise PipelineError(f"Module '{module_name}' has no attribute '{attr}' (from --model '{spec}').")
         obj = getattr(obj, part)
+    if not (inspect.isclass(obj) and issubclass(obj, torch.nn.Module)):
+        what = (f"the class {obj.__qualname__}" if inspect.isclass(obj) else
+                f"the function {getattr(obj, '__qualname__', attr)}" if callable(obj) and inspect.isroutine(obj) else
+                f"an object of type {type(obj).__qualname__}")
+        raise PipelineError(f"--model {spec} names {what}, not a subclass of torch.nn.Module; nothing of it was "
+                            "called. Give a model class: package.module:ClassName with class ClassName(nn.Module).")
     return obj
 
 
@@ -168,21 +202,28 @@ def source_fingerprint(name: str) -> str:
 
 
 def build(name: str):
-    """Build a fresh, randomly initialized model by registry name or ``package.module:Class``."""
+    """Build a fresh, randomly initialized model by registry name or ``package.module:Class``.
+
+    A user model is checked here, before any stage runs: its class must be an ``nn.Module``, it must
+    construct without arguments, have trainable parameters, and map (N, 1, 28, 28) to (N, 10) float
+    logits for every N tried; anything its code raises (``sys.exit`` included) is a :class:`PipelineError`.
+    """
     import torch
 
     if is_user_model(name):
         cls = _load_user_class(name)
-        try:
+        with user_code(name, "being constructed with no arguments (user models must be constructible "
+                             "without arguments)"):
             model = cls()
-        except Exception as e:
-            raise PipelineError(
-                f"Could not construct {name}() with no arguments: {type(e).__name__}: {e}. "
-                "User models must be constructible without arguments."
-            ) from None
         if not isinstance(model, torch.nn.Module):
             raise PipelineError(f"--model {name} built a {type(model).__name__}, not a torch.nn.Module.")
+        with user_code(name, "listing its parameters"):
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if not trainable:
+            raise PipelineError(f"--model {name} has no trainable parameters, so there is nothing to train. "
+                                "Give it layers with weights (nn.Linear, nn.Conv2d...).")
         _check_io(model, name)
+        macs_per_image(model, name)  # the train and validate stages count them; fail now, not after training
         return model
     if name not in REGISTRY:
         raise PipelineError(
@@ -195,30 +236,32 @@ def _check_io(model, name: str) -> None:
     import torch
 
     model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, *INPUT_SHAPE))
-    except Exception as e:
-        raise PipelineError(
-            f"Model {name} failed on a (2, 1, 28, 28) input: {type(e).__name__}: {e}. "
-            "Models must take normalized MNIST batches of shape (N, 1, 28, 28)."
-        ) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, NUM_CLASSES):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise PipelineError(f"Model {name} must return (N, 10) logits; for N=2 it returned {shape}.")
+    for n in CHECK_BATCHES:
+        with user_code(name, f"running a ({n}, 1, 28, 28) input (models must take normalized MNIST batches of "
+                             "shape (N, 1, 28, 28))"), torch.no_grad():
+            out = model(torch.zeros(n, *INPUT_SHAPE))
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, NUM_CLASSES) or not out.is_floating_point():
+            got = f"a {out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) \
+                else f"a {type(out).__name__}"
+            raise PipelineError(f"Model {name} must return (N, 10) logits as a float tensor; for N={n} it returned "
+                                f"{got}.")
 
 
 def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def macs_per_image(model) -> int:
-    """Multiply-accumulates for one image, counted by torch's FlopCounterMode (FLOPs / 2)."""
+def macs_per_image(model, name: str | None = None) -> int:
+    """Multiply-accumulates for one image, counted by torch's FlopCounterMode (FLOPs / 2).
+
+    ``name`` marks a user model: then whatever its forward raises becomes a :class:`PipelineError`.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    guard = user_code(name, "counting its MACs on a (1, 1, 28, 28) input") if name else contextlib.nullcontext()
+    with guard, torch.no_grad(), counter:
         model(torch.zeros(1, *INPUT_SHAPE))
     return counter.get_total_flops() // 2

@@ -24,7 +24,15 @@ intensities on the 0..255 scale, *not* 0..1 and not already normalized.
 NaN/inf, values outside 0..255, another shape, bool/complex/object/string
 dtypes and an empty batch raise :class:`RuntimeInputError` saying what was
 expected. The model then sees ``(pixels * pixel_scale - mean) / std`` as
-float32 NCHW, run in chunks of 1024 images.
+float32 NCHW, run in chunks of 1024 images (of the graph's batch size when
+it is fixed, e.g. 1; N must then be a multiple of it).
+
+The model must be an image classifier: one float input of rank 4 (NCHW) and
+one output of shape (N, classes), or several outputs with ``output_name``
+metadata naming the scores. Anything else (several or no inputs, integer or
+string inputs, a rank-2 input, a rank-1 output) raises
+:class:`RuntimeInputError` in the constructor, and a failure of onnxruntime
+while running one raises it in ``predict``: never a raw onnxruntime error.
 """
 from __future__ import annotations
 
@@ -106,9 +114,42 @@ class Classifier:
             self.runner.deactivate()
             raise
 
+    def _check_graph(self, props: dict) -> None:
+        """Refuse, at construction, a model that is not a single-input float image classifier, naming what
+        is wrong, so that no raw onnxruntime error surfaces later in ``predict``. Sets ``fixed_batch`` (the
+        graph's static batch size, or None) and ``output_name``."""
+        name = self.path.name
+        inputs, outputs = self.runner.session.get_inputs(), self.runner.session.get_outputs()
+        if len(inputs) != 1:
+            listed = ", ".join(f"'{i.name}' {i.type} {i.shape}" for i in inputs) or "none"
+            raise RuntimeInputError(f"{name} has {len(inputs)} inputs ({listed}); Classifier needs an image "
+                                    "classifier with exactly one input.")
+        inp = inputs[0]
+        if inp.type not in _ORT_FLOAT:
+            raise RuntimeInputError(f"{name} takes {inp.type} input; Classifier feeds float tensors "
+                                    "(normalized NCHW images).")
+        if len(inp.shape) != 4:
+            raise RuntimeInputError(f"{name} takes a rank-{len(inp.shape)} input {list(inp.shape)}; expected NCHW "
+                                    "images.")
+        names = [o.name for o in outputs]
+        if props.get(OUTPUT_NAME) in names:
+            self.output_name = props[OUTPUT_NAME]
+        elif len(outputs) == 1:
+            self.output_name = names[0]
+        else:
+            raise RuntimeInputError(f"{name} has {len(outputs)} outputs ({', '.join(names)}) and no '{OUTPUT_NAME}' "
+                                    "metadata naming the one with the class scores.")
+        out_shape = next(o.shape for o in outputs if o.name == self.output_name)
+        if out_shape is not None and len(out_shape) != 2:
+            raise RuntimeInputError(f"{name} outputs '{self.output_name}' of shape {list(out_shape)}; a classifier "
+                                    "outputs (N, classes) scores.")
+        batch = inp.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
     def _configure(self, mean, std, classes, pixel_scale) -> None:
         name = self.path.name
         props = self.runner.metadata_props()
+        self._check_graph(props)
         try:
             file_meta = ModelMetadata.from_props(props)
         except (ValueError, TypeError) as e:
@@ -145,8 +186,6 @@ class Classifier:
         # Per-image input shape: metadata, else the graph's static dims.
         inp = self.runner.session.get_inputs()[0]
         graph = list(inp.shape)
-        if len(graph) != 4:
-            raise RuntimeInputError(f"{name} takes a rank-{len(graph)} input {graph}; expected NCHW images.")
         graph_dims = tuple(d if isinstance(d, int) and d > 0 else None for d in graph[1:])
         if file_meta.input_shape is not None:
             shape = tuple(file_meta.input_shape)
@@ -161,14 +200,8 @@ class Classifier:
             if len(v) not in (1, c):
                 raise RuntimeInputError(f"{label} has {len(v)} values but the model takes {c} channel(s).")
 
-        self.input_name = (file_meta.input_name if file_meta.input_name in self.runner.input_names
-                           else self.runner.input_names[0])
-        dtype = _ORT_FLOAT.get(next(i.type for i in self.runner.session.get_inputs() if i.name == self.input_name))
-        if dtype is None:
-            raise RuntimeInputError(f"{name} takes {inp.type} input; Classifier feeds float tensors.")
-        self.input_dtype = dtype
-        outputs = self.runner.output_names
-        self.output_name = props.get(OUTPUT_NAME) if props.get(OUTPUT_NAME) in outputs else outputs[0]
+        self.input_name = inp.name
+        self.input_dtype = _ORT_FLOAT[inp.type]
         out_shape = next(o.shape for o in self.runner.session.get_outputs() if o.name == self.output_name)
         if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != len(classes):
             raise RuntimeInputError(f"{name} outputs {out_shape[1]} scores but {len(classes)} classes were given.")
@@ -256,11 +289,18 @@ class Classifier:
             raise RuntimeError(f"Classifier for {self.path.name} is closed.")
         pixels = self._pixels(images)
         n = len(pixels)
+        step = self.fixed_batch or CHUNK
+        if self.fixed_batch and n % step:
+            raise RuntimeInputError(f"{self.path.name} takes exactly {step} images per call (its batch size is "
+                                    f"fixed in the graph); got {n}: give a multiple of {step}.")
         chunks = []
-        for i in range(0, n, CHUNK):
-            x = self._normalize(pixels[i : i + CHUNK])
-            out = self.runner.infer({self.input_name: x})[self.output_name]
-            chunks.append(np.asarray(out, dtype=np.float32).reshape(len(x), -1))
+        for i in range(0, n, step):
+            x = self._normalize(pixels[i : i + step])
+            out = np.asarray(self.runner.infer({self.input_name: x})[self.output_name])
+            if out.ndim != 2 or out.shape[0] != len(x):
+                raise RuntimeInputError(f"{self.path.name} returned shape {list(out.shape)} for {len(x)} images; "
+                                        "a classifier returns (N, classes) scores.")
+            chunks.append(out.astype(np.float32, copy=False))
         logits = np.concatenate(chunks)
         if logits.shape[1] != len(self.classes):
             raise RuntimeInputError(f"{self.path.name} returned {logits.shape[1]} scores per image but there are "

@@ -12,6 +12,7 @@ from .modelfile import check_onnx_file
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: onnxruntime.GraphOptimizationLevel member per accepted ``optimization`` name
+MAX_THREADS = 1024  # more intra-op threads than this is a typo; onnxruntime would try to start them all
 OPTIMIZATIONS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
                  "disabled": "ORT_DISABLE_ALL"}
 
@@ -43,6 +44,9 @@ class OnnxrtRunner(BaseRunner):
         super().__init__()
         if provider not in PROVIDERS:
             raise RuntimeInputError(f"provider must be one of {', '.join(PROVIDERS)}, got '{provider}'.")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+            raise RuntimeInputError(f"threads must be an integer from 0 (onnxruntime's default) to {MAX_THREADS}, "
+                                    f"got {threads!r}.")
         if optimization not in OPTIMIZATIONS:
             raise RuntimeInputError(f"optimization must be one of {', '.join(OPTIMIZATIONS)}, got '{optimization}'.")
         self.optimization = optimization
@@ -64,7 +68,7 @@ class OnnxrtRunner(BaseRunner):
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # fatal only: every error reaches us as an exception, worded by us, not also as a C++ log line
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATIONS[self.optimization])
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=[wanted])
@@ -89,7 +93,14 @@ class OnnxrtRunner(BaseRunner):
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(None, dict(feed))
+        try:
+            outs = self.session.run(None, dict(feed))
+        except Exception as e:  # onnxruntime's own Fail/InvalidArgument/RuntimeException: the model or the feed
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            shapes = ", ".join(f"{k} {getattr(v, 'dtype', '?')}{list(getattr(v, 'shape', ()))}" for k, v in feed.items())
+            raise RuntimeInputError(f"onnxruntime could not run {self.path} on {shapes}: "
+                                    f"{str(e).strip()[:300]}") from None
         return dict(zip(self.output_names, outs))
 
     def deactivate_impl(self) -> None:

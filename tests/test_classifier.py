@@ -16,6 +16,7 @@ from runtime.errors import RuntimeInputError
 from runtime.onnxrt import OnnxrtRunner
 from runtime.preprocess import MAX_PIXELS, load_image, to_mnist_array
 from tests.conftest import invoke
+from tests.fixtures import onnx_graphs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -284,3 +285,79 @@ def test_classifier_never_imports_torch_or_onnx(model, data_root, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("['")
+
+
+# ---------------------------------------------------------------------------- graphs that are not image classifiers
+
+
+@pytest.mark.parametrize("kind", list(onnx_graphs.NOT_CLASSIFIERS))
+def test_models_that_are_not_image_classifiers_are_refused(kind, tmp_path, data_root):
+    build, message, _ = onnx_graphs.NOT_CLASSIFIERS[kind]
+    path = onnx_graphs.save(build(), tmp_path / f"{kind}.onnx")
+    with pytest.raises(RuntimeInputError, match=message):
+        Classifier(path)
+    x, _ = _test_images(data_root, 1)
+    image = tmp_path / "digit.png"
+    Image.fromarray(255 - x[0]).save(image)
+    r = invoke("predict", image, "--model", path)
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and out.startswith(f"error: {kind}.onnx ") and "Traceback" not in out, r.output
+
+
+def test_two_outputs_are_fine_when_the_metadata_names_the_scores(tmp_path, data_root):
+    m = onnx_graphs.two_outputs_unnamed()
+    onnx.helper.set_model_props(m, onnx_graphs.META)  # now with output_name = "Y"
+    x, _ = _test_images(data_root, 3)
+    with Classifier(onnx_graphs.save(m, tmp_path / "named.onnx")) as c:
+        assert c.output_name == "Y" and c.predict(x).logits.shape == (3, 10)
+
+
+def test_fixed_batch_models_run_in_steps_of_their_batch(model, tmp_path, data_root):
+    x, _ = _test_images(data_root, 4)
+    with Classifier(model, threads=1) as ref:
+        expected = ref.predict(x)
+    one = onnx_graphs.with_fixed_batch(model, tmp_path / "b1.onnx", 1)
+    with Classifier(one, threads=1) as c:
+        assert c.fixed_batch == 1
+        got = c.predict(x)  # four calls of one image
+    assert (got.indices == expected.indices).all()
+    np.testing.assert_allclose(got.logits, expected.logits, atol=1e-5)
+    two = onnx_graphs.with_fixed_batch(model, tmp_path / "b2.onnx", 2)
+    with Classifier(two, threads=1) as c:
+        assert (c.predict(x).indices == expected.indices).all()
+        with pytest.raises(RuntimeInputError, match=r"b2.onnx takes exactly 2 images per call .* got 3"):
+            c.predict(x[:3])
+    images = []
+    for i, im in enumerate(x[:2]):
+        images.append(tmp_path / f"d{i}.png")
+        Image.fromarray(255 - im).resize((56, 56)).save(images[-1])
+    r = invoke("predict", *images, "--model", one)  # two images through a batch-1 model
+    assert r.exit_code == 0 and "d0.png" in r.output and "d1.png" in r.output, r.output
+    r = invoke("predict", images[0], "--model", two)
+    assert r.exit_code == 2 and "b2.onnx takes exactly 2 images per call" in " ".join(r.output.split())
+
+
+def test_failures_while_running_are_runtime_input_errors(tmp_path):
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    g = onnx_graphs
+    shape = numpy_helper.from_array(np.array([2, 784], np.int64), "shape")
+    reshapes_to_two = g._model([h.make_node("Reshape", ["X", "shape"], ["F"]), h.make_node("MatMul", ["F", "W"], ["Y"])],
+                               [g._x()], [g._y()], [g._weights(), shape])  # says (N, 10), works for N = 2 only
+    averages_the_batch = g._model([*g._head("X", "L"), h.make_node("ReduceMean", ["L"], ["Y"], axes=[0], keepdims=1)],
+                                  [g._x()], [g._y()], [g._weights()])  # says (N, 10), returns (1, 10)
+    three = np.zeros((3, 28, 28), np.uint8)
+    with Classifier(g.save(reshapes_to_two, tmp_path / "r.onnx")) as c:
+        assert len(c.predict(three[:2])) == 2
+        with pytest.raises(RuntimeInputError, match=r"onnxruntime could not run .*r.onnx on X float32\[3, 1, 28, 28\]"):
+            c.predict(three)
+    with Classifier(g.save(averages_the_batch, tmp_path / "m.onnx")) as c:
+        with pytest.raises(RuntimeInputError, match=r"m.onnx returned shape \[1, 10\] for 3 images"):
+            c.predict(three)
+
+
+@pytest.mark.parametrize("threads", [-1, 1025, 10**9, 1.5, "2", True])
+def test_absurd_thread_counts_are_refused(model, threads):
+    with pytest.raises(RuntimeInputError, match="threads must be an integer from 0"):
+        Classifier(model, threads=threads)

@@ -1,9 +1,16 @@
 """End to end on real MNIST (`--quick`) and every bad input of the CLI."""
+import errno
 import json
+import math
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import onnx
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import invoke, snapshot
 
@@ -174,3 +181,339 @@ def test_concurrent_run_is_refused_and_a_killed_holder_frees_the_lock(quick_copy
     time.sleep(0.1)
     r = invoke("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
     assert r.exit_code == 0, r.output
+
+
+# ---------------------------------------------------------------------------- user text is text, not markup
+#: file and folder names that rich would read as markup (or a terminal as a colour change); the slashes of
+#: "[link=file:///etc]x" make folders, "[link=file:" and "etc]x", and pathlib prints them as "[link=file:/etc]x"
+MARKUP_NAMES = ["[bold]x", "[/x]", "a[red]b[/red]", "[link=file:///etc]x", "\x1b[31mred", "[/]", "x[/bold]"]
+
+
+def _as_printed(name: str) -> str:
+    """What the CLI prints for a name: itself, with control characters made visible (ESC as the 4 characters \\x1b)."""
+    return name.replace("\x1b", "\\x1b")
+
+
+def _flat(r) -> str:
+    return " ".join(r.output.split())
+
+
+def _printed(r, *names) -> None:
+    out = _flat(r)
+    assert "Traceback" not in out and "\x1b" not in r.output, r.output
+    for name in names:
+        assert _as_printed(name) in out, (name, r.output)
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory, data_root):
+    from PIL import Image
+
+    raw = data_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    im = np.frombuffer(raw.read_bytes(), np.uint8, offset=16)[:784].reshape(28, 28)
+    path = tmp_path_factory.mktemp("png") / "digit.png"
+    Image.fromarray(255 - im).resize((84, 84)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name", MARKUP_NAMES, ids=repr)
+def test_missing_paths_with_markup_names_are_named_literally(tmp_path, name):
+    folder = tmp_path / name
+    cases = [(("verify", folder), "does not exist"),
+             (("bench", tmp_path / f"{name}.onnx"), "does not exist"),
+             (("predict", tmp_path / f"{name}.png"), "does not exist"),
+             (("report", folder), "does not exist"),
+             (("check-qdq", tmp_path / f"{name}.onnx"), "does not exist"),
+             (("bundle", "--target", "cpu", "--artifacts", folder), "missing or unreadable")]
+    for args, message in cases:
+        r = invoke(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert _flat(r).startswith("error: ") and message in _flat(r), r.output
+        _printed(r, str(args[-1]))
+
+
+@pytest.mark.parametrize("name", MARKUP_NAMES, ids=repr)
+def test_predict_and_bench_print_markup_names_literally(quick_run, digit_png, tmp_path, name):
+    import shutil
+
+    model = tmp_path / f"{name}.onnx"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(quick_run["dir"] / "export" / "model-fp32.onnx", model)
+    image = tmp_path / f"{name}.png"
+    shutil.copy(digit_png, image)
+    r = invoke("predict", image, "--model", model, "--top", "99")  # --top above the 10 classes shows them all
+    assert r.exit_code == 0, r.output
+    _printed(r, image.name, model.name)
+    assert "top 10" in r.output
+    out = tmp_path / name / "bench.json"
+    r = invoke("bench", model, "--batch", "1", "--iterations", "3", "--duration", "0.05", "--warmup", "1",
+               "--warmup-seconds", "0", "--json", out)
+    assert r.exit_code == 0, r.output
+    _printed(r, model.name)
+    assert json.loads(out.read_text())["model"] == str(model)
+
+
+@pytest.mark.parametrize("name", MARKUP_NAMES, ids=repr)
+def test_report_verify_and_check_qdq_print_markup_names_literally(quick_copy, tmp_path, name):
+    run = quick_copy / name
+    run.parent.mkdir(parents=True, exist_ok=True)
+    (quick_copy / "edgenet").rename(run)
+    r = invoke("verify", run)
+    assert r.exit_code == 0, r.output
+    _printed(r, str(run))
+    r = invoke("report", run)
+    assert r.exit_code == 0, r.output
+    _printed(r, str(run / "report.md"))
+    qdq = run / "export" / f"{name}.onnx"
+    qdq.parent.mkdir(parents=True, exist_ok=True)
+    (run / "export" / "model-int8-ptq.onnx").rename(qdq)
+    r = invoke("check-qdq", qdq)
+    assert r.exit_code == 0, r.output
+    _printed(r, str(qdq))
+    r = invoke("verify", run)  # the renamed file is now missing: the failure paragraph names the folder
+    assert r.exit_code == 1 and "missing: export/model-int8-ptq.onnx" in _flat(r)
+    _printed(r, str(run))
+
+
+def test_run_and_bundle_print_markup_folders_literally(quick_copy, data_root, tmp_path):
+    name = "".join(MARKUP_NAMES)  # every kind at once: a full rerun and a bundle take seconds each
+    artifacts = tmp_path / name
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    quick_copy.rename(artifacts)
+    r = invoke("run", "all", "--quick", "--artifacts", artifacts, "--data-root", data_root)
+    assert r.exit_code == 0, r.output
+    _printed(r, str(artifacts / "edgenet" / "report.md"))
+    out = tmp_path / f"out{name}"
+    r = invoke("bundle", "--target", "cpu", "--artifacts", artifacts, "--out", out, "--data-root", data_root)
+    assert r.exit_code == 0, r.output
+    _printed(r, str(out / "edgenet-cpu-bundle"))
+
+
+# ---------------------------------------------------------------------------- outputs that cannot be written
+
+FAST_BENCH = ("--batch", "1", "--iterations", "3", "--duration", "0.05", "--warmup", "1", "--warmup-seconds", "0")
+
+
+def _mount(*args) -> None:
+    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount here ({r.stderr.strip()}); the injected-EROFS tests cover read-only folders")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """``make(src=None)``: a real read-only filesystem (a tmpfs remounted ro), holding a copy of ``src``.
+    Permission bits would not do: the tests run as root, which ignores them."""
+    mounts = []
+
+    def make(src=None):
+        if shutil.which("mount") is None or os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root and mount(8); the injected-EROFS tests cover read-only folders")
+        mnt = tmp_path / f"ro{len(mounts)}"
+        mnt.mkdir()
+        _mount("-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt))
+        mounts.append(mnt)
+        if src is not None:
+            shutil.copytree(src, mnt / src.name)
+        _mount("-o", "remount,ro", str(mnt))
+        return mnt
+
+    yield make
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _says_read_only(r, *, code=2) -> str:
+    out = _flat(r)
+    assert r.exit_code == code and out.startswith("error: "), r.output
+    assert "read-only file system (EROFS)" in out, r.output
+    assert "Free some space" not in out and "training resumes" not in out and "Traceback" not in out
+    return out
+
+
+def test_read_only_targets_are_refused_before_any_work(quick_run, read_only, data_root):
+    ro = read_only()
+    model = quick_run["dir"] / "export" / "model-fp32.onnx"
+    r = invoke("bench", model, *FAST_BENCH, "--json", ro / "b.json")
+    out = _says_read_only(r)
+    assert f"--json {ro / 'b.json'} is not writable: {ro} is on a read-only file system (EROFS)" in out
+    assert "Timing method" not in out  # refused before benchmarking, not after
+    r = invoke("bench", model, *FAST_BENCH, "--json", ro / "new" / "deeper" / "b.json")
+    _says_read_only(r)
+    r = invoke("bundle", "--target", "cpu", "--artifacts", quick_run["artifacts"], "--out", ro / "bundles",
+               "--data-root", data_root)
+    assert f"--out {ro / 'bundles'} is not writable" in _says_read_only(r)
+    r = invoke("run", "all", "--quick", "--artifacts", ro / "a", "--data-root", data_root)
+    assert f"--artifacts {ro / 'a' / 'edgenet'} is not writable" in _says_read_only(r)
+
+
+def test_report_in_a_read_only_run_folder_says_so(quick_run, read_only):
+    ro = read_only(quick_run["dir"])
+    run = ro / "edgenet"
+    before = snapshot(run)
+    r = invoke("report", run)
+    out = _says_read_only(r)
+    assert f"Could not write {run}" in out and "it is on a read-only file system (EROFS)" in out and "Choose a writable run folder (copy it elsewhere and run " \
+        "`pipeline report COPY`)" in out and "report.json is only read" in out
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("code, says", [
+    (errno.EROFS, "is on a read-only file system (EROFS). Nothing half-written"),
+    (errno.EACCES, "is not writable by this user: permission denied (EACCES)"),
+    (errno.EPERM, "is not writable by this user: permission denied (EPERM)"),
+    (errno.ENOSPC, "No space left on device (ENOSPC)"),
+])
+def test_refused_writes_are_worded_for_the_command(quick_copy, monkeypatch, tmp_path, code, says):
+    """The write itself fails (injected into os.replace, after every check passed): report and bench --json
+    say what happened and what to do for *that* command, never that training resumes."""
+    run = quick_copy / "edgenet"
+    model = run / "export" / "model-fp32.onnx"
+    before = snapshot(run)
+
+    def refused(src, dst):
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr(os, "replace", refused)
+    reports = invoke("report", run)
+    benches = invoke("bench", model, *FAST_BENCH, "--json", tmp_path / "b.json")
+    monkeypatch.undo()
+    for r, todo in ((reports, "run folder (copy it elsewhere and run `pipeline report COPY`)"),
+                    (benches, "--json path")):
+        out = _flat(r)
+        assert r.exit_code == 2 and "error: Could not write " in out and says in out, r.output
+        assert "training resumes" not in out and "Traceback" not in out
+        assert (f"Free some space (or choose another {todo})" in out) == (code == errno.ENOSPC)
+        assert (f"Choose a writable {todo}" in out) == (code != errno.ENOSPC)
+    assert "the results table above was printed" in _flat(benches) and "Timing method" in benches.output
+    assert snapshot(run) == before and not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("under, says", [
+    ("", "is a folder; give a file name such as"),
+    ("b.json", "is a file, not a folder"),
+    ("deeper/b.json", "is a file, not a folder"),
+], ids=["a-folder", "under-a-file", "deep-under-a-file"])
+def test_bench_json_that_cannot_be_a_file_is_refused_before_timing(quick_run, tmp_path, under, says):
+    t = tmp_path / "t"
+    if under:
+        t.write_text("x")
+    else:
+        t.mkdir()
+    target = t / under if under else t
+    r = invoke("bench", quick_run["dir"] / "export" / "model-fp32.onnx", *FAST_BENCH, "--json", target)
+    out = _flat(r)
+    assert r.exit_code == 2 and f"--json {target} is not writable: " in out and says in out, r.output
+    assert "Timing method" not in out and "Traceback" not in out
+
+
+def test_bundle_out_that_is_a_file_is_refused_before_work(quick_run, tmp_path, data_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out_dir in (blocker, blocker / "sub"):
+        r = invoke("bundle", "--target", "cpu", "--artifacts", quick_run["artifacts"], "--out", out_dir,
+                   "--data-root", data_root)
+        assert r.exit_code == 2 and f"--out {out_dir} is not writable" in _flat(r) and "is a file, not a folder" \
+            in _flat(r), r.output
+    assert blocker.read_text() == "x"
+
+
+# ---------------------------------------------------------------------------- absurd numbers
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "--lr must be a positive number below 10, got nan"),
+    (["--lr", "inf"], "--lr must be a positive number below 10, got inf"),
+    (["--lr", "-inf"], "--lr must be a positive number"),
+    (["--weight-decay", "nan"], "--weight-decay must be a number from 0 to 1, got nan"),
+    (["--weight-decay", "inf"], "--weight-decay must be a number from 0 to 1, got inf"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be a number from 0 to 1"),
+    (["--label-smoothing", "nan"], "--label-smoothing must be in [0, 1), got nan"),
+    (["--label-smoothing", "inf"], "--label-smoothing must be in [0, 1)"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--qat-lr", "nan"], "--qat-lr must be in (0, 1), got nan"),
+    (["--qat-lr", "inf"], "--qat-lr must be in (0, 1)"),
+    (["--seed", "-1"], "--seed must be from 0 to 9223372036854775807 (2**63 - 1), got -1"),
+    (["--seed", str(2**63)], "--seed must be from 0 to"),
+    (["--seed", str(2**64)], "--seed must be from 0 to"),
+    (["--seed", str(10**40)], "--seed must be from 0 to"),
+    (["--threads", "-1"], "--threads must be from 0 (all cores) to 1024, got -1"),
+    (["--threads", str(10**9)], "--threads must be from 0 (all cores) to 1024"),
+    (["--calib-size", str(10**9)], "--calib-size 1000000000 is larger than the training split (4000 images)"),
+    (["--calib-size", "4001"], "--calib-size 4001 is larger than the training split (4000 images)"),
+    (["--val-size", str(10**12)], "--val-size must be between 1 and 30000"),
+    (["--batch-size", str(10**12)], "--batch-size must be in 1..8192"),
+    (["--epochs", "-5"], "--epochs must be at least 1"),
+])
+def test_absurd_numbers_fail_before_writing_anything(tmp_path, data_root, args, message):
+    # `run data --quick`: were a check missing, only the data stage would run, never a training
+    r = invoke("run", "data", "--quick", "--artifacts", tmp_path / "a", "--data-root", data_root, *args)
+    out = _flat(r)
+    assert r.exit_code == 2 and out.startswith("error: ") and message in out and "Traceback" not in out, r.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_calib_size_is_checked_against_the_training_split_only_when_quantizing(tmp_path, data_root):
+    from pipeline.cli import build_config
+    from pipeline.errors import PipelineError
+
+    def cfg(**quant):
+        return build_config(model="edgenet", artifacts=tmp_path, data_root=data_root, force=False, quick=False,
+                            val_size=5000, quant_overrides=quant)
+
+    assert cfg(calib_size=55000).quant.calib_size == 55000  # 60,000 - 5,000 validation images
+    with pytest.raises(PipelineError, match=r"--calib-size 55001 is larger than the training split \(55000 images\)"):
+        cfg(calib_size=55001)
+    assert cfg(mode="none", calib_size=10**9).quant.calib_size == 10**9  # no quantization, no calibration
+
+
+def test_top_must_be_positive(tmp_path):
+    r = invoke("predict", tmp_path / "x.png", "--top", "0")
+    assert r.exit_code == 2 and "--top must be at least 1" in r.output
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.one_of(st.integers(), st.integers(min_value=2**63 - 3, max_value=2**64 + 3),
+                      st.integers(min_value=-3, max_value=3)))
+@example(seed=2**63 - 1)
+@example(seed=2**63)
+@example(seed=2**64)
+@example(seed=-1)
+def test_every_accepted_seed_is_one_torch_takes(seed):
+    import torch
+
+    from pipeline.config import TrainConfig
+    from pipeline.errors import PipelineError
+
+    try:
+        TrainConfig(seed=seed)
+    except PipelineError as e:
+        assert not 0 <= seed < 2**63 and "--seed must be from 0 to" in str(e)
+        return
+    assert 0 <= seed < 2**63
+    torch.manual_seed(seed)  # neither raises for an accepted seed
+    torch.Generator().manual_seed(seed)
+
+
+FLOAT_FIELDS = ["lr", "weight_decay", "label_smoothing", "qat_lr"]
+
+
+def _with_examples(test):
+    for field in FLOAT_FIELDS:  # the values that matter, every run, before hypothesis draws its own
+        for value in (math.nan, math.inf, -math.inf):
+            test = example(field=field, value=value)(test)
+    return test
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(FLOAT_FIELDS), value=st.floats(allow_nan=True, allow_infinity=True))
+@_with_examples
+def test_no_float_option_accepts_nan_or_inf(field, value):
+    from pipeline.config import QuantConfig, TrainConfig
+    from pipeline.errors import PipelineError
+
+    cls = QuantConfig if field == "qat_lr" else TrainConfig
+    try:
+        cfg = cls(**{field: value})
+    except PipelineError as e:
+        assert f"--{field.replace('_', '-')} must be" in str(e)
+        return
+    assert math.isfinite(getattr(cfg, field))
