@@ -356,8 +356,8 @@ def check_qdq_cmd(model: Path = typer.Argument(..., help="An INT8 QDQ .onnx file
 
     try:
         violations = check_qdq(model)
-    except QDQCheckError as e:
-        raise PipelineError(str(e)) from None
+    except QDQCheckError as e:  # name the file, as every other message of this command does
+        raise PipelineError(str(e) if str(model) in str(e) else f"{model}: {e}") from None
     if violations:  # node and tensor names come from the file: literal text
         _console().print(literal(format_report(violations, model)), soft_wrap=True)
         raise typer.Exit(1)
@@ -416,7 +416,7 @@ def bench(
     except Exception:  # shape inference can fail on exotic graphs; efficiency is then omitted
         macs = None
     peak = efficiency.peak_gflops() if macs and provider == "cpu" else None
-    table = Table(title=literal(f"{model.name} on onnxruntime-{provider}, input {('N', *image_shape)}"))
+    table = Table(title=literal(f"{model} on onnxruntime-{provider}, input {('N', *image_shape)}"))
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "CV", "images/s", "GFLOP/s"):
         table.add_column(col, justify="right")
     rows = []
@@ -441,6 +441,7 @@ def bench(
         write_json(json_out, {"model": str(model), "provider": provider, "image_shape": list(image_shape),
                               "macs_per_image": macs, "peak_gflops": peak, "peak_method": efficiency.PEAK_METHOD,
                               "method": METHOD, "results": rows, "environment": environment.capture(threads)})
+        out.print(literal(f"results written to {json_out}"), soft_wrap=True)
 
 
 def main() -> None:

@@ -185,6 +185,13 @@ def odd_models(ws: Path) -> dict[str, Path]:
     return models
 
 
+def _digit(h: int = 28, w: int = 28) -> np.ndarray:
+    """A white vertical stroke on black: a "1" that preprocessing accepts (a blank image is refused)."""
+    a = np.zeros((h, w), np.uint8)
+    a[h // 5 : h - h // 5, w // 2 - 2 : w // 2 + 2] = 255
+    return a
+
+
 def _png(path: Path, array: np.ndarray) -> Path:
     from PIL import Image
 
@@ -375,13 +382,16 @@ def cases() -> list[Case]:
     add(Case("predict", "a folder as image", ["predict", "{ws}", "--model", "{fp32}"]))
     for top in ("0", "-1"):
         add(Case("predict", f"--top {top}", ["predict", "{ws}/d.png", "--model", "{fp32}", "--top", top],
-                 setup=lambda env: _png(env.ws / "d.png", np.zeros((28, 28), np.uint8))))
+                 setup=lambda env: _png(env.ws / "d.png", _digit())))
     add(Case("predict", "--top 1000 (more than classes)", ["predict", "{ws}/d.png", "--model", "{fp32}", "--top",
                                                             "1000"], expect="ok",
+             setup=lambda env: _png(env.ws / "d.png", _digit())))
+    add(Case("predict", "a blank image", ["predict", "{ws}/d.png", "--model", "{fp32}"],
              setup=lambda env: _png(env.ws / "d.png", np.zeros((28, 28), np.uint8))))
-    for name in ("[bold]x.png", "[/x].png", "a[red]b[/red].png", "[link=file:///etc]z.png"):
+    for name in ("[bold]x.png", "[/x].png", "a[red]b[/red].png", "[link=x]z.png"):
+        # the table shows each image's file name; a "/" in the name makes a folder, so only the last part shows
         add(Case("markup in paths", f"predict {name}", ["predict", "{ws}/" + name, "--model", "{fp32}"], expect="ok",
-                 shows=name, setup=lambda env, n=name: _png(env.ws / n, np.zeros((40, 30), np.uint8))))
+                 shows=Path(name).name, setup=lambda env, n=name: _png(env.ws / n, _digit(40, 30))))
         add(Case("markup in paths", f"predict missing {name}", ["predict", "{ws}/missing" + name, "--model", "{fp32}"],
                  shows="missing" + name))
 
@@ -391,12 +401,12 @@ def cases() -> list[Case]:
         setup = lambda env: odd_models(env.ws)  # noqa: E731
         add(Case("odd ONNX", f"predict 2 images with {kind}", ["predict", "{ws}/d.png", "{ws}/d.png", "--model",
                                                                f"{{ws}}/{kind}.onnx"],
-                 setup=lambda env: (odd_models(env.ws), _png(env.ws / "d.png", np.zeros((28, 28), np.uint8)))))
-        # bench times any single-input float model; a model that is no classifier (one score) is still timed
+                 setup=lambda env: (odd_models(env.ws), _png(env.ws / "d.png", _digit()))))
+        # bench times any single-input model it can feed (float, uint8 or int8 pixels), classifier or not
         add(Case("odd ONNX", f"bench --batch 8 {kind}", ["bench", f"{{ws}}/{kind}.onnx", "--batch", "8",
                                                          "--duration", "0.05", "--warmup-seconds", "0",
                                                          "--shape", "1,28,28"], setup=setup,
-                 expect="ok" if kind == "one_score" else "refuse"))
+                 expect="ok" if kind in ("one_score", "uint8_input") else "refuse"))
         add(Case("odd ONNX", f"Classifier({kind})", lambda env, k=kind: _classify(env.ws / f"{k}.onnx", 2),
                  setup=setup))
     for name, content in {"empty": b"", "random bytes": os.urandom(500), "text": b"not onnx"}.items():
@@ -404,7 +414,7 @@ def cases() -> list[Case]:
             (env.ws / "m.onnx").write_bytes(content)
         add(Case("not ONNX", f"bench {name}", ["bench", "{ws}/m.onnx", "--batch", "1"], setup=setup))
         add(Case("not ONNX", f"predict --model {name}", ["predict", "{ws}/d.png", "--model", "{ws}/m.onnx"],
-                 setup=lambda env, s=setup: (s(env), _png(env.ws / "d.png", np.zeros((28, 28), np.uint8)))))
+                 setup=lambda env, s=setup: (s(env), _png(env.ws / "d.png", _digit()))))
         add(Case("not ONNX", f"check-qdq {name}", ["check-qdq", "{ws}/m.onnx"], setup=setup))
         add(Case("not ONNX", f"Classifier({name})", lambda env: _classify(env.ws / "m.onnx", 1), setup=setup))
     add(Case("not ONNX", "bench a folder", ["bench", "{ws}", "--batch", "1"]))
