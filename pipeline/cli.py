@@ -416,7 +416,7 @@ def bench(
     except Exception:  # shape inference can fail on exotic graphs; efficiency is then omitted
         macs = None
     peak = efficiency.peak_gflops() if macs and provider == "cpu" else None
-    table = Table(title=literal(f"{model} on onnxruntime-{provider}, input {('N', *image_shape)}"))
+    table = Table(title=literal(f"{model.name} on onnxruntime-{provider}, input {('N', *image_shape)}"))
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "CV", "images/s", "GFLOP/s"):
         table.add_column(col, justify="right")
     rows = []
@@ -427,6 +427,7 @@ def bench(
                       f"{st.std_ms:.3f}", f"{st.cv:.2f}" + (" !" if st.noisy else ""), f"{st.throughput_per_s:,.0f}",
                       f"{eff['gflops']:.1f}" if eff else "-")
     out = Console()
+    out.print(literal(f"model: {model}"), soft_wrap=True)  # the whole path, never wrapped (the title shows the name)
     out.print(table)
     if macs:
         out.print(f"MACs per image: {macs:,} (from the ONNX graph). CPU peak: "

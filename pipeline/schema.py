@@ -59,6 +59,14 @@ def _models():
         throughput_per_s: NonNeg
         iterations: Positive
         batch: Positive
+        includes: Optional[str] = None  # what one timed call spans (reports written before it lack it)
+
+    class LayerPrecisions(Strict):
+        by_precision: dict[str, Count]
+
+    class Engine(Strict):  # what a built TensorRT engine holds, from its sidecar (trt-* rows only)
+        tensorrt: Optional[str] = None
+        layer_precisions: Optional[LayerPrecisions] = None
 
     class VariantRow(Strict):
         name: str
@@ -76,6 +84,7 @@ def _models():
         budget_pp: Optional[NonNeg] = None
         ort_optimization: Optional[Literal["all", "basic"]] = None
         latency: dict[Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}$")], Latency]
+        engine: Optional[Engine] = None
 
     class Epoch(Strict):
         epoch: Positive
