@@ -77,6 +77,10 @@ def _ort_quantize(fp32: Path, out: Path, images: np.ndarray, method: str, *, for
         # (reduce_range): x86 CPUs without VNNI multiply u8 x s8 pairs into saturating 16-bit sums (VPMADDUBSW),
         # which with full-range weights flipped 3 % of a quick model's predictions on this machine.
         act, extra, reduce_range = QuantType.QUInt8, {"WeightSymmetric": True}, True
+    if method == "entropy":
+        log.warning("--calib-method entropy: onnxruntime's quantize_static runs its entropy calibrator with 128 "
+                    "histogram bins and 128 quantized bins, which leaves one candidate range, the full one, so the "
+                    "result equals minmax (measured with onnxruntime 1.31); use percentile for clipped ranges")
     # onnxruntime's recommended pre-pass: shape inference and graph clean-up before calibration
     prepared = out.with_name(out.name + ".pre.tmp")  # beside the temp file; a killed run's copy is swept
     try:
