@@ -292,18 +292,17 @@ def cases() -> list[Case]:
         add(Case("run options", f"stage {stage!r}", ["run", stage, "--quick", *common]))
 
     # --- `run --model`: names that are not nn.Module classes, and models that fail every way user code can
+    f = "tests.fixtures.user_models:"
     for spec in ("resnet9000", "builtins:exit", "builtins:quit", "os:system", "builtins:int", "builtins:object",
-                 "tests.hostile_models:not_a_class", "tests.hostile_models:INSTANCE", "tests.hostile_models:NotAModule",
-                 "tests.hostile_models:NoParameters", "tests.hostile_models:WrongShapeForOddBatches",
-                 "tests.hostile_models:ConstructorRaises", "tests.hostile_models:ConstructorExits",
-                 "tests.hostile_models:ForwardExits", "tests.hostile_models:ReturnsTuple",
-                 "tests.fixtures.user_models:NeedsArgs", "tests.fixtures.user_models:WrongOutput",
-                 "no.such.module:Net", "pkg:", ":Net", "tests.hostile_models:Missing", "[/x]:Net", "[bold]x"):
+                 f + "a_function", f + "AN_INSTANCE", f + "NotAModule", f + "NoParameters", f + "FrozenParameters",
+                 f + "WrongShapeForOddBatches", f + "SqueezesBatch", f + "RaisesInInit", f + "ExitsInInit",
+                 f + "ExitsWithMessageInForward", f + "ExitBuiltinInForward", f + "ReturnsTuple", f + "NeedsArgs",
+                 f + "WrongOutput", "no.such.module:Net", "pkg:", ":Net", f + "Missing", "[/x]:Net", "[bold]x"):
         add(Case("run --model", spec, ["run", "all", "--quick", *common, "--model", spec]))
     add(Case("run --model", "diverging training (loss NaN)",
-             ["run", "train", "--quick", *common, "--model", "tests.hostile_models:Diverges"]))
+             ["run", "train", "--quick", *common, "--model", f + "Diverging"]))
     add(Case("silent wrong", "model whose eval logits are NaN",
-             ["run", "all", "--quick", "--quant", "none", *common, "--model", "tests.hostile_models:NaNWhenEvaluated"]))
+             ["run", "all", "--quick", "--quant", "none", *common, "--model", f + "NaNInEval"]))
 
     # --- `run`: damaged or hand-edited files in the run folder
     def damage_stages(mutate):
