@@ -292,6 +292,9 @@ def predict(
 
     if top < 1:
         raise PipelineError("--top must be at least 1.")
+    from . import manifest
+
+    manifest.require_intact_if_recorded(model, "pipeline predict")  # a run's artifact must be what it wrote
     arrays = [load_image(p) for p in images]  # fails on the first unreadable file, before any inference
     with Classifier(model) as clf:
         pred = clf.predict(np.stack(arrays))
@@ -407,6 +410,9 @@ def bench(
                  names=("--warmup", "--warmup-seconds", "--iterations", "--duration"))
     if json_out:
         check_output_file(json_out, "--json")  # before the benchmark, so its results are never lost
+    from . import manifest
+
+    manifest.require_intact_if_recorded(model, "pipeline bench")  # a run's artifact must be what it wrote
     with OnnxrtRunner(model, provider=provider, threads=threads) as runner:
         image_shape = image_shape_of(runner, override)  # also refuses models without exactly one input
         results = sweep(runner, sizes, image_shape, warmup=warmup, warmup_seconds=warmup_seconds,

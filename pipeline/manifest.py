@@ -167,6 +167,19 @@ def require_intact(root: Path, rels, command: str) -> dict[str, dict]:
     return record
 
 
+def require_intact_if_recorded(path: Path, command: str, levels: int = 3) -> None:
+    """For commands that take any file (``predict``, ``bench``): when ``path`` lies in a run folder whose
+    manifest records it (an artifact such as ``artifacts/edgenet/export/model-fp32.onnx``), it must still be what
+    its stage wrote; a file no manifest records (the user's own model) is the user's to vouch for."""
+    path = Path(path).absolute()
+    for root in list(path.parents)[:levels]:
+        if (root / "stages.json").is_file():
+            rel = str(path.relative_to(root))
+            if recorded_sha(load(root / "stages.json"), rel) is not None:
+                require_intact(root, [rel], command)
+            return
+
+
 def check(root: Path, record: dict[str, dict]) -> list[Problem]:
     """Every recorded output that is missing, truncated or altered."""
     return [p for stage, info in record.items() for p in check_stage(root, stage, info)]

@@ -489,6 +489,15 @@ def cases() -> list[Case]:
     add(Case("bundle", "--model that has no run", ["bundle", "--target", "cpu", "--model", "lenet5", *common]))
     add(Case("bundle", "--out under a file", [*b, "--out", "{ws}/f/out"], setup=lambda env: _write(env.ws / "f", "x")))
 
+    # --- predict and bench read a run's artifact only while it is what its stage wrote
+    def alter_fp32(env):
+        _flip_byte(env.fp32)
+        _png(env.ws / "d.png", _digit())
+    add(Case("tampered artifact", "predict with an altered model-fp32.onnx", ["predict", "{ws}/d.png", "--model",
+                                                                               "{fp32}"], setup=alter_fp32))
+    add(Case("tampered artifact", "bench an altered model-fp32.onnx", ["bench", "{fp32}", "--batch", "1", *fast],
+             setup=alter_fp32))
+
     # --- the bundle's own bench.py compares as strictly as validate
     add(Case("silent wrong", "bundle bench.py with reference logits from another model", _bench_py,
              setup=_tamper_reference))

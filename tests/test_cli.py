@@ -521,3 +521,33 @@ def test_no_float_option_accepts_nan_or_inf(field, value):
         assert f"--{field.replace('_', '-')} must be" in str(e)
         return
     assert math.isfinite(getattr(cfg, field))
+
+
+@pytest.mark.parametrize("command", ["predict", "bench"])
+def test_predict_and_bench_refuse_an_altered_artifact_of_a_run(quick_copy, tmp_path, command):
+    """Every command that reads a run's artifact checks it against the manifest first; a file no manifest
+    records (a copy elsewhere, the user's own model) is still accepted."""
+    import shutil
+
+    from PIL import Image
+
+    model = quick_copy / "edgenet" / "export" / "model-fp32.onnx"
+    digit = tmp_path / "d.png"
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[5:23, 12:16] = 255
+    Image.fromarray(pixels).save(digit)
+    args = {"predict": lambda m: ("predict", digit, "--model", m),
+            "bench": lambda m: ("bench", m, "--batch", "1", "--duration", "0.05", "--warmup-seconds", "0")}[command]
+    assert invoke(*args(model)).exit_code == 0  # intact: accepted
+    mine = tmp_path / "mine.onnx"
+    shutil.copy(model, mine)
+    blob = bytearray(model.read_bytes())
+    blob[-3] ^= 0x01  # the last bytes hold metadata: the model still loads and runs, but it is not what was recorded
+    model.write_bytes(bytes(blob))
+    before = snapshot(quick_copy)
+    r = invoke(*args(model))
+    assert r.exit_code == 2 and "refuses to read" in r.output and "model-fp32.onnx" in r.output, r.output
+    assert snapshot(quick_copy) == before
+    mine.write_bytes(bytes(blob))  # the same bytes outside any run folder: the user's own file
+    r = invoke(*args(mine))
+    assert r.exit_code != 2 or "refuses to read" not in r.output, r.output
