@@ -258,7 +258,9 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
         raise PipelineError(f"{path} does not exist; run `pipeline run all` first, or give the run folder "
                             "(artifacts/<model>) that holds it.")
     # in a run folder, refuse a report.json that differs from what validate wrote (and a damaged manifest)
-    damaged = [p for p in manifest.check(run_dir, manifest.load(run_dir / "stages.json")) if p.path == "report.json"]
+    # (only report.json is hashed: the command reads nothing else; unrecorded means a folder of the user's own)
+    damaged = [p for p in manifest.check_files(run_dir, manifest.load(run_dir / "stages.json"), ["report.json"])
+               if p.kind != "unrecorded"]
     manifest.refuse_damaged(run_dir, damaged)
     try:
         raw = path.read_bytes()

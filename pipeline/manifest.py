@@ -157,14 +157,17 @@ def require_intact(root: Path, rels, command: str) -> dict[str, dict]:
     if not record:
         raise PipelineError(f"{root} has no finished stages recorded ({root / 'stages.json'} is absent or empty), so "
                             f"`{command}` has nothing it can trust; run `pipeline run all` first. Nothing was written.")
-    problems = check_files(root, record, rels)
+    _refuse_for(command, root, check_files(root, record, rels))
+    return record
+
+
+def _refuse_for(command: str, root: Path, problems: list[Problem]) -> None:
     if problems:
         raise PipelineError(
             f"`{command}` refuses to read {root}: " + "; ".join(str(p) for p in problems) + ". These files are not "
             "what the pipeline wrote and recorded in stages.json (edited by hand, copied from another run, cut off, or "
             "never produced), so nothing was read or written. Rerun `pipeline run all` to rebuild missing files; "
             "delete altered ones to have their stage rebuild them, or rerun with --force to redo every stage.")
-    return record
 
 
 def require_intact_if_recorded(path: Path, command: str, levels: int = 3) -> None:
@@ -175,8 +178,9 @@ def require_intact_if_recorded(path: Path, command: str, levels: int = 3) -> Non
     for root in list(path.parents)[:levels]:
         if (root / "stages.json").is_file():
             rel = str(path.relative_to(root))
-            if recorded_sha(load(root / "stages.json"), rel) is not None:
-                require_intact(root, [rel], command)
+            record = load(root / "stages.json")  # read once: the same record says whether and how to check
+            if recorded_sha(record, rel) is not None:
+                _refuse_for(command, root, check_files(root, record, [rel]))
             return
 
 
