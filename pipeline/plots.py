@@ -1,7 +1,11 @@
-"""Every PNG the pipeline draws, with matplotlib's headless Agg backend.
+"""Every PNG the pipeline draws, rendered by matplotlib's Agg renderer.
 
 Kept in one module so stages stay free of plotting code and matplotlib is
-imported only when a figure is actually drawn.
+imported only when a figure is actually drawn. Figures are plain
+``matplotlib.figure.Figure`` objects, never pyplot's: pyplot's backend and open
+figures are process-wide, and ``pipeline.run`` in a notebook must leave the
+user's inline backend and figures alone (``matplotlib.use("Agg")`` would switch
+them away).
 """
 from __future__ import annotations
 
@@ -12,27 +16,23 @@ from typing import Sequence
 from .layout import atomic_write
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure outside pyplot: nothing to close, no backend chosen (savefig renders PNG with Agg)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _save(fig, path: Path) -> Path:
-    plt = _plt()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return atomic_write(path, buf.getvalue())
 
 
 def sample_grid(images, labels: Sequence[int], path: Path) -> Path:
     """A 3x3 grid of images (floats in 0..1, HxW) titled with their labels."""
-    plt = _plt()
-    fig, axes = plt.subplots(3, 3, figsize=(4.5, 4.8))
+    fig = _figure(figsize=(4.5, 4.8))
+    axes = fig.subplots(3, 3)
     for ax, img, label in zip(axes.flat, images, labels):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"label {int(label)}", fontsize=9)
@@ -44,9 +44,9 @@ def sample_grid(images, labels: Sequence[int], path: Path) -> Path:
 
 def training_curves(history: list[dict], path: Path, best_epoch: int) -> Path:
     """Loss and accuracy per epoch, train vs validation; the kept epoch is marked."""
-    plt = _plt()
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = _figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax1.set_xlabel("epoch"); ax1.set_ylabel("cross-entropy loss"); ax1.legend()
@@ -62,8 +62,8 @@ def training_curves(history: list[dict], path: Path, best_epoch: int) -> Path:
 
 def sqnr(per_variant: dict[str, list[dict]], path: Path) -> Path:
     """Per-layer SQNR (dB) of each INT8 variant against FP32; lower bars lose more accuracy."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig = _figure(figsize=(8, 3.6))
+    ax = fig.subplots()
     names = list(per_variant)
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
@@ -85,8 +85,8 @@ def sqnr(per_variant: dict[str, list[dict]], path: Path) -> Path:
 
 def latency_vs_batch(variants: list[dict], path: Path) -> Path:
     """Median latency per image (ms) against batch size, one line per variant (log-log)."""
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = _figure(figsize=(10, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     for v in variants:
         lat = sorted(((int(b), s) for b, s in v.get("latency", {}).items()), key=lambda t: t[0])
         if not lat:
@@ -107,10 +107,10 @@ def latency_vs_batch(variants: list[dict], path: Path) -> Path:
 
 def accuracy_per_variant(variants: list[dict], path: Path) -> Path:
     """Test accuracy (%) of each variant, zoomed to where the differences are."""
-    plt = _plt()
     names = [v["name"] for v in variants]
     accs = [100 * v["accuracy"] for v in variants]
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig = _figure(figsize=(8, 3.4))
+    ax = fig.subplots()
     bars = ax.bar(names, accs, color="#4c78a8")
     for bar, a in zip(bars, accs):
         ax.text(bar.get_x() + bar.get_width() / 2, a, f"{a:.2f}", ha="center", va="bottom", fontsize=8)
@@ -127,9 +127,9 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str, path: Pat
     """Confusion matrix (rows: true label, columns: predicted), counts annotated off the diagonal."""
     import numpy as np
 
-    plt = _plt()
     m = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig = _figure(figsize=(5.2, 4.6))
+    ax = fig.subplots()
     im = ax.imshow(np.log1p(m), cmap="Blues")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
