@@ -9,14 +9,13 @@ from __future__ import annotations
 import functools
 import logging
 import unicodedata
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .config import (DataConfig, ExportConfig, QuantConfig, RunConfig, TrainConfig, ValidateConfig,
-                     default_data_root)
+from .config import (CALIB_METHODS, DEVICES, OPTIMIZERS, QUANT_MODES, QUICK, RUN_OPTIONS, SCHEDULES, build_config,
+                     default_data_root, default_of)
 from .errors import PipelineError
 from .layout import RUN_ADVICE, WriteAdvice
 
@@ -141,49 +140,74 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
 STAGE_HELP = "Stage to run up to: data, train, export, quantize, engines, validate, or all (= every stage)."
 
 
+def _shown(value) -> str:
+    """A default as the help shows it: ``0.003``, ``0.0001``, ``on``/``off`` for switches."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def default(option: str) -> str:
+    """``[default: ...]`` of a ``pipeline run`` option, read from the config dataclasses and the quick budget, so
+    the help never restates a number that config.py owns (``7 (--quick: 2)``)."""
+    target = RUN_OPTIONS[option][0] if option in RUN_OPTIONS else option
+    text = _shown(default_of(target))
+    section, _, name = target.rpartition(".")
+    if name in QUICK.get(section, {}):
+        text += f" (--quick: {_shown(QUICK[section][name])})"
+    return text
+
+
+def with_default(text: str, option: str) -> str:
+    """An option's help followed by its ``[default: ...]`` (escaped: the help is rich markup, where a bare
+    ``[default: 7]`` would be read as a style tag and vanish)."""
+    return f"{text} " + escape(f"[default: {default(option)}]")
+
+
+QUICK_HELP = ("Smoke test in about a minute: " + ", ".join(
+    f"{name} {_shown(value)}" for section in QUICK.values() for name, value in section.items())
+    + "; options given explicitly win. Still validates on all 10,000 test images.")
+
+
 @app.command()
 @guarded
 def run(
     stage: str = typer.Argument("all", help=STAGE_HELP),
-    model: str = typer.Option("edgenet", "--model", "-m", help="Registry name (see `pipeline models`) or package.module:Class."),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Output folder; each model gets <artifacts>/<model>/."),
+    model: str = typer.Option(default_of("model"), "--model", "-m", help="Registry name (see `pipeline models`) or package.module:Class."),
+    artifacts: Path = typer.Option(default_of("artifacts"), "--artifacts", help="Output folder; each model gets <artifacts>/<model>/."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding MNIST/raw (default $PIPELINE_DATA or ~/.cache/edge-export-pipeline)."),
     force: bool = typer.Option(False, "--force", help="Redo every stage even if its inputs and config are unchanged."),
-    quick: bool = typer.Option(False, "--quick", help="Smoke test: 4,000 training images, 2 epochs, short timings (under a minute)."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs [default: 7]."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size [default: 128]."),
-    optimizer: Optional[str] = typer.Option(None, help="adamw | adam | sgd [default: adamw]."),
-    lr: Optional[float] = typer.Option(None, help="(Peak) learning rate [default: 0.003]."),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay [default: 1e-4]."),
-    schedule: Optional[str] = typer.Option(None, help="onecycle | cosine | step | none [default: onecycle]."),
-    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing [default: 0.05]."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random affine augmentation [default: on]."),
-    seed: Optional[int] = typer.Option(None, help="Training seed [default: 0]."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda [default: auto]."),
-    val_size: Optional[int] = typer.Option(None, help="Validation images held out of the 60,000 training images [default: 5000]."),
-    quant: str = typer.Option("both", "--quant", help="INT8 variants: none | ptq | qat | both."),
-    calib_size: Optional[int] = typer.Option(None, help="PTQ calibration images from the training split [default: 512]."),
-    calib_method: str = typer.Option("minmax", help="PTQ calibration: minmax | entropy | percentile."),
-    qat_epochs: Optional[int] = typer.Option(None, help="QAT fine-tuning epochs [default: 1]."),
-    qat_lr: float = typer.Option(1e-4, help="QAT fine-tuning learning rate."),
-    threads: int = typer.Option(0, help="Intra-op threads for training and timing (0 = all cores)."),
+    quick: bool = typer.Option(False, "--quick", help=QUICK_HELP),
+    epochs: Optional[int] = typer.Option(None, help=with_default("Training epochs.", "epochs")),
+    batch_size: Optional[int] = typer.Option(None, help=with_default("Training batch size.", "batch_size")),
+    optimizer: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(OPTIMIZERS)}.", "optimizer")),
+    lr: Optional[float] = typer.Option(None, help=with_default("(Peak) learning rate.", "lr")),
+    weight_decay: Optional[float] = typer.Option(None, help=with_default("Weight decay.", "weight_decay")),
+    schedule: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(SCHEDULES)}.", "schedule")),
+    label_smoothing: Optional[float] = typer.Option(None, help=with_default("Label smoothing.", "label_smoothing")),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=with_default("Random affine augmentation.", "augment")),
+    seed: Optional[int] = typer.Option(None, help=with_default("Training seed.", "seed")),
+    device: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(DEVICES)}.", "device")),
+    val_size: Optional[int] = typer.Option(None, help=with_default("Validation images held out of the 60,000 training images.", "val_size")),
+    quant: Optional[str] = typer.Option(None, "--quant", help=with_default(f"INT8 variants: {' | '.join(QUANT_MODES)}.", "quant")),
+    calib_size: Optional[int] = typer.Option(None, help=with_default("PTQ calibration images from the training split.", "calib_size")),
+    calib_method: Optional[str] = typer.Option(None, help=with_default(f"PTQ calibration: {' | '.join(CALIB_METHODS)}.", "calib_method")),
+    qat_epochs: Optional[int] = typer.Option(None, help=with_default("QAT fine-tuning epochs.", "qat_epochs")),
+    qat_lr: Optional[float] = typer.Option(None, help=with_default("QAT fine-tuning learning rate.", "qat_lr")),
+    threads: Optional[int] = typer.Option(None, help=with_default("Intra-op threads for training and timing (0 = all cores).", "threads")),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the pipeline up to STAGE (default: all), skipping stages whose inputs are unchanged."""
     from . import stages
 
     _setup_logging(verbose)
-    until = "validate" if stage == "all" else stage
-    if until not in stages.STAGE_NAMES:
-        raise PipelineError(f"Unknown stage '{stage}'. Choose one of: all, {', '.join(stages.STAGE_NAMES)}.")
+    until = stages.until(stage)
     cfg = build_config(
-        model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick, threads=threads,
-        train_overrides=dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                             weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
-                             augment=augment, seed=seed, device=device),
-        val_size=val_size,
-        quant_overrides=dict(mode=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
-                             qat_lr=qat_lr),
+        model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick,
+        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        schedule=schedule, label_smoothing=label_smoothing, augment=augment, seed=seed, device=device,
+        val_size=val_size, quant=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
+        qat_lr=qat_lr, threads=threads,
     )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -194,30 +218,6 @@ def run(
     if until == "validate":
         _console().print(literal(("done:", "green"), f" report at {rd.report_md}, {rd.report_html} and "
                                  f"{rd.report_json}"), soft_wrap=True)
-
-
-def build_config(*, model: str, artifacts: Path, data_root: Optional[Path], force: bool, quick: bool,
-                 threads: int = 0, train_overrides: dict | None = None, val_size: Optional[int] = None,
-                 quant_overrides: dict | None = None) -> RunConfig:
-    """Defaults, then --quick's budget, then explicit options (explicit always wins)."""
-    data = DataConfig(root=data_root or default_data_root())
-    train = TrainConfig(threads=threads)
-    validate = ValidateConfig(threads=threads)
-    if quick:
-        data = replace(data, val_size=1000, max_train=4000)
-        train = replace(train, epochs=2)
-        validate = replace(validate, warmup=3, iterations=20, max_seconds=0.1)
-        quant_cfg = dict(calib_size=128, qat_max_images=1024, sqnr_images=64)
-    else:
-        quant_cfg = {}
-    if val_size is not None:
-        data = replace(data, val_size=val_size)
-    explicit = {k: v for k, v in (train_overrides or {}).items() if v is not None}
-    if explicit:
-        train = replace(train, **explicit)
-    quant_cfg.update({k: v for k, v in (quant_overrides or {}).items() if v is not None})
-    return RunConfig(model=model, artifacts=artifacts, data=data, train=train, export=ExportConfig(),
-                     validate=validate, quant=QuantConfig(**quant_cfg), force=force, quick=quick)
 
 
 @app.command("models")

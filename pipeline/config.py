@@ -1,8 +1,13 @@
-"""Frozen, validated configuration objects, one per stage.
+"""Frozen, validated configuration objects, one per stage, and the one place that knows their defaults.
 
-They are built once at the edge (the CLI), checked there, and passed down
+They are built once at the edge (the CLI or :func:`pipeline.run`), checked there, and passed down
 explicitly; no stage reads globals or the environment. ``stamp()`` gives the
 dict that is hashed to decide whether a finished stage can be skipped.
+
+Three tables live here and nowhere else: the defaults (the dataclass fields), the ``--quick`` budget
+(:data:`QUICK`) and which field each ``pipeline run`` option sets (:data:`RUN_OPTIONS`). The CLI's help
+and :func:`pipeline.run`'s keywords are read from them, and both build their config through
+:func:`build_config`, so a default changed here changes every entry point at once.
 """
 from __future__ import annotations
 
@@ -117,19 +122,42 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one ``pipeline run`` needs."""
+    """Everything one ``pipeline run`` needs.
+
+    A sub-config that is not given (``None``) is built from its defaults, or from the :data:`QUICK` budget when
+    ``quick`` is true, so ``RunConfig(quick=True)`` is exactly what ``pipeline run --quick`` builds. A sub-config
+    that is given is used as it is: ``RunConfig(quick=True, train=TrainConfig(lr=0.01))`` trains 7 epochs; to
+    override single fields on top of the budget, use :func:`build_config` (``epochs=3``), as the CLI does.
+
+    ``model`` is a registry name, ``package.module:Class``, or an ``nn.Module`` object; an object is checked,
+    fingerprinted and copied (:func:`pipeline.models.adopt`): ``model`` then holds its run name (the class's name)
+    and ``model_object`` the copy.
+    """
 
     model: str = "edgenet"
     artifacts: Path = Path("artifacts")
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    quant: "QuantConfig" = field(default_factory=lambda: QuantConfig())
+    data: DataConfig | None = None  # never None once built: see the class docstring
+    train: TrainConfig | None = None
+    export: ExportConfig | None = None
+    validate: ValidateConfig | None = None
+    quant: QuantConfig | None = None
     force: bool = False
     quick: bool = False
+    model_object: object = field(default=None, repr=False)  # a pipeline.models.ModelObject for an nn.Module object
 
     def __post_init__(self):
+        for name, cls in SECTIONS.items():
+            given = getattr(self, name)
+            if given is None:
+                object.__setattr__(self, name, cls(**(QUICK.get(name, {}) if self.quick else {})))
+            elif not isinstance(given, cls):
+                raise PipelineError(f"RunConfig's {name} must be a {cls.__name__}, got {type(given).__name__}.")
+        if not isinstance(self.model, str):  # an nn.Module object (pipeline.run(model=MyNet()) in a notebook)
+            from .models import adopt
+
+            obj = adopt(self.model)
+            object.__setattr__(self, "model", obj.name)
+            object.__setattr__(self, "model_object", obj)
         # checked here, not only in the quantize stage, so a too-large --calib-size fails before training
         train = MNIST_TRAIN_IMAGES - self.data.val_size
         if self.data.max_train is not None:
@@ -174,3 +202,71 @@ class QuantConfig:
     @property
     def qat(self) -> bool:
         return self.mode in ("qat", "both")
+
+
+#: The ``--quick`` budget (``RunConfig(quick=True)``, ``pipeline.run(quick=True)``): per sub-config, the fields it
+#: changes. A smoke test of every stage in about a minute; validation still runs on all 10,000 test images.
+QUICK: dict[str, dict] = {
+    "data": {"val_size": 1000, "max_train": 4000},
+    "train": {"epochs": 2},
+    "validate": {"warmup": 3, "iterations": 20, "max_seconds": 0.1},
+    "quant": {"calib_size": 128, "qat_max_images": 1024, "sqnr_images": 64},
+}
+
+#: Every tuning option of ``pipeline run`` (``--epochs``...) and keyword of :func:`pipeline.run`, with the
+#: ``sub-config.field`` it sets; ``--threads`` sets two. ``None`` (an option not given) leaves the default, or
+#: the quick budget under ``--quick``.
+RUN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "epochs": ("train.epochs",),
+    "batch_size": ("train.batch_size",),
+    "optimizer": ("train.optimizer",),
+    "lr": ("train.lr",),
+    "weight_decay": ("train.weight_decay",),
+    "schedule": ("train.schedule",),
+    "label_smoothing": ("train.label_smoothing",),
+    "augment": ("train.augment",),
+    "seed": ("train.seed",),
+    "device": ("train.device",),
+    "val_size": ("data.val_size",),
+    "quant": ("quant.mode",),
+    "calib_size": ("quant.calib_size",),
+    "calib_method": ("quant.calib_method",),
+    "qat_epochs": ("quant.qat_epochs",),
+    "qat_lr": ("quant.qat_lr",),
+    "threads": ("train.threads", "validate.threads"),
+}
+
+
+#: The sub-configs of :class:`RunConfig`, by field name.
+SECTIONS: dict[str, type] = {"data": DataConfig, "train": TrainConfig, "export": ExportConfig,
+                             "validate": ValidateConfig, "quant": QuantConfig}
+
+
+def build_config(*, model="edgenet", artifacts: Path | str = "artifacts", data_root: Path | str | None = None,
+                 force: bool = False, quick: bool = False, **options) -> RunConfig:
+    """The config of one run: defaults, then the quick budget, then the options given (explicit always wins).
+
+    The CLI and :func:`pipeline.run` both build through here. ``options`` are the keys of :data:`RUN_OPTIONS`;
+    ``None`` means "not given". ``model`` may also be an ``nn.Module`` object (see :class:`RunConfig`).
+    """
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise PipelineError(f"Unknown option(s): {', '.join(unknown)}. Valid options: {', '.join(RUN_OPTIONS)}.")
+    fields = {name: dict(QUICK.get(name, {})) if quick else {} for name in SECTIONS}
+    if data_root is not None:
+        fields["data"]["root"] = Path(data_root)
+    for option, value in options.items():
+        if value is not None:
+            for target in RUN_OPTIONS[option]:
+                section, name = target.split(".")
+                fields[section][name] = value
+    return RunConfig(model=model, artifacts=Path(artifacts), force=force, quick=quick,
+                     **{name: cls(**fields[name]) for name, cls in SECTIONS.items()})
+
+
+def default_of(target: str):
+    """The default of ``sub-config.field`` (``"train.epochs"``), or of a :class:`RunConfig` field (``"model"``)."""
+    section, _, name = target.rpartition(".")
+    cls = SECTIONS[section] if section else RunConfig
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default

@@ -456,17 +456,17 @@ def test_absurd_numbers_fail_before_writing_anything(tmp_path, data_root, args, 
 
 
 def test_calib_size_is_checked_against_the_training_split_only_when_quantizing(tmp_path, data_root):
-    from pipeline.cli import build_config
+    from pipeline.config import build_config
     from pipeline.errors import PipelineError
 
     def cfg(**quant):
         return build_config(model="edgenet", artifacts=tmp_path, data_root=data_root, force=False, quick=False,
-                            val_size=5000, quant_overrides=quant)
+                            val_size=5000, **quant)
 
     assert cfg(calib_size=55000).quant.calib_size == 55000  # 60,000 - 5,000 validation images
     with pytest.raises(PipelineError, match=r"--calib-size 55001 is larger than the training split \(55000 images\)"):
         cfg(calib_size=55001)
-    assert cfg(mode="none", calib_size=10**9).quant.calib_size == 10**9  # no quantization, no calibration
+    assert cfg(quant="none", calib_size=10**9).quant.calib_size == 10**9  # no quantization, no calibration
 
 
 def test_top_must_be_positive(tmp_path):

@@ -31,7 +31,7 @@ from . import data, engines, export, quantize, train, validate
 from .context import Context
 
 log = logging.getLogger(__name__)
-__all__ = ["Context", "RunDir", "STAGES", "STAGE_NAMES", "Stage", "run", "run_lock"]
+__all__ = ["Context", "RunDir", "STAGES", "STAGE_NAMES", "Stage", "run", "run_lock", "until"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,16 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
-def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict:
-    """Run the stages up to and including ``until``; return the stage record."""
+def until(stage: str) -> str:
+    """The last stage to run for the ``STAGE`` a user gave (``all`` means every stage)."""
+    last = STAGE_NAMES[-1] if stage == "all" else stage
+    if last not in STAGE_NAMES:
+        raise PipelineError(f"Unknown stage '{stage}'. Choose one of: all, {', '.join(STAGE_NAMES)}.")
+    return last
+
+
+def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict[str, str]:
+    """Run the stages up to and including ``until``; return what each did, in order: ``"ran"`` or ``"skipped"``."""
     if until not in STAGE_NAMES:
         raise PipelineError(f"Unknown stage '{until}'. Stages: {', '.join(STAGE_NAMES)}, or all.")
     models.build(cfg.model)  # fail on a bad --model before anything is written
@@ -98,8 +106,9 @@ def run_lock(root: Path):
         os.close(fd)  # closing releases the lock
 
 
-def _run_stages(ctx: Context, until: str) -> dict:
+def _run_stages(ctx: Context, until: str) -> dict[str, str]:
     cfg = ctx.cfg
+    done = {}
     try:
         record = manifest.load(ctx.rd.stages)
     except PipelineError:
@@ -116,6 +125,7 @@ def _run_stages(ctx: Context, until: str) -> dict:
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         if not cfg.force and prev and prev.get("key") == key and not problems:
             log.info("%s: up to date, skipped (use --force to redo)", stage.name)
+            done[stage.name] = "skipped"
         else:
             if problems:
                 log.info("%s: redone, %s", stage.name, "; ".join(str(p) for p in problems))
@@ -134,9 +144,10 @@ def _run_stages(ctx: Context, until: str) -> dict:
             for p in stage.scratch(ctx):
                 p.unlink(missing_ok=True)
             log.info("%s: done in %.1f s", stage.name, record[stage.name]["seconds"])
+            done[stage.name] = "ran"
         if stage.name == until:
             break
-    return record
+    return done
 
 
 def _restore_if_untouched(ctx: Context, name: str, prev: dict | None, saved: bytes | None, record: dict) -> None:
