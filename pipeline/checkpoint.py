@@ -50,12 +50,39 @@ def load(path: Path) -> dict:
         ) from None
     except Exception as e:  # truncated zip, bad records...
         raise _corrupted(path, type(e).__name__) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in REQUIRED):
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in REQUIRED) \
+            or not _valid_object_record(ckpt.get("model_object")):
         raise PipelineError(
             f"Checkpoint {path} was not written by this pipeline (no '{FORMAT}' header with "
             f"{', '.join(REQUIRED)}). Retrain with `pipeline run train --force`."
         )
     return ckpt
+
+
+def _valid_object_record(record) -> bool:
+    """``model_object`` (only in runs trained from an ``nn.Module`` object): its class and fingerprint, as strings."""
+    return record is None or (isinstance(record, dict) and isinstance(record.get("class"), str)
+                              and isinstance(record.get("fingerprint"), str))
+
+
+def object_record(obj) -> dict:
+    """What a checkpoint records of a model given as an object (``obj``: a :class:`pipeline.models.ModelObject`),
+    so a later process knows it cannot rebuild it and says so (:func:`refuse_object_run`)."""
+    return {"model_object": {"class": obj.origin, "fingerprint": obj.fingerprint}} if obj is not None else {}
+
+
+def refuse_object_run(path: Path) -> None:
+    """Raise the "trained from an object" paragraph when the checkpoint at ``path`` records one: a name (``--model``)
+    can rebuild only registry and importable models. Return quietly otherwise (no checkpoint, a damaged one, a
+    named model), leaving the caller's own error."""
+    from . import models
+
+    try:
+        ckpt = load(path)
+    except PipelineError:
+        return
+    if ckpt.get("model_object"):
+        raise models.object_run_refusal(f"Run folder {Path(path).parent.parent}", ckpt["model_object"]["class"])
 
 
 def _corrupted(path: Path, why: str) -> PipelineError:
@@ -69,7 +96,7 @@ def restore(ckpt: dict):
     """Rebuild the model a checkpoint describes and load its weights (eval mode, CPU)."""
     from . import models
 
-    model = models.build(ckpt["model"])
+    model = models.rebuild(ckpt, f"The checkpoint of model '{ckpt['model']}'")
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

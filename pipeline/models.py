@@ -1,4 +1,4 @@
-"""Model zoo: one table maps a name to a builder, plus users' own ``package.module:Class``.
+"""Model zoo: one table maps a name to a builder, plus users' own ``package.module:Class`` and ``nn.Module`` objects.
 
 Every model takes a normalized ``(N, 1, 28, 28)`` float tensor and returns
 ``(N, 10)`` logits. The five seed networks follow ``shared/SEEDS.md`` layer
@@ -8,11 +8,12 @@ accuracy within a 5-minute CPU training budget.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib
 import inspect
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .errors import PipelineError
 
@@ -147,16 +148,25 @@ def _what_happened(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+OBJECT_LABEL = "model="  # how messages name an nn.Module object: ``model=MyNet(...)``, the keyword it came by
+
+
+def _who(name: str) -> str:
+    return name if name.startswith(OBJECT_LABEL) else f"--model {name}"
+
+
 @contextlib.contextmanager
 def user_code(name: str, doing: str):
     """Run a user's model code; anything it raises, ``SystemExit`` included, becomes a :class:`PipelineError`
-    naming the model and what it was doing. Ctrl-C stays Ctrl-C."""
+    naming the model and what it was doing. Ctrl-C stays Ctrl-C. ``name`` is a ``--model`` value, or the
+    ``model=...`` label :func:`adopt` gives an object."""
+    who = _who(name)
     try:
         yield
     except (KeyboardInterrupt, PipelineError):
         raise
     except BaseException as e:  # user code can fail in any way, exit() included
-        raise PipelineError(f"--model {name} failed while {doing}: {_what_happened(e)}.") from None
+        raise PipelineError(f"{who} failed while {doing}: {_what_happened(e)}.") from None
 
 
 def _load_user_class(spec: str):
@@ -201,15 +211,135 @@ def source_fingerprint(name: str) -> str:
         return ""
 
 
-def build(name: str):
-    """Build a fresh, randomly initialized model by registry name or ``package.module:Class``.
+@dataclass(frozen=True)
+class ModelObject:
+    """An ``nn.Module`` object given as the model (``pipeline.run(model=MyNet())`` in a notebook).
+
+    Its class may live in ``__main__``, where no other process can import it, so the run records it by
+    fingerprint and this process keeps a private copy (``template``, never trained) to rebuild it from.
+    Two objects are equal when their fingerprints are: same class, layers and initial weights.
+    """
+
+    name: str  # the run's name: the class's __name__; the run folder is <artifacts>/<name>
+    origin: str  # module.qualname of the class, for messages
+    fingerprint: str  # SHA-256 of architecture and initial weights (see fingerprint()); part of train's key
+    template: Any = field(compare=False, repr=False)  # a private deep copy, with the initial weights
+
+
+#: Objects adopted in this process, by fingerprint: how a checkpoint trained from an object finds its
+#: architecture again (validate, bundle, :func:`pipeline.checkpoint.restore`). Per process by nature: a
+#: class defined in a notebook exists nowhere else. Holds small CPU copies only, one per distinct object.
+_ADOPTED: dict[str, ModelObject] = {}
+
+
+def adopt(model) -> ModelObject:
+    """Check, fingerprint and copy an ``nn.Module`` object given as the model; the caller's object is never
+    modified (it is copied first, and the checks and training use copies).
+
+    The same checks as ``--model package.module:Class`` apply: trainable parameters, and (N, 1, 28, 28) to
+    (N, 10) float logits for N = 1, 2, 3; anything its code raises is a :class:`PipelineError`.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        if inspect.isclass(model) and issubclass(model, torch.nn.Module):
+            raise PipelineError(f"model={model.__name__} is a class; give an object of it, model={model.__name__}(), "
+                                "or a string 'package.module:ClassName'.")
+        raise PipelineError(f"model= must be a registry name ({', '.join(REGISTRY)}), a string "
+                            f"'package.module:ClassName', or a torch.nn.Module object; got an object of type "
+                            f"{type(model).__qualname__}.")
+    cls = type(model)
+    name, origin = cls.__name__, f"{cls.__module__}.{cls.__qualname__}"
+    if not name.isidentifier():  # the run folder is named after it
+        raise PipelineError(f"model= is an object of class {origin!r}, whose name cannot name a run folder; give the "
+                            "class a plain Python name.")
+    label = f"{OBJECT_LABEL}{name}(...)"
+    with user_code(label, "being copied (copy.deepcopy; the run trains a copy and leaves your object as it is)"):
+        template = copy.deepcopy(model).cpu()
+    with user_code(label, "being fingerprinted"):
+        fp = fingerprint(template)
+    _check_user_model(copy.deepcopy(template), label)  # on a copy: a forward may change buffers
+    obj = ModelObject(name=name, origin=origin, fingerprint=fp, template=template)
+    _ADOPTED[fp] = obj
+    return obj
+
+
+def _class_source(cls) -> str:
+    """The class's source when Python can find it (a file, or a notebook cell IPython keeps), else ''."""
+    try:
+        return inspect.getsource(cls)
+    except Exception:  # OSError/TypeError when there is no source; interactive shells can fail in other ways
+        return ""
+
+
+def fingerprint(model) -> str:
+    """SHA-256 of what decides a model's training: its class (qualified name and source, when available), its
+    layers (``repr``), and the name, shape, dtype, trainability and bytes of every parameter and buffer.
+
+    So the same object twice gives the same key and its run is skipped, while one changed initial weight, an
+    added layer or an edited ``forward`` retrains. Each piece is length-prefixed, so pieces cannot run together.
+    """
+    import torch
+
+    h = hashlib.sha256()
+
+    def add(piece) -> None:
+        data = piece if isinstance(piece, bytes) else str(piece).encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    cls = type(model)
+    add(f"{cls.__module__}.{cls.__qualname__}")
+    add(_class_source(cls))
+    add(repr(model))
+    for kind, tensors in (("parameter", model.named_parameters(remove_duplicate=False)),
+                          ("buffer", model.named_buffers(remove_duplicate=False))):
+        for name, t in tensors:
+            flat = t.detach().cpu().contiguous().reshape(-1)
+            add(f"{kind} {name} {tuple(t.shape)} {t.dtype} {t.requires_grad}")
+            add(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
+
+
+def object_run_refusal(where, origin: str) -> PipelineError:
+    """The paragraph for a run trained from an object that this process never saw (a later CLI command, a
+    restarted notebook)."""
+    return PipelineError(
+        f"{where} was trained from an nn.Module object (class {origin}) given to pipeline.run(model=...) in a "
+        "Python session; only that object can rebuild the model, and this process was not given it (a class "
+        "defined in a notebook or script cannot be imported by name from elsewhere), so the checkpoint's weights "
+        "have no model to go into. The run's files need no model for `pipeline report`, "
+        "`verify`, `predict` and `bench`. For anything that needs it (`pipeline bundle`, rerunning stages), either "
+        "work in a Python session that defines the class: call pipeline.run(model=YourClass(...), ...) there (its "
+        "stages are skipped when the object has the same initial weights) and bundle with .bundle(target) on what "
+        "it returns; or move the class into a module and use --model package.module:ClassName. No file was "
+        "written.")
+
+
+def rebuild(ckpt: dict, where) -> Any:
+    """A fresh model with the architecture a checkpoint was trained with (weights still to be loaded)."""
+    recorded = ckpt.get("model_object")
+    if recorded is None:
+        return build(ckpt["model"])
+    obj = _ADOPTED.get(recorded["fingerprint"])
+    if obj is None:
+        raise object_run_refusal(where, recorded["class"])
+    return build(obj.name, obj)
+
+
+def build(name: str, obj: "ModelObject | None" = None):
+    """Build a fresh, randomly initialized model by registry name or ``package.module:Class``; with ``obj``
+    (an adopted ``nn.Module`` object), a fresh copy of it, with its initial weights.
 
     A user model is checked here, before any stage runs: its class must be an ``nn.Module``, it must
     construct without arguments, have trainable parameters, and map (N, 1, 28, 28) to (N, 10) float
     logits for every N tried; anything its code raises (``sys.exit`` included) is a :class:`PipelineError`.
+    An object was checked the same way when it was adopted.
     """
     import torch
 
+    if obj is not None:
+        return copy.deepcopy(obj.template)
     if is_user_model(name):
         cls = _load_user_class(name)
         with user_code(name, "being constructed with no arguments (user models must be constructible "
@@ -217,19 +347,25 @@ def build(name: str):
             model = cls()
         if not isinstance(model, torch.nn.Module):
             raise PipelineError(f"--model {name} built a {type(model).__name__}, not a torch.nn.Module.")
-        with user_code(name, "listing its parameters"):
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if not trainable:
-            raise PipelineError(f"--model {name} has no trainable parameters, so there is nothing to train. "
-                                "Give it layers with weights (nn.Linear, nn.Conv2d...).")
-        _check_io(model, name)
-        macs_per_image(model, name)  # the train and validate stages count them; fail now, not after training
+        _check_user_model(model, name)
         return model
     if name not in REGISTRY:
         raise PipelineError(
             f"Unknown model '{name}'. Valid names: {', '.join(REGISTRY)}; or give your own as package.module:Class."
         )
     return REGISTRY[name].build()
+
+
+def _check_user_model(model, name: str) -> None:
+    """What every user's model must be: trainable, (N, 1, 28, 28) -> (N, 10) float logits, countable MACs."""
+    what = _who(name)
+    with user_code(name, "listing its parameters"):
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not trainable:
+        raise PipelineError(f"{what} has no trainable parameters, so there is nothing to train. "
+                            "Give it layers with weights (nn.Linear, nn.Conv2d...).")
+    _check_io(model, name)
+    macs_per_image(model, name)  # the train and validate stages count them; fail now, not after training
 
 
 def _check_io(model, name: str) -> None:
@@ -243,7 +379,8 @@ def _check_io(model, name: str) -> None:
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, NUM_CLASSES) or not out.is_floating_point():
             got = f"a {out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) \
                 else f"a {type(out).__name__}"
-            raise PipelineError(f"Model {name} must return (N, 10) logits as a float tensor; for N={n} it returned "
+            who = name if name.startswith(OBJECT_LABEL) else f"Model {name}"
+            raise PipelineError(f"{who} must return (N, 10) logits as a float tensor; for N={n} it returned "
                                 f"{got}.")
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import manifest, models
+from .. import checkpoint, manifest, models
 from ..config import RunConfig
 from ..errors import PipelineError
 from ..layout import RunDir, atomic_write, check_writable
@@ -67,8 +67,12 @@ def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict[str, str
     """Run the stages up to and including ``until``; return what each did, in order: ``"ran"`` or ``"skipped"``."""
     if until not in STAGE_NAMES:
         raise PipelineError(f"Unknown stage '{until}'. Stages: {', '.join(STAGE_NAMES)}, or all.")
-    models.build(cfg.model)  # fail on a bad --model before anything is written
     ctx = Context(cfg, progress)
+    try:
+        models.build(cfg.model, cfg.model_object)  # fail on a bad --model before anything is written
+    except PipelineError:
+        checkpoint.refuse_object_run(ctx.rd.checkpoint)  # the folder's model was a session's object: say so
+        raise
     check_writable(ctx.rd.root)
     with run_lock(ctx.rd.root):
         leftovers = manifest.temp_leftovers(ctx.rd.root)

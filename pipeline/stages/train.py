@@ -15,8 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def key(ctx: Context) -> dict:
+    """For a model given as an object, ``model_source`` is its fingerprint (architecture and initial weights), so
+    the same object again skips training and a changed one retrains; for a named model, its source file's hash."""
+    obj = ctx.cfg.model_object
     return {"data": ctx.sha(ctx.rd.data_summary), "model": ctx.cfg.model,
-            "model_source": models.source_fingerprint(ctx.cfg.model), "train": stamp(ctx.cfg.train)}
+            "model_source": obj.fingerprint if obj is not None else models.source_fingerprint(ctx.cfg.model),
+            "train": stamp(ctx.cfg.train)}
 
 
 def run(ctx: Context) -> list[Path]:
@@ -28,7 +32,7 @@ def run(ctx: Context) -> list[Path]:
 
     cfg = ctx.cfg
     torch.manual_seed(cfg.train.seed)  # initial weights come from the global RNG: seed it before building
-    model = models.build(cfg.model)
+    model = models.build(cfg.model, cfg.model_object)  # an object: a copy with its own initial weights
     log.info("train: %s (%s parameters, %.2f M MACs/image), %d epochs, batch %d, %s lr %g, %s schedule",
              cfg.model, f"{models.param_count(model):,}", models.macs_per_image(model) / 1e6, cfg.train.epochs,
              cfg.train.batch_size, cfg.train.optimizer, cfg.train.lr, cfg.train.schedule)
@@ -51,6 +55,7 @@ def run(ctx: Context) -> list[Path]:
         "classes": CLASSES,
         "input": {"name": "input", "shape": [1, 28, 28], "layout": "NCHW", "dtype": "float32"},
         "summary": {k: v for k, v in summary.items() if k != "history"},
+        **checkpoint.object_record(cfg.model_object),
     })
     return [ckpt, write_json(ctx.rd.history, summary),
             plots.training_curves(result.history, ctx.rd.curves_png, result.best_epoch)]

@@ -1,0 +1,132 @@
+"""``pipeline.run``: the Python twin of ``pipeline run``, for notebooks and scripts.
+
+It takes the same options as the command (as keywords), builds the config through the same function
+(:func:`pipeline.config.build_config`), runs the same stages, and returns what they produced instead of
+printing it. Because it runs inside the caller's process it behaves as a library: user errors are
+:class:`~pipeline.errors.PipelineError` (never an exit), it configures no logging (the stages log to the
+``pipeline`` logger; ``logging.basicConfig(level=logging.INFO)`` shows their progress), and it gives back
+torch's thread count and random state as it found them.
+
+``model`` may also be an ``nn.Module`` object, for instance a class defined in the notebook itself: see
+:func:`pipeline.models.adopt` for how it is checked, fingerprinted and copied, and README "Python API".
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import PipelineError
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` produced.
+
+    ``report`` is the validate stage's report (``report.json`` as a dict: accuracies, parity, latency per
+    variant; see README "Report contract"), also when validate was skipped as up to date. It is ``None`` when
+    ``stage`` stops before validate: the stage's files are then in ``run_dir`` (``train/history.json`` holds
+    the training summary).
+    """
+
+    run_dir: Path  # <artifacts>/<run name>: a registry name, package.module__Class, or an object's class name
+    model: str  # the run's name, as the report and the ONNX metadata give it
+    stages: dict[str, str]  # each stage up to the one asked for, in order: "ran" or "skipped" (up to date)
+    report: Optional[dict]
+    data_root: Path = field(repr=False)
+
+    def accuracy(self, variant: str = "torch-fp32") -> float:
+        """Test accuracy (fraction, 0..1, on the 10,000 MNIST test images) of one variant of the report."""
+        if self.report is None:
+            raise PipelineError("This run stopped before validate, so it has no report; run up to stage 'all'.")
+        for row in self.report["variants"]:
+            if row["name"] == variant:
+                return row["accuracy"]
+        raise PipelineError(f"The report has no variant '{variant}'; it has "
+                            f"{', '.join(r['name'] for r in self.report['variants'])}.")
+
+    def bundle(self, target: str, out: Path | str | None = None) -> tuple[Path, Path]:
+        """``pipeline bundle --target TARGET`` for this run: a folder and a ``.tar.gz`` (returned) under ``out``
+        (default ``<artifacts>/bundles``). In the session that ran it, this works for a model given as an object
+        too, which a later ``pipeline bundle`` in a new process cannot rebuild."""
+        from . import bundle
+        from .layout import RunDir, check_output_dir
+
+        out = Path(out) if out is not None else self.run_dir.parent / "bundles"
+        with _library_errors():
+            check_output_dir(out, "out")
+            return bundle.make_bundle(RunDir(self.run_dir), target, out, self.data_root)
+
+
+def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifacts",
+        data_root: Path | str | None = None, force: bool = False, quick: bool = False,
+        epochs: Optional[int] = None, batch_size: Optional[int] = None, optimizer: Optional[str] = None,
+        lr: Optional[float] = None, weight_decay: Optional[float] = None, schedule: Optional[str] = None,
+        label_smoothing: Optional[float] = None, augment: Optional[bool] = None, seed: Optional[int] = None,
+        device: Optional[str] = None, val_size: Optional[int] = None, quant: Optional[str] = None,
+        calib_size: Optional[int] = None, calib_method: Optional[str] = None, qat_epochs: Optional[int] = None,
+        qat_lr: Optional[float] = None, threads: Optional[int] = None) -> RunResult:
+    """Run the pipeline up to ``stage`` (default: all), skipping stages whose inputs are unchanged.
+
+    The keywords are ``pipeline run``'s options (``--batch-size`` is ``batch_size``); ``None`` means the default,
+    or the quick budget with ``quick=True`` (see :data:`pipeline.config.QUICK`). ``model`` is a registry name,
+    ``"package.module:Class"``, or an ``nn.Module`` object: the object is left as it is (a copy is trained), its
+    run is ``<artifacts>/<class name>``, and its stages are skipped on a later call only when its class, layers
+    and initial weights are the same. Raises :class:`~pipeline.errors.PipelineError` for every user error.
+    """
+    from . import stages
+    from .config import build_config
+    from .layout import RunDir
+
+    with _library_errors():
+        until = stages.until(stage)
+        cfg = build_config(model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick,
+                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                           weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
+                           augment=augment, seed=seed, device=device, val_size=val_size, quant=quant,
+                           calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs, qat_lr=qat_lr,
+                           threads=threads)
+        with _torch_state_kept():
+            done = stages.run(cfg, until=until)
+        rd = RunDir.for_model(cfg.artifacts, cfg.model)
+        report = json.loads(rd.report_json.read_text(encoding="utf-8")) if until == stages.STAGE_NAMES[-1] else None
+    return RunResult(run_dir=rd.root, model=cfg.model, stages=done, report=report, data_root=cfg.data.root)
+
+
+@contextlib.contextmanager
+def _torch_state_kept():
+    """Give back torch's process-wide state as it was: the intra-op thread count (``--threads`` and the timing
+    set it) and the global random generators (training and QAT seed them). The caller's own random sequence
+    then goes on as if the pipeline had not run."""
+    import torch
+
+    threads = torch.get_num_threads()
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+@contextlib.contextmanager
+def _library_errors():
+    """The errors the CLI turns into an exit code become :class:`PipelineError` with the same paragraph: the
+    runtime's input errors, a missing backend, and a write the file system refused outside an atomic write."""
+    from runtime.errors import BackendUnavailable, RuntimeInputError
+
+    from .layout import DISK_ERRNOS, disk_error
+
+    try:
+        yield
+    except (RuntimeInputError, BackendUnavailable) as e:
+        raise PipelineError(str(e)) from None
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        raise disk_error(e.filename or "a file", e) from None
