@@ -98,10 +98,12 @@ def strip_debug_info(model_proto):
 
 
 def save_checked(model_proto, path: Path) -> Path:
-    """Check the model (full shape inference) and write it atomically with weights embedded."""
+    """Check the model (full shape inference) and write it atomically with weights embedded.
+
+    A write the file system refuses raises the plain ``OSError``; the pipeline words it for its users."""
     import onnx
 
-    from pipeline.layout import atomic_path
+    from .atomic import atomic_path
 
     onnx.checker.check_model(model_proto, full_check=True)
     with atomic_path(Path(path)) as tmp:
