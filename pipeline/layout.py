@@ -143,7 +143,7 @@ def strict_json(obj: Any) -> str:
     programs (``json.loads`` in strict parsers, ``jq``, browsers) either reject or misread. Values that are
     legitimately unknown are turned into ``null`` deliberately where they arise, and documented there:
     ``max_abs_diff`` of a variant whose logits are NaN/inf (:func:`pipeline.validate.compare`) and
-    ``sqnr_db`` of a layer whose SQNR is infinite or undefined (:func:`pipeline.quantize.per_layer_sqnr`).
+    ``sqnr_db`` of a layer whose SQNR is infinite or undefined (:func:`exporters.precision.per_layer_sqnr`).
     So this is a bug guard: :class:`ValueError` (not a :class:`PipelineError`), naming where the value sits.
     """
     try:

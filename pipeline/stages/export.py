@@ -1,4 +1,7 @@
-"""Stage ``export``: the FP32 and FP16 ONNX files, with metadata, and PyTorch's golden logits."""
+"""Stage ``export``: the FP32 and FP16 ONNX files, with metadata, and PyTorch's golden logits.
+
+The FP32 file comes from :mod:`exporters.onnx` (PyTorch -> ONNX), the FP16 one from :mod:`exporters.precision`.
+"""
 from __future__ import annotations
 
 import logging
@@ -20,7 +23,8 @@ def key(ctx: Context) -> dict:
 def run(ctx: Context) -> list[Path]:
     import numpy as np
 
-    from exporters.onnx import ExportError, build_metadata, export_fp16, export_fp32
+    from exporters.onnx import ExportError, build_metadata, export_fp32
+    from exporters.precision import export_fp16
 
     from ..layout import atomic_path, refused_writes
 
