@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file beside the target, fsync, then ``os.replace``.
+"""Atomic file writes (a temp file beside the target, fsync, then ``os.replace``) and scratch files.
 
 A killed process never leaves a half-written file that looks complete. This is the one implementation:
 it lives here, not in ``pipeline.layout``, because exporters import nothing from the pipeline (they are
@@ -45,3 +45,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def scratch_path(beside: Path) -> Iterator[Path]:
+    """A temp path beside ``beside`` (named like :func:`atomic_path`'s, so a killed run's copy is swept),
+    removed when the block ends whatever happens: for intermediate files that are never kept."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import scratch_path
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,10 @@ def _quantize_file(fp32: Path, final: Path, images: np.ndarray, method: str, met
     import onnx
 
     final = Path(final)
-    with atomic_path(final.with_suffix(".raw.onnx")) as raw:  # onnxruntime writes files, not protos
+    with scratch_path(final.with_suffix(".raw.onnx")) as raw:  # onnxruntime writes files, not protos
         _ort_quantize(Path(fp32), raw, images, method, for_tensorrt=for_tensorrt)
-        return write_int8(onnx.load(str(raw)), final, metadata, tensorrt_rules=for_tensorrt)
+        proto = onnx.load(str(raw))
+    return write_int8(proto, final, metadata, tensorrt_rules=for_tensorrt)
 
 
 def ptq(fp32: Path, final: Path, images: np.ndarray, method: str, metadata: dict[str, str]) -> Path:

@@ -80,7 +80,7 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
     from exporters.onnx import ExportError, torch_to_onnx_proto
     from exporters.precision import QuantizationError, write_int8
 
-    from .layout import atomic_path
+    from .layout import refused_writes
     from .train import run_epoch
 
     torch.manual_seed(seed)
@@ -113,11 +113,8 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
             proto = torch_to_onnx_proto(converted, opset, example=splits.train_x[:2])
     except ExportError as e:
         raise PipelineError(f"Could not export the QAT model to ONNX: {e}") from None
-    with atomic_path(final.with_suffix(".raw.onnx")) as tmp:
-        import onnx
-
-        onnx.save_model(proto, str(tmp))
-        try:
-            return write_int8(onnx.load(str(tmp)), final, metadata, tensorrt_rules=True)
-        except QuantizationError as e:
-            raise PipelineError(str(e)) from None
+    try:
+        with refused_writes(final):
+            return write_int8(proto, final, metadata, tensorrt_rules=True)
+    except QuantizationError as e:
+        raise PipelineError(str(e)) from None

@@ -41,6 +41,18 @@ def test_int8_files_pass_the_qdq_rules_and_are_small(quick_run):
         assert props["precision"] == "int8" and props["quantization"]
 
 
+def test_export_and_quantize_leave_only_the_files_they_record(quick_run):
+    """onnxruntime writes its quantized model to a file before the rules are checked: that file is scratch,
+    not an artifact, and must not stay beside the INT8 files (nor any temp file)."""
+    run = quick_run["dir"]
+    record = json.loads((run / "stages.json").read_text())
+    recorded = {rel for info in record.values() if isinstance(info, dict) for rel in info["outputs"]}
+    on_disk = {str(p.relative_to(run)) for folder in ("export", "quantize") for p in (run / folder).rglob("*")
+               if p.is_file()}
+    assert "export/model-int8-ptq.onnx" in on_disk
+    assert on_disk <= recorded, sorted(on_disk - recorded)
+
+
 def test_fp16_model_keeps_fp32_io_and_halves_the_file(quick_run):
     d = quick_run["dir"] / "export"
     m = onnx.load(str(d / "model-fp16.onnx"))
