@@ -5,6 +5,8 @@ a dynamic batch axis, and one output ``logits`` (N, 10). Weights are embedded
 (no external-data file), ``onnx.checker`` must pass, and ``metadata_props``
 carry what another app needs to preprocess correctly from the file alone
 (see :mod:`runtime.metadata` for the keys).
+
+The ONNX -> ONNX transforms of such a file (FP16, INT8, per-layer SQNR) are :mod:`exporters.precision`.
 """
 from __future__ import annotations
 
@@ -98,10 +100,12 @@ def strip_debug_info(model_proto):
 
 
 def save_checked(model_proto, path: Path) -> Path:
-    """Check the model (full shape inference) and write it atomically with weights embedded."""
+    """Check the model (full shape inference) and write it atomically with weights embedded.
+
+    A write the file system refuses raises the plain ``OSError``; the pipeline words it for its users."""
     import onnx
 
-    from pipeline.layout import atomic_path
+    from .atomic import atomic_path
 
     onnx.checker.check_model(model_proto, full_check=True)
     with atomic_path(Path(path)) as tmp:
@@ -114,25 +118,3 @@ def export_fp32(model, path: Path, metadata: dict[str, str], opset: int = 18) ->
     proto = torch_to_onnx_proto(model, opset)
     set_metadata(proto, metadata)
     return save_checked(proto, path)
-
-
-def export_fp16(fp32_path: Path, path: Path, metadata: dict[str, str]) -> Path:
-    """Convert an FP32 ONNX file to FP16 weights and compute, keeping FP32 input and output.
-
-    TensorRT 11 builds FP16 engines only from such a model (its builder flag is
-    gone), and onnxruntime's CPU provider runs it too (slower: it upcasts).
-    """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    import onnx_ir
-    from onnx_ir.passes.common import TopologicalSortPass
-
-    proto = onnx.load(str(fp32_path))
-    proto16 = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
-    # the converter appends its input/output Casts at the end of the node list; ONNX requires topological order
-    ir_model = onnx_ir.from_proto(proto16)
-    TopologicalSortPass()(ir_model)
-    proto16 = onnx_ir.to_proto(ir_model)
-    set_metadata(proto16, metadata)
-    return save_checked(proto16, path)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from exporters.atomic import atomic_path as _atomic_path
+from exporters.atomic import current_umask as _umask  # noqa: F401  (pipeline.bundle sets file modes with it)
+
 from .errors import PipelineError
 
 
@@ -27,12 +30,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 #: errno values that mean "the file system refused the write", as opposed to a bug or a missing input
@@ -91,32 +88,29 @@ def disk_error(path, e: OSError, advice: WriteAdvice = RUN_ADVICE) -> DiskError:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only on success.
-
-    The temp file is named ``.<name>.<random>.tmp``; one left by a killed process
-    is removed by the next run (see :func:`pipeline.manifest.temp_leftovers`).
-    A write the disk refuses becomes a :class:`PipelineError` naming ``path``.
-    """
-    path = Path(path)
-    tmp_path = None
+def refused_writes(path) -> Iterator[None]:
+    """Turn a write the file system refuses inside the block (:data:`DISK_ERRNOS`) into a :class:`DiskError`
+    naming ``path``; other errors pass through. For writes done by library code (exporters) that raise the
+    plain ``OSError``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp_path, path)
+        yield
     except OSError as e:
         if e.errno in DISK_ERRNOS:
             raise disk_error(path, e) from None
         raise
-    finally:
-        if tmp_path is not None and tmp_path.exists():
-            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it onto ``path`` only on success.
+
+    :func:`exporters.atomic.atomic_path` does the work (one implementation for the pipeline and the
+    exporters). The temp file is named ``.<name>.<random>.tmp``; one left by a killed process is removed by
+    the next run (see :func:`pipeline.manifest.temp_leftovers`). A write the disk refuses becomes a
+    :class:`PipelineError` naming ``path``.
+    """
+    with refused_writes(path), _atomic_path(path) as tmp:
+        yield tmp
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
@@ -149,7 +143,7 @@ def strict_json(obj: Any) -> str:
     programs (``json.loads`` in strict parsers, ``jq``, browsers) either reject or misread. Values that are
     legitimately unknown are turned into ``null`` deliberately where they arise, and documented there:
     ``max_abs_diff`` of a variant whose logits are NaN/inf (:func:`pipeline.validate.compare`) and
-    ``sqnr_db`` of a layer whose SQNR is infinite or undefined (:func:`pipeline.quantize.per_layer_sqnr`).
+    ``sqnr_db`` of a layer whose SQNR is infinite or undefined (:func:`exporters.precision.per_layer_sqnr`).
     So this is a bug guard: :class:`ValueError` (not a :class:`PipelineError`), naming where the value sits.
     """
     try:

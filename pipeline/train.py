@@ -1,8 +1,9 @@
-"""Train stage: fit a model on the training split, keep the best epoch by validation accuracy.
+"""FP32 training: fit a model on the training split and keep the epoch with the best validation accuracy.
 
-The whole split lives in memory as one normalized tensor and augmentation is
-a batched random affine warp (``affine_grid`` + ``grid_sample``), so a CPU
-epoch costs the model's arithmetic and little else: no per-image PIL
+A library module: the train stage (:mod:`pipeline.stages.train`) builds the model, calls :func:`train` and
+writes the checkpoint; QAT (:mod:`pipeline.qat`) fine-tunes with the same :func:`run_epoch`. The whole split
+lives in memory as one normalized tensor and augmentation is a batched random affine warp (``affine_grid``
++ ``grid_sample``), so a CPU epoch costs the model's arithmetic and little else: no per-image PIL
 transforms, no worker processes.
 """
 from __future__ import annotations
@@ -78,6 +79,52 @@ def evaluate(model, x, y, batch_size: int = 1000, device=None):
     loss = float(F.cross_entropy(logits, y))
     acc = int((logits.argmax(1) == y).sum()) / len(y)
     return loss, acc, logits
+
+
+def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epochs: int, what: str, advice: str,
+              images: int | None = None, label_smoothing: float = 0.0, background: float | None = None,
+              set_train_mode=None, progress=None, label: str = "") -> tuple[float, int]:
+    """One epoch of minibatch SGD over ``x``/``y``: shuffle, then per batch augment, forward, loss, NaN check,
+    optimizer and scheduler step. Returns (sum of batch loss x batch size, correct predictions) over the
+    ``images`` seen (the first ``images`` of the shuffle; all of ``x`` when None).
+
+    The one loop for FP32 training and QAT fine-tuning (:mod:`pipeline.qat`), so both draw their shuffle and
+    augmentation from ``gen`` the same way and stop on a NaN loss the same way (``what``, ``advice``:
+    see :func:`check_loss`; ``epoch`` is 1-based). ``background`` (the normalized value of a blank pixel)
+    turns augmentation on; ``sched`` may be None. ``set_train_mode`` puts the model in training mode at the
+    start (``model.train()`` unless given: a torch.export graph needs torchao's own switch). ``progress``
+    (a rich ``Progress``) gets one task per epoch, described as ``<label>epoch e/E loss l``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    (set_train_mode or (lambda m: m.train()))(model)
+    n = len(x) if images is None else min(images, len(x))
+    steps = math.ceil(n / batch_size)
+    perm = torch.randperm(len(x), generator=gen)[:n].to(x.device)
+    loss_sum, correct = 0.0, 0
+    task = progress.add_task(f"{label}epoch {epoch}/{epochs}", total=steps) if progress else None
+    for i in range(steps):
+        idx = perm[i * batch_size : (i + 1) * batch_size]
+        xb, yb = x[idx], y[idx]
+        if background is not None:
+            xb = augment(xb, background, gen)
+        out = model(xb)
+        loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+        value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
+        check_loss(value, what, epoch, epochs, i + 1, steps, advice)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += value * len(idx)
+        correct += int((out.argmax(1) == yb).sum())
+        if progress:
+            progress.update(task, advance=1, description=f"{label}epoch {epoch}/{epochs} loss {value:.4f}")
+    if progress:
+        progress.remove_task(task)
+    return loss_sum, correct
 
 
 def _optimizer(model, cfg: TrainConfig):
@@ -167,7 +214,6 @@ def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=No
 
 def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resume_key: str) -> TrainResult:
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -176,9 +222,8 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
     x_train, y_train = splits.train_x.to(device), splits.train_y.to(device)
     background = (0.0 - splits.mean) / splits.std
     n = len(x_train)
-    steps = math.ceil(n / cfg.batch_size)
     opt = _optimizer(model, cfg)
-    sched = _scheduler(opt, cfg, steps)
+    sched = _scheduler(opt, cfg, math.ceil(n / cfg.batch_size))
 
     history, best, best_state, first, offset = [], (-1.0, 0), None, 1, 0.0
     state = _load_state(resume_path, resume_key)
@@ -193,31 +238,10 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
         log.info("resuming after epoch %d of %d (state in %s)", state["epoch"], cfg.epochs, resume_path)
     start = time.perf_counter() - offset
     for epoch in range(first, cfg.epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        loss_sum, correct = 0.0, 0
-        task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps) if progress else None
-        for i in range(steps):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if cfg.augment:
-                xb = augment(xb, background, gen)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
-            value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
-            check_loss(value, "Training", epoch, cfg.epochs, i + 1, steps,
-                       f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            loss_sum += value * len(idx)
-            correct += int((out.argmax(1) == yb).sum())
-            if progress:
-                progress.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {value:.4f}")
-        if progress:
-            progress.remove_task(task)
+        loss_sum, correct = run_epoch(
+            model, x_train, y_train, opt, sched, gen, batch_size=cfg.batch_size, epoch=epoch, epochs=cfg.epochs,
+            what="Training", advice=f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})",
+            label_smoothing=cfg.label_smoothing, background=background if cfg.augment else None, progress=progress)
         val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, device=device)
         if not math.isfinite(val_loss):
             raise PipelineError(

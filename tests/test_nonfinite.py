@@ -196,11 +196,12 @@ def test_written_report_is_checked_against_the_contract_before_writing(quick_run
 
 
 def test_nan_loss_stops_qat_fine_tuning_naming_epoch_step_and_qat_lr(data_root, tmp_path, monkeypatch):
-    """QAT has its own loop: a loss that turns NaN on its third step stops it the same way, writing nothing."""
+    """QAT fine-tunes with the training epoch function: a loss that turns NaN on its third step stops it the same
+    way, naming QAT and --qat-lr, writing nothing."""
     import torch
     import torch.nn.functional as F
 
-    from pipeline import models, quantize
+    from pipeline import models, qat
     from pipeline.config import DataConfig, QuantConfig
     from pipeline.data import load_splits
     from pipeline.errors import PipelineError
@@ -217,9 +218,10 @@ def test_nan_loss_stops_qat_fine_tuning_naming_epoch_step_and_qat_lr(data_root, 
     torch.manual_seed(0)
     final = tmp_path / "model-int8-qat.onnx"
     with pytest.raises(PipelineError) as e:
-        quantize.qat(models.build("tests.fixtures.user_models:TinyNet"), splits,
-                     QuantConfig(qat_max_images=512, qat_lr=0.05), final, {}, 17)
+        qat.qat(models.build("tests.fixtures.user_models:TinyNet"), splits,
+                QuantConfig(qat_max_images=512, qat_lr=0.05), final, {}, 17, batch_size=100, seed=0)
     msg = str(e.value)
-    assert "QAT fine-tuning diverged: the loss became nan at epoch 1 of 1, step 3 of 4" in msg
+    # 6 steps: 512 images at the training batch size given (100), not a batch size of QAT's own
+    assert "QAT fine-tuning diverged: the loss became nan at epoch 1 of 1, step 3 of 6" in msg
     assert "lower --qat-lr (now 0.05)" in msg
     assert list(tmp_path.iterdir()) == []

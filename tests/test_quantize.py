@@ -5,10 +5,11 @@ import numpy as np
 import onnx
 import pytest
 
+from exporters import precision
 from exporters.qdq import check_qdq
-from pipeline import quantize
 from pipeline.config import QuantConfig
 from pipeline.errors import PipelineError
+from pipeline.stages.quantize import calibration_images
 from tests.conftest import invoke, snapshot
 
 INT8_TRT = ("onnx-int8-ptq", "onnx-int8-qat")
@@ -40,6 +41,18 @@ def test_int8_files_pass_the_qdq_rules_and_are_small(quick_run):
         assert props["precision"] == "int8" and props["quantization"]
 
 
+def test_export_and_quantize_leave_only_the_files_they_record(quick_run):
+    """onnxruntime writes its quantized model to a file before the rules are checked: that file is scratch,
+    not an artifact, and must not stay beside the INT8 files (nor any temp file)."""
+    run = quick_run["dir"]
+    record = json.loads((run / "stages.json").read_text())
+    recorded = {rel for info in record.values() if isinstance(info, dict) for rel in info["outputs"]}
+    on_disk = {str(p.relative_to(run)) for folder in ("export", "quantize") for p in (run / folder).rglob("*")
+               if p.is_file()}
+    assert "export/model-int8-ptq.onnx" in on_disk
+    assert on_disk <= recorded, sorted(on_disk - recorded)
+
+
 def test_fp16_model_keeps_fp32_io_and_halves_the_file(quick_run):
     d = quick_run["dir"] / "export"
     m = onnx.load(str(d / "model-fp16.onnx"))
@@ -65,12 +78,11 @@ def test_other_calibration_methods_give_conforming_qdq(quick_run, data_root, tmp
     from pipeline.data import load_splits
 
     splits = load_splits(DataConfig(root=data_root, val_size=1000, max_train=4000))
-    cfg = QuantConfig(calib_size=64, calib_method=method)
-    images = quantize.calibration_images(splits.train_x, cfg)
+    images = calibration_images(splits.train_x, QuantConfig(calib_size=64))
     fp32 = quick_run["dir"] / "export" / "model-fp32.onnx"
-    out = quantize.ptq(fp32, tmp_path / "m.onnx", images, cfg, {})
+    out = precision.ptq(fp32, tmp_path / "m.onnx", images, method, {})
     assert check_qdq(out) == []
-    layers = quantize.per_layer_sqnr(quick_run["dir"] / "export" / "model-fp32.onnx", out, images[:16])
+    layers = precision.per_layer_sqnr(quick_run["dir"] / "export" / "model-fp32.onnx", out, images[:16])
     assert len(layers) == 8
 
 
@@ -93,10 +105,10 @@ def test_calibration_method_changes_the_activation_scales(quick_run, data_root, 
     from pipeline.data import load_splits
 
     splits = load_splits(DataConfig(root=data_root, val_size=1000, max_train=4000))
-    images = quantize.calibration_images(splits.train_x, QuantConfig(calib_size=64))
+    images = calibration_images(splits.train_x, QuantConfig(calib_size=64))
     fp32 = quick_run["dir"] / "export" / "model-fp32.onnx"
-    chosen = quantize.ptq(fp32, tmp_path / "m.onnx", images, QuantConfig(calib_size=64, calib_method=method), {})
-    minmax = quantize.ptq(fp32, tmp_path / "minmax.onnx", images, QuantConfig(calib_size=64), {})
+    chosen = precision.ptq(fp32, tmp_path / "m.onnx", images, method, {})
+    minmax = precision.ptq(fp32, tmp_path / "minmax.onnx", images, "minmax", {})
     assert _activation_scales(chosen) != _activation_scales(minmax)
 
 
@@ -105,18 +117,18 @@ def test_calibration_never_reads_the_test_set_and_is_seeded(data_root):
     from pipeline.data import load_splits
 
     s = load_splits(DataConfig(root=data_root, val_size=1000, max_train=1000))
-    a = quantize.calibration_images(s.train_x, QuantConfig(calib_size=100))
-    b = quantize.calibration_images(s.train_x, QuantConfig(calib_size=100))
+    a = calibration_images(s.train_x, QuantConfig(calib_size=100))
+    b = calibration_images(s.train_x, QuantConfig(calib_size=100))
     assert np.array_equal(a, b)
-    assert not np.array_equal(a, quantize.calibration_images(s.train_x, QuantConfig(calib_size=100, calib_seed=1)))
+    assert not np.array_equal(a, calibration_images(s.train_x, QuantConfig(calib_size=100, calib_seed=1)))
     train_rows = {r.tobytes() for r in s.train_x.numpy()}
     assert all(r.tobytes() in train_rows for r in a)
 
 
 def test_sqnr_math():
     ref = np.ones(100, dtype=np.float32)
-    assert quantize.sqnr_db(ref, ref) == float("inf")
-    assert quantize.sqnr_db(ref, ref * 1.1) == pytest.approx(20.0)
+    assert precision.sqnr_db(ref, ref) == float("inf")
+    assert precision.sqnr_db(ref, ref * 1.1) == pytest.approx(20.0)
 
 
 def test_calib_size_larger_than_split_fails_cleanly(quick_copy, data_root):

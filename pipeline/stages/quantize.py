@@ -1,26 +1,52 @@
-"""Stage ``quantize``: INT8 QDQ ONNX by PTQ (onnxruntime) and QAT (torchao), the CPU INT8 variant, SQNR."""
+"""Stage ``quantize``: INT8 QDQ ONNX by PTQ (onnxruntime) and QAT (torchao), the CPU INT8 variant, SQNR.
+
+The ONNX -> ONNX work (PTQ, CPU INT8, SQNR) is :mod:`exporters.precision`; QAT, a torch fine-tuning, is
+:mod:`pipeline.qat`. This module chooses the calibration images, names the files and words errors.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import checkpoint
-from ..config import stamp
-from ..layout import write_json
+from ..config import QuantConfig, stamp
+from ..errors import PipelineError
+from ..layout import refused_writes, write_json
 from ..variants import BY_NAME, VARIANTS
 from .context import Context
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
 
 def key(ctx: Context) -> dict:
+    # QAT fine-tunes at the training batch size, shuffled by the training seed (see pipeline.qat)
+    train = ctx.cfg.train
     return {"data": ctx.sha(ctx.rd.data_summary), "checkpoint": ctx.sha(ctx.rd.checkpoint),
             "fp32": ctx.sha(ctx.rd.export_file(BY_NAME["onnx-fp32"].file)), "quant": stamp(ctx.cfg.quant),
-            "opset": ctx.cfg.export.opset}
+            "opset": ctx.cfg.export.opset, "qat": {"batch_size": train.batch_size, "seed": train.seed}}
+
+
+def calibration_images(train_x, cfg: QuantConfig) -> np.ndarray:
+    """``cfg.calib_size`` images drawn (by ``cfg.calib_seed``) from the training split, never the test set."""
+    from exporters.precision import calibration_sample
+
+    n = len(train_x)
+    if cfg.calib_size > n:
+        raise PipelineError(
+            f"--calib-size {cfg.calib_size} is larger than the training split ({n} images); "
+            f"use at most {n} (512 to 2,048 is plenty for MNIST)."
+        )
+    return calibration_sample(train_x.numpy(), cfg.calib_size, cfg.calib_seed)
 
 
 def run(ctx: Context) -> list[Path]:
-    from .. import plots, quantize
+    from exporters import precision
+
+    from .. import plots, qat
 
     q = ctx.cfg.quant
     if q.mode == "none":
@@ -36,31 +62,31 @@ def run(ctx: Context) -> list[Path]:
                               checkpoint_sha256=ctx.sha(ctx.rd.checkpoint), precision="int8",
                               extra={"quantization": method})
 
-    calib = quantize.calibration_images(ctx.splits.train_x, q)
+    calib = calibration_images(ctx.splits.train_x, q)
     outputs, sqnr = [], {}
     if q.ptq:
-        path = quantize.ptq(fp32, ctx.rd.export_file(BY_NAME["onnx-int8-ptq"].file), calib, q,
-                            meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
+        path = _written(precision.ptq, fp32, ctx.rd.export_file(BY_NAME["onnx-int8-ptq"].file), calib,
+                        q.calib_method, meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
         outputs.append(path)
         log.info("quantize: PTQ (%s, %d calibration images) -> %s (%s bytes)", q.calib_method, q.calib_size, path,
                  f"{path.stat().st_size:,}")
     if q.qat:
         model = checkpoint.restore(ckpt)
-        path = quantize.qat(model, ctx.splits, q, ctx.rd.export_file(BY_NAME["onnx-int8-qat"].file),
-                            meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}"), ctx.cfg.export.opset,
-                            progress=ctx.progress)
+        path = qat.qat(model, ctx.splits, q, ctx.rd.export_file(BY_NAME["onnx-int8-qat"].file),
+                       meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}"), ctx.cfg.export.opset,
+                       batch_size=ctx.cfg.train.batch_size, seed=ctx.cfg.train.seed, progress=ctx.progress)
         outputs.append(path)
         log.info("quantize: QAT (%d epoch(s), lr %g) -> %s (%s bytes)", q.qat_epochs, q.qat_lr, path,
                  f"{path.stat().st_size:,}")
     if q.cpu_variant:
-        path = quantize.cpu_int8(fp32, ctx.rd.export_file(BY_NAME["onnx-int8-cpu"].file), calib, q,
-                                 meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
+        path = _written(precision.cpu_int8, fp32, ctx.rd.export_file(BY_NAME["onnx-int8-cpu"].file), calib,
+                        q.calib_method, meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
         outputs.append(path)
         log.info("quantize: CPU INT8 (uint8 activations) -> %s (%s bytes)", path, f"{path.stat().st_size:,}")
     probe = calib[: q.sqnr_images]
     for p in outputs:
         name = next(v.name for v in VARIANTS if v.file == p.name)
-        sqnr[name] = quantize.per_layer_sqnr(fp32, p, probe)
+        sqnr[name] = precision.per_layer_sqnr(fp32, p, probe)
         worst = min(sqnr[name], key=lambda r: float("inf") if r["sqnr_db"] is None else r["sqnr_db"])
         log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", name,
                  " ".join("-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}" for r in sqnr[name]),
@@ -69,3 +95,14 @@ def run(ctx: Context) -> list[Path]:
                                                  "variants": sqnr}))
     outputs.append(plots.sqnr(sqnr, ctx.rd.sqnr_png))
     return outputs
+
+
+def _written(transform, fp32: Path, final: Path, *args) -> Path:
+    """Run one :mod:`exporters.precision` transform, its refusals (the QDQ rules, the disk) worded for users."""
+    from exporters.precision import QuantizationError
+
+    try:
+        with refused_writes(final):
+            return transform(fp32, final, *args)
+    except QuantizationError as e:
+        raise PipelineError(str(e)) from None

@@ -1,0 +1,120 @@
+"""Quantization-aware training: fine-tune the FP32 model with fake quantization, then write INT8 QDQ ONNX.
+
+A library module, used by the quantize stage (:mod:`pipeline.stages.quantize`). QAT is a torch
+fine-tuning, so it lives with training, not with the ONNX -> ONNX transforms of
+:mod:`exporters.precision` (PTQ, CPU INT8, FP16, SQNR), which it reuses only to check and write its file.
+
+It uses torchao's pt2e flow (``prepare_qat_pt2e`` -> fine-tune -> ``convert_pt2e``) with a symmetric-int8
+quantizer config, then the dynamo ONNX exporter, which turns the quantize/dequantize ops into Q/DQ nodes;
+the result follows the same TensorRT QDQ rules as PTQ's (see :mod:`exporters.precision`). The fine-tuning
+loop is :func:`pipeline.train.run_epoch`, the one FP32 training uses, at the training batch size and
+shuffled by the training seed (not the calibration seed, which only picks PTQ's calibration images).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+from .config import QuantConfig
+from .errors import PipelineError
+
+
+def symmetric_int8_quantizer(is_qat: bool):
+    """torchao's x86 quantizer with TensorRT's scheme: int8, zero point 0, per-channel weights (axis 0).
+
+    The stock x86 config uses uint8 asymmetric activations, which TensorRT rejects.
+    """
+    import torch
+    from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, HistogramObserver,
+                                           MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+                                           PerChannelMinMaxObserver)
+    from torchao.quantization.pt2e.quantizer.quantizer import QuantizationSpec
+    from torchao.quantization.pt2e.quantizer.utils import QuantizationConfig
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    eps = {"eps": 2**-12}
+    if is_qat:
+        act_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, **eps)
+        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, **eps)
+    else:
+        act_ctr, w_ctr = HistogramObserver.with_args(**eps), PerChannelMinMaxObserver.with_args(**eps)
+    act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                           is_dynamic=False, observer_or_fake_quant_ctr=act_ctr)
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
+                              ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=w_ctr)
+    return X86InductorQuantizer().set_global(QuantizationConfig(act, act, weight, None, is_qat))
+
+
+def fold_batchnorm(model):
+    """Fold every BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` into the conv.
+
+    QAT then fine-tunes exactly the weights that get deployed, and torchao's
+    convert skips its conv-BN re-folding pass (about 20 s of pattern tracing on
+    a 2-core CPU). BatchNorms elsewhere (custom user models) are left to torchao.
+    """
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = model.eval()
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = torch.nn.Identity()
+    return model
+
+
+def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int, *, batch_size: int, seed: int,
+        progress=None) -> Path:
+    """Quantization-aware fine-tuning from the FP32 weights, then QDQ ONNX written to ``final``.
+
+    ``batch_size`` and ``seed`` are the training run's (``--batch-size``, ``--seed``): QAT is more training,
+    so the options that shape training shape it too. ``cfg`` gives its epochs, learning rate (SGD with
+    momentum 0.9, cosine to zero over all steps) and images per epoch.
+    """
+    import torch
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from exporters.onnx import ExportError, torch_to_onnx_proto
+    from exporters.precision import QuantizationError, write_int8
+
+    from .layout import refused_writes
+    from .train import run_epoch
+
+    torch.manual_seed(seed)
+    model = fold_batchnorm(model)
+    example = splits.train_x[:2]
+    try:
+        graph = torch.export.export(model.train(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+        prepared = prepare_qat_pt2e(graph, symmetric_int8_quantizer(is_qat=True))
+    except Exception as e:  # torch.export / the quantizer reject some user models
+        raise PipelineError(
+            f"QAT could not prepare this model ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+            "torchao's pt2e quantizer needs a model torch.export can trace; use --quant ptq or --quant none."
+        ) from None
+    x, y = splits.train_x, splits.train_y
+    n = min(len(x), cfg.qat_max_images) if cfg.qat_max_images else len(x)
+    steps = cfg.qat_epochs * math.ceil(n / batch_size)
+    opt = torch.optim.SGD(prepared.parameters(), lr=cfg.qat_lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(1, cfg.qat_epochs + 1):
+        run_epoch(prepared, x, y, opt, sched, gen, batch_size=batch_size, images=n, epoch=epoch,
+                  epochs=cfg.qat_epochs, what="QAT fine-tuning", advice=f"--qat-lr (now {cfg.qat_lr:g})",
+                  set_train_mode=move_exported_model_to_train, progress=progress, label="QAT ")
+    move_exported_model_to_eval(prepared)
+    converted = convert_pt2e(prepared)
+    move_exported_model_to_eval(converted)
+    try:
+        with warnings.catch_warnings():  # the converted graph keeps training=True; its ops are already eval-mode
+            warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
+            proto = torch_to_onnx_proto(converted, opset, example=splits.train_x[:2])
+    except ExportError as e:
+        raise PipelineError(f"Could not export the QAT model to ONNX: {e}") from None
+    try:
+        with refused_writes(final):
+            return write_int8(proto, final, metadata, tensorrt_rules=True)
+    except QuantizationError as e:
+        raise PipelineError(str(e)) from None
