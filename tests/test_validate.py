@@ -157,7 +157,7 @@ def test_validate_stage_times_with_its_threads_and_gives_the_callers_back(quick_
     the stage fails half-way (a notebook calling the Python API keeps its own torch settings)."""
     import torch
 
-    from pipeline import efficiency
+    from pipeline import efficiency, variants
     from pipeline.stages import validate as vstage
     from pipeline.torch_runner import TorchRunner
 
@@ -171,6 +171,7 @@ def test_validate_stage_times_with_its_threads_and_gives_the_callers_back(quick_
 
     monkeypatch.setattr(TorchRunner, "infer_impl", spy)
     monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)  # the CPU probe (seconds) is not under test
+    monkeypatch.setattr(variants, "VARIANTS", variants.VARIANTS[:2])  # the reference and onnx-fp32 suffice here
     ctx = _stage_context(quick_copy, data_root, threads=1)
     if fails:
         with pytest.raises(RuntimeError, match="the model broke"):
