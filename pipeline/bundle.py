@@ -1,11 +1,13 @@
 """``pipeline bundle``: everything a device needs, runnable without this repository or torch.
 
-A bundle holds the ONNX variants, the MNIST test set, the PyTorch reference
-logits and golden inputs, a manifest with the SHA-256 of every file, a README
-for the device, an engine build script (``build_engines.py``: the very same
-file as :mod:`exporters.tensorrt`; ``build_engines.sh``: the trtexec forms) and
-``bench.py``, which needs only numpy plus onnxruntime or TensorRT, prints
-the same table as the report and checks each model as strictly as validate does.
+A bundle holds the ONNX files the variant table ships for its target (the
+``bundle`` column of :mod:`pipeline.variants`), the MNIST test set, the PyTorch
+reference logits and golden inputs, a manifest with the SHA-256 of every file, a
+README for the device and ``bench.py``, which needs only numpy plus onnxruntime
+or TensorRT, prints the same table as the report and checks each model as
+strictly as validate does. Jetson and GPU bundles also get an engine build
+script (``build_engines.py``: the very same file as :mod:`exporters.tensorrt`;
+``build_engines.sh``: the trtexec forms) for the files whose row says ``tensorrt``.
 ``pipeline verify`` checks every hash and, since an archive is untrusted, every
 member's type and name.
 """
@@ -23,20 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import manifest
+from . import manifest, variants
 from .errors import PipelineError
 from .layout import RunDir, _umask, atomic_path, atomic_write, sha256_file, write_json
-from .variants import VARIANTS
+from .variants import REFERENCE, TARGETS
 
 log = logging.getLogger(__name__)
-TARGETS = ("jetson", "gpu", "cpu")
 FORMAT = "edge-export-pipeline/bundle-v1"
 FILES = Path(__file__).parent / "bundle_files"
-TRT_VARIANTS = {"onnx-fp32": "fp32", "onnx-fp16": "fp16", "onnx-int8-ptq": "int8", "onnx-int8-qat": "int8"}
+#: the TARGETS whose bundle builds TensorRT engines on the device (from the files whose row says ``tensorrt``)
+ENGINE_TARGETS = ("jetson", "gpu")
 
 
 def _readme(target: str, model: str, models: dict, tar_name: str) -> str:
-    engines = target in ("jetson", "gpu")
+    engines = target in ENGINE_TARGETS
     lines = [
         f"# {model} bundle for {target}",
         "",
@@ -129,9 +131,9 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
                             "pipeline bundle")
     report = _read_report(run)
     rows = {v["name"]: v for v in report["variants"]}
-    # the onnxruntime-CPU rows: the figures bench.py reproduces (a CUDA row shares its file with a CPU row)
-    variants = [v for v in VARIANTS if v.name in rows and v.backend == "onnxruntime" and v.provider == "cpu"]
-    record = manifest.require_intact(run.root, [_rel(run, run.export_file(v.file)) for v in variants],
+    # the rows this target ships (the table's ``bundle`` column) that this run validated: bench.py reproduces them
+    packed = [v for v in variants.VARIANTS if target in v.bundle and v.name in rows]
+    record = manifest.require_intact(run.root, [_rel(run, run.export_file(v.file)) for v in packed],
                                      "pipeline bundle")
 
     out_dir = Path(out_dir)
@@ -144,9 +146,9 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
         raise PipelineError(f"Cannot write the bundle into {out_dir} ({e.strerror or e}); choose another --out.") from None
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle gets normal permissions
-        files = _fill(staging, run, target, report, rows, variants, data_root)
+        files = _fill(staging, run, target, report, rows, packed, data_root)
         copied = {"report.json": run.report_json, "data/golden.npz": run.golden,
-                  **{f"models/{v.file}": run.export_file(v.file) for v in variants}}
+                  **{f"models/{v.file}": run.export_file(v.file) for v in packed}}
         changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, _rel(run, src))]
         if changed:  # checked before copying; this catches a file replaced while the bundle was being built
             raise PipelineError(f"{', '.join(changed)} changed while the bundle was being built; nothing was replaced. "
@@ -169,14 +171,14 @@ def _read_report(run: RunDir) -> dict:
     try:
         report = json.loads(run.report_json.read_text())
         rows = {v["name"]: v for v in report["variants"]}
-        _ = report["model"], rows["torch-fp32"]["accuracy"]  # the fields the bundle needs besides the rows
+        _ = report["model"], rows[REFERENCE]["accuracy"]  # the fields the bundle needs besides the rows
         return report
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise PipelineError(f"{run.report_json} is not a complete pipeline report ({type(e).__name__}: {e}); "
                             "rerun `pipeline run all --force`.") from None
 
 
-def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, variants, data_root: Path) -> dict:
+def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, packed, data_root: Path) -> dict:
     """Write every bundle file into ``folder`` (MANIFEST.json last); return {relative path: SHA-256}."""
     import torch
 
@@ -188,7 +190,7 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, vari
     (folder / "models").mkdir()
     (folder / "data").mkdir()
     models = {}
-    for v in variants:
+    for v in packed:
         src = run.export_file(v.file)
         shutil.copy2(src, folder / "models" / v.file)
         meta = read_metadata(src)
@@ -196,7 +198,7 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, vari
         models[Path(v.file).stem] = {
             "variant": v.name, "precision": v.precision, "accuracy": row["accuracy"],
             "agreement": row["agreement"], "max_abs_diff": row["max_abs_diff"], "flips": row.get("flips"),
-            "atol": v.atol, "tensorrt": v.name in TRT_VARIANTS and target != "cpu",
+            "atol": v.atol, "tensorrt": v.tensorrt and target in ENGINE_TARGETS,
             "image_shape": json.loads(meta.get("input_shape", "[1, 28, 28]")), "metadata": meta,
             "ort_optimization": v.ort_optimization,
         }
@@ -213,12 +215,12 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, vari
     x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))
     with torch.inference_mode():
         logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
-    reference = {"variant": "torch-fp32", "accuracy": rows["torch-fp32"]["accuracy"]}
+    reference = {"variant": REFERENCE, "accuracy": rows[REFERENCE]["accuracy"]}
     acc = float((logits.argmax(1) == labels).mean())
     if not np.isfinite(logits).all() or acc != reference["accuracy"]:
         raise PipelineError(
             f"The checkpoint's logits on the test set in {data_root} give accuracy {acc!r}"
-            f"{' and are not all finite' if not np.isfinite(logits).all() else ''}, but the report says torch-fp32 "
+            f"{' and are not all finite' if not np.isfinite(logits).all() else ''}, but the report says {REFERENCE} "
             f"reached {reference['accuracy']!r}: the bundle's reference would not reproduce the report, so none was "
             "written. Rerun `pipeline run all --force`.")
     _savez(folder / "data" / "mnist-test.npz", images=images, labels=labels)
@@ -226,7 +228,7 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, vari
     shutil.copy2(run.golden, folder / "data" / "golden.npz")
     shutil.copy2(run.report_json, folder / "report.json")
     shutil.copy2(FILES / "bench.py", folder / "bench.py")
-    if target != "cpu":
+    if target in ENGINE_TARGETS:
         shutil.copy2(Path(__file__).resolve().parents[1] / "exporters" / "tensorrt.py", folder / "build_engines.py")
         atomic_write(folder / "build_engines.sh", _trtexec(models))
     atomic_write(folder / "README.md", _readme(target, report["model"], models, f"{run.root.name}-{target}-bundle.tar.gz"))

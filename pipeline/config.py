@@ -111,13 +111,14 @@ class ValidateConfig:
     warmup: int = 10  # untimed runs before timing
     iterations: int = 200  # timed runs per batch size (at most)
     max_seconds: float = 1.5  # stop timing a batch size after this long (at least 10 runs)
-    atol: float = 1e-4  # FP32 parity: max |logit difference| allowed
+    golden_atol: float = 1e-5  # the checkpoint must reproduce golden.npz's logits within this (max |diff|)
     threads: int = 0  # intra-op threads for both torch and onnxruntime; 0 = all cores
     fail_on_parity: bool = True
 
     def __post_init__(self):
         _check(all(b >= 1 for b in self.batches), "batch sizes must be >= 1.")
         _check(self.iterations >= 1 and self.warmup >= 0, "iterations must be >= 1 and warm-up >= 0.")
+        _check(_finite(self.golden_atol) and self.golden_atol >= 0, "the golden tolerance must be a number >= 0.")
 
 
 @dataclass(frozen=True)

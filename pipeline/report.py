@@ -1,16 +1,23 @@
-"""report.json (for programs) and report.md (for people), from one dict.
+"""The report: assembled from what the validate stage measured, then written for programs and people.
 
-The JSON schema is a contract later stages and external checks read: see
-the README's "Report" section. ``render_markdown`` derives everything from
-the JSON, so ``pipeline report`` can rebuild the page from the file alone.
+:func:`assemble` builds one dict; :func:`write_all` writes it as report.json (checked against the contract
+in :mod:`pipeline.schema` first), report.md, a self-contained report.html and the figures. The JSON is a
+contract later stages and external checks read (see the README's "Report contract"). The markdown, HTML
+and figures derive everything from the JSON, so ``pipeline report`` can rebuild them from the file alone.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.bench import METHOD
 
+from . import variants
 from .layout import atomic_write, strict_json
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -44,7 +51,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Variants",
         "",
-        "Accuracy over the full test set; agreement and max |logit diff| against `torch-fp32`.",
+        f"Accuracy over the full test set; agreement and max |logit diff| against `{variants.REFERENCE}`.",
         "",
     ]
     batches = sorted({int(b) for v in report["variants"] for b in v.get("latency", {})})
@@ -92,7 +99,7 @@ def render_markdown(report: dict) -> str:
             for k, r in ratios.items()) + "."]
     budgets = [(v["name"], v["accuracy_delta"], v["budget_pp"]) for v in report["variants"] if v.get("budget_pp") is not None]
     if budgets:
-        lines += ["", "Accuracy budgets (drop vs `torch-fp32`, percentage points): " + "; ".join(
+        lines += ["", f"Accuracy budgets (drop vs `{variants.REFERENCE}`, percentage points): " + "; ".join(
             f"`{n}` {d:+.2f} pp vs budget -{b:.2f} ({'within' if d >= -b - 1e-9 else 'OVER'})" for n, d, b in budgets) + "."]
     if report.get("skipped"):
         lines += ["", "Skipped variants:"] + [f"- `{s['name']}`: {s['reason']}" for s in report["skipped"]]
@@ -132,15 +139,71 @@ def write(report: dict, json_path: Path, md_path: Path) -> None:
     atomic_write(md_path, render_markdown(report))
 
 
-def shipped_variant(variants: list[dict]) -> str:
+def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], logits: dict, labels, *,
+             params: int, macs: int, peak_gflops: float, environment: dict, history: list | None,
+             quantization: dict | None) -> dict:
+    """The report dict (the README's "Report contract") from what the validate stage measured.
+
+    ``rows`` are the variants' figures (the reference first), ``logits`` each run variant's test-set logits
+    (name -> (N, 10)), ``labels`` the test labels; ``ckpt`` is the loaded checkpoint (training summary,
+    config, class names). ``peak_gflops`` is the CPU's measured float32 peak (GFLOP/s) and ``environment``
+    the machine and versions; ``history`` and ``quantization`` are the training curves and per-layer SQNR
+    (None when absent). Adds to each row its efficiency (GFLOP/s at the largest timed batch, and that as a
+    fraction of the peak); adds speed ratios against the reference, the shipped pick and its confusion
+    matrix. Measures nothing and writes nothing.
+    """
+    import numpy as np
+
+    from . import efficiency
+
+    batches = cfg.validate.batches
+    big, small = str(batches[-1]), str(batches[0])
+    for row in rows:
+        row["efficiency"] = efficiency.achieved(macs, row["latency"][big]["throughput_per_s"], peak_gflops)
+    ref = next(r for r in rows if r["name"] == variants.REFERENCE)
+    speed = {r["name"]: {
+        "throughput_ratio": r["latency"][big]["throughput_per_s"] / ref["latency"][big]["throughput_per_s"],
+        "p50_ratio": ref["latency"][small]["p50_ms"] / r["latency"][small]["p50_ms"],
+    } for r in rows if r is not ref}
+    summary = ckpt.get("summary", {})
+    rep = {
+        "model": cfg.model,
+        "params": params,
+        "macs_per_image": macs,
+        "cpu_peak_gflops": round(peak_gflops, 1),
+        "cpu_peak_method": efficiency.PEAK_METHOD,
+        "train": {"epochs": summary.get("epochs"), "seconds": summary.get("seconds"),
+                  "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
+                  "best_epoch": summary.get("best_epoch"), "device": summary.get("device"),
+                  "train_images": summary.get("train_images"), "val_images": summary.get("val_images"),
+                  "config": ckpt["train_config"], "history": history},
+        "variants": rows,
+        "speedup_vs_torch": speed,
+        "skipped": skipped,
+        "quantization": quantization,
+        "quick": cfg.quick,
+        "environment": environment,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    shipped = shipped_variant(rows)
+    rep["shipped"] = shipped
+    matrix = np.zeros((10, 10), dtype=int)
+    np.add.at(matrix, (labels, logits[shipped].argmax(1)), 1)
+    rep["confusion"] = {"variant": shipped, "classes": ckpt["classes"], "matrix": matrix.tolist()}
+    return rep
+
+
+def shipped_variant(rows: list[dict]) -> str:
     """The variant we would ship: the smallest file whose accuracy stays within its budget.
 
-    FP32 ONNX (exact parity) is the fallback; the torch reference is never shipped.
+    FP32 ONNX (the row held to exact parity, ``atol``) is the fallback; the torch reference is never shipped.
     """
-    ok = [v for v in variants if v["backend"] != "torch" and not v.get("nonfinite") and
+    ok = [v for v in rows if v["backend"] != "torch" and not v.get("nonfinite") and
           (v.get("budget_pp") is None and v["precision"] == "fp32"
            or v.get("budget_pp") is not None and v["accuracy_delta"] >= -v["budget_pp"] - 1e-9)]
-    return min(ok, key=lambda v: v.get("size_bytes") or 0)["name"] if ok else "onnx-fp32"
+    if ok:
+        return min(ok, key=lambda v: v.get("size_bytes") or 0)["name"]
+    return next(v.name for v in variants.VARIANTS if v.atol is not None)
 
 
 def figures(report: dict, folder: Path) -> dict[str, Path]:
@@ -148,9 +211,9 @@ def figures(report: dict, folder: Path) -> dict[str, Path]:
     from . import plots
 
     figs = {}
-    variants = report["variants"]
-    figs["Latency and throughput by batch size"] = plots.latency_vs_batch(variants, folder / "latency.png")
-    figs["Test accuracy per variant"] = plots.accuracy_per_variant(variants, folder / "accuracy.png")
+    rows = report["variants"]
+    figs["Latency and throughput by batch size"] = plots.latency_vs_batch(rows, folder / "latency.png")
+    figs["Test accuracy per variant"] = plots.accuracy_per_variant(rows, folder / "accuracy.png")
     conf = report.get("confusion")
     if conf:
         figs[f"Confusion matrix of the shipped model ({conf['variant']})"] = plots.confusion(

@@ -1,8 +1,11 @@
-"""Validate stage: accuracy parity on the full test set and latency, for every variant.
+"""Comparing and timing one variant against the reference, and judging the results: what the validate stage
+(:mod:`pipeline.stages.validate`) calls for each row of the variant table.
 
 Running is kept apart from judging (Polygraphy's Comparator habit):
-:func:`run_logits` produces logits, :func:`compare` turns them into figures,
-:func:`check_parity` collects every broken tolerance and raises once.
+:func:`run_logits` produces logits, :func:`compare` turns them into figures (accuracy and agreement as
+fractions, accuracy delta in percentage points), :func:`latency` times a runner (ms, images/s),
+:func:`over_budget` lists accuracy budgets missed and :func:`check_parity` collects every broken
+tolerance and raises once.
 """
 from __future__ import annotations
 
@@ -92,8 +95,9 @@ def latency(runner: BaseRunner, images: np.ndarray, cfg: ValidateConfig) -> dict
 
 
 def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], images, labels,
-                     reference: np.ndarray | None, cfg: ValidateConfig) -> dict:
-    """All figures for one variant; ``reference`` None means this variant is the reference."""
+                     reference: np.ndarray | None, cfg: ValidateConfig) -> tuple[dict, np.ndarray]:
+    """One variant's report row (every figure) and its logits on ``images``; ``reference`` None means this
+    variant is the reference. ``make_runner`` builds the runner (the row's factory), entered here."""
     with make_runner() as runner:
         logits = run_logits(runner, images)
         figures = compare(logits, logits if reference is None else reference, labels)

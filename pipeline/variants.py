@@ -1,55 +1,106 @@
-"""The one table of deployable variants: what each is, where its file lives, how strict parity is.
+"""The one table of deployable variants: what each is, where its file lives, how it is run and judged.
 
-Argument checks, the validate stage, the report and the tests all read this
-table (Ultralytics' ``export_formats()`` habit), so adding a variant is one row.
+Every fact about a variant is a column here and is read from here: the validate stage (which variants
+run, how each runner is built, which tolerance or budget applies), the report, the engines stage (which
+engines, from which ONNX file), the export and quantize stages (file names) and ``pipeline bundle`` (which
+files a target ships, which get a TensorRT engine on the device). Adding a variant whose file some stage
+already writes is one row (Ultralytics' ``export_formats()`` habit); ``tests/test_variants.py`` proves it.
+
+The code that chooses variants (the validate and engines stages, the report, the bundle) reads the table
+through this module at call time (``variants.VARIANTS``, or :data:`BY_NAME`, a live view of it), never a
+copy taken at import, so a row added at run time is seen everywhere. Importing this module is cheap: each
+runner factory (:mod:`pipeline.runners`) imports its backend only when it is called.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+
+from . import runners
+
+#: ``pipeline bundle --target`` values (jetson and gpu bundles also build TensorRT engines on the device)
+TARGETS = ("jetson", "gpu", "cpu")
+#: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
+REFERENCE = "torch-fp32"
+#: how a backend's runner is built: ``factory(variant, run_dir, model=..., threads=...)`` -> an unactivated
+#: runner (:class:`runtime.base.BaseRunner`). Each factory imports its backend when called, not here.
+RUNNERS = {"torch": runners.torch_runner, "onnxruntime": runners.onnxrt_runner, "tensorrt": runners.tensorrt_runner}
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    backend: str  # torch | onnxruntime | tensorrt
+    backend: str  # torch | onnxruntime | tensorrt (a key of RUNNERS: how its runner is built)
     provider: str  # cpu | cuda
     precision: str  # fp32 | fp16 | int8
-    file: str | None  # file name under <run>/export/ (None for the torch reference)
-    stage: str  # the stage that writes the file
-    atol: float | None = None  # enforced parity: max |logit diff| vs torch-fp32 (and agreement 1.0)
-    budget_pp: float | None = None  # accuracy drop vs torch-fp32 we aim to stay within (percentage points)
-    tensorrt_rules: bool = False  # INT8 file must pass exporters.qdq.check_qdq
-    quant: str | None = None  # which QuantConfig switch builds it: ptq | qat | cpu
+    file: str | None  # file name under <run>/export/ (None for the torch reference: it runs the checkpoint)
+    atol: float | None = None  # enforced parity: max |logit diff| vs REFERENCE (and agreement 1.0)
+    budget_pp: float | None = None  # accuracy drop vs REFERENCE we aim to stay within (percentage points)
+    quant: str | None = None  # which QuantConfig switch builds it: ptq | qat | cpu (None: always built)
     requires: str | None = None  # hardware/backend it needs: cuda (onnxruntime-gpu) | tensorrt
-    source: str | None = None  # for engines: the ONNX file they are built from
+    source: str | None = None  # for engines: the ONNX file (another row's file) they are built from
     # onnxruntime graph optimizations: "all" (what an app gets by default) or "basic", which runs Q/DQ exactly as
     # written (dequantize -> float op -> quantize), i.e. what TensorRT computes. The TensorRT-targeted INT8 files
     # use "basic": onnxruntime's fused x86 int8 kernels saturate 16-bit intermediates on CPUs without VNNI (such
     # as the AVX2 machine this was built on), which would misreport those files' accuracy by several points.
     ort_optimization: str = "all"
+    # the ONNX file is made for TensorRT: jetson/gpu bundles build an engine from it on the device, and an INT8
+    # one keeps TensorRT's Q/DQ placement (exporters.qdq.check_qdq, which the quantizer enforces before writing)
+    tensorrt: bool = False
+    bundle: tuple[str, ...] = ()  # the TARGETS whose bundle ships this file (and its report figures)
+
+    def runner(self, run_dir, model=None, threads: int = 0):
+        """This variant's runner, not yet activated, built by its backend's factory (:data:`RUNNERS`).
+
+        ``run_dir`` (a :class:`pipeline.layout.RunDir`) locates the file; ``model`` is the restored torch
+        model (torch rows only); ``threads`` is the intra-op thread count (0: the backend's default)."""
+        return RUNNERS[self.backend](self, run_dir, model=model, threads=threads)
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("torch-fp32", "torch", "cpu", "fp32", None, "train"),
-    Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", "export", atol=1e-4),
-    Variant("onnx-fp16", "onnxruntime", "cpu", "fp16", "model-fp16.onnx", "export", budget_pp=0.02),
-    Variant("onnx-int8-ptq", "onnxruntime", "cpu", "int8", "model-int8-ptq.onnx", "quantize", budget_pp=0.15,
-            tensorrt_rules=True, quant="ptq", ort_optimization="basic"),
-    Variant("onnx-int8-qat", "onnxruntime", "cpu", "int8", "model-int8-qat.onnx", "quantize", budget_pp=0.05,
-            tensorrt_rules=True, quant="qat", ort_optimization="basic"),
-    Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", "quantize", quant="cpu"),
-    Variant("onnx-fp32-cuda", "onnxruntime", "cuda", "fp32", "model-fp32.onnx", "export", requires="cuda"),
-    Variant("trt-fp32", "tensorrt", "cuda", "fp32", "model-fp32.engine", "engines", requires="tensorrt",
+    Variant("torch-fp32", "torch", "cpu", "fp32", None),
+    Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", atol=1e-4, tensorrt=True, bundle=TARGETS),
+    Variant("onnx-fp16", "onnxruntime", "cpu", "fp16", "model-fp16.onnx", budget_pp=0.02, tensorrt=True,
+            bundle=TARGETS),
+    Variant("onnx-int8-ptq", "onnxruntime", "cpu", "int8", "model-int8-ptq.onnx", budget_pp=0.15, quant="ptq",
+            ort_optimization="basic", tensorrt=True, bundle=TARGETS),
+    Variant("onnx-int8-qat", "onnxruntime", "cpu", "int8", "model-int8-qat.onnx", budget_pp=0.05, quant="qat",
+            ort_optimization="basic", tensorrt=True, bundle=TARGETS),
+    Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", quant="cpu", bundle=TARGETS),
+    Variant("onnx-fp32-cuda", "onnxruntime", "cuda", "fp32", "model-fp32.onnx", requires="cuda"),
+    Variant("trt-fp32", "tensorrt", "cuda", "fp32", "model-fp32.engine", requires="tensorrt",
             source="model-fp32.onnx"),
-    Variant("trt-fp16", "tensorrt", "cuda", "fp16", "model-fp16.engine", "engines", budget_pp=0.05,
-            requires="tensorrt", source="model-fp16.onnx"),
-    Variant("trt-int8", "tensorrt", "cuda", "int8", "model-int8-ptq.engine", "engines", budget_pp=0.15,
-            requires="tensorrt", quant="ptq", source="model-int8-ptq.onnx"),
+    Variant("trt-fp16", "tensorrt", "cuda", "fp16", "model-fp16.engine", budget_pp=0.05, requires="tensorrt",
+            source="model-fp16.onnx"),
+    Variant("trt-int8", "tensorrt", "cuda", "int8", "model-int8-ptq.engine", budget_pp=0.15, requires="tensorrt",
+            quant="ptq", source="model-int8-ptq.onnx"),
 )
 
 
+class _ByName(Mapping):
+    """Name -> row, looked up in :data:`VARIANTS` at each access (never a copy), so it always agrees with it."""
+
+    def __getitem__(self, name: str) -> Variant:
+        for v in VARIANTS:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (v.name for v in VARIANTS)
+
+    def __len__(self) -> int:
+        return len(VARIANTS)
+
+
+BY_NAME: Mapping[str, Variant] = _ByName()
+
+
 def unavailable(v: Variant) -> str | None:
-    """Why this machine cannot run ``v`` (None when it can). Imports nothing heavy."""
+    """Why this machine cannot run ``v`` (None when it can).
+
+    Never imports tensorrt (which loads CUDA libraries): only onnxruntime's provider list and, for TensorRT
+    rows on a host that has TensorRT, torch's view of the GPU."""
     import importlib.util
 
     if v.requires is None:
@@ -73,5 +124,3 @@ def unavailable(v: Variant) -> str | None:
     if not torch.cuda.is_available():
         return "no NVIDIA GPU is visible"
     return None
-
-BY_NAME = {v.name: v for v in VARIANTS}

@@ -107,7 +107,8 @@ def _mutate(data, node) -> None:
         if isinstance(node, dict) and data.draw(st.integers(0, 3)) == 0:
             del node[k]
         else:
-            node[k] = data.draw(st.sampled_from(POOL))
+            node[k] = copy.deepcopy(data.draw(st.sampled_from(POOL)))  # never POOL's own list or dict: a later
+            # mutation would change POOL itself, and hypothesis then fails with FlakyStrategyDefinition
         return
 
 

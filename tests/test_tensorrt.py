@@ -283,7 +283,6 @@ def test_validate_stage_checks_engines_with_the_module_version(monkeypatch, quic
     """Bug 5 (validate stage) and bug 6: the engine is refused or accepted by tensorrt.__version__ and
     by every build parameter the engines stage uses."""
     from pipeline.errors import PipelineError
-    from pipeline.stages import validate as vstage
     from pipeline.variants import BY_NAME
     from runtime.tensorrt import TensorRTRunner
 
@@ -294,11 +293,11 @@ def test_validate_stage_checks_engines_with_the_module_version(monkeypatch, quic
     side = {"onnx_sha256": trtx.sha256_file(export / "model-fp16.onnx"), "tensorrt": "10.3.0.30", **GPU,
             **default_build("fp16")}
     (export / "model-fp16.engine.json").write_text(json.dumps(side))
-    assert isinstance(vstage._trt_runner(ctx, BY_NAME["trt-fp16"]), TensorRTRunner)
+    assert isinstance(BY_NAME["trt-fp16"].runner(ctx.rd), TensorRTRunner)
     side["profile"]["max"] = [128, 1, 28, 28]
     (export / "model-fp16.engine.json").write_text(json.dumps(side))
     with pytest.raises(PipelineError, match="profile"):
-        vstage._trt_runner(ctx, BY_NAME["trt-fp16"])
+        BY_NAME["trt-fp16"].runner(ctx.rd)
     assert engine.is_file()
 
 

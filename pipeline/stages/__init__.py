@@ -47,7 +47,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("data", data.key, data.run, "MNIST via torchvision, validation split, sample grid"),
     Stage("train", train.key, train.run, "train, keep best validation epoch, checkpoint + curves",
           scratch=lambda ctx: [ctx.rd.train_state]),
-    Stage("export", export.key, export.run, "FP32 ONNX with metadata + golden logits"),
+    Stage("export", export.key, export.run, "FP32 and FP16 ONNX with metadata + golden logits"),
     Stage("quantize", quantize.key, quantize.run, "INT8 QDQ ONNX by PTQ and QAT (+ CPU INT8), per-layer SQNR"),
     Stage("engines", engines.key, engines.run, "TensorRT engines when TensorRT and a GPU are present"),
     Stage("validate", validate.key, validate.run, "accuracy parity on 10,000 test images, latency, report"),

@@ -7,14 +7,15 @@ from pathlib import Path
 
 from ..errors import PipelineError
 from ..layout import write_json
-from ..variants import VARIANTS, unavailable
+from .. import variants
+from ..variants import unavailable
 from .context import Context
 
 log = logging.getLogger(__name__)
 
 
 def key(ctx: Context) -> dict:
-    trt = [v for v in VARIANTS if v.backend == "tensorrt"]
+    trt = [v for v in variants.VARIANTS if v.backend == "tensorrt"]
     return {"sources": {v.name: ctx.sha(ctx.rd.export_file(v.source)) for v in trt
                         if ctx.cfg.quant.builds(v.quant) and ctx.rd.export_file(v.source).is_file()},
             "available": {v.name: unavailable(v) for v in trt}, "environment": _trt_identity()}
@@ -39,7 +40,7 @@ def run(ctx: Context) -> list[Path]:
     """Build TensorRT engines when this machine can; otherwise record why not (CPU runs go on)."""
     status = {}
     outputs = []
-    for v in VARIANTS:
+    for v in variants.VARIANTS:
         if v.backend != "tensorrt":
             continue
         why = unavailable(v) or (None if ctx.cfg.quant.builds(v.quant) else f"not built with --quant {ctx.cfg.quant.mode}")
