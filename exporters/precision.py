@@ -123,8 +123,14 @@ def write_int8(proto, final: Path, metadata: dict[str, str], *, tensorrt_rules: 
     return save_checked(proto, final)
 
 
-def _quantize_file(fp32: Path, final: Path, images: np.ndarray, method: str, metadata: dict[str, str], *,
-                   for_tensorrt: bool) -> Path:
+def quantize_file(fp32: Path, final: Path, images: np.ndarray, method: str, metadata: dict[str, str], *,
+                  for_tensorrt: bool) -> Path:
+    """Post-training quantization of an FP32 ONNX file into ``final``, calibrated on ``images`` by ``method``.
+
+    ``for_tensorrt`` (the variant table's ``tensorrt`` column) picks the flavour: symmetric int8 activations
+    placed as TensorRT's explicit quantization wants (and checked against its Q/DQ rules), or onnxruntime's
+    CPU integer kernels (U8S8, 7-bit weights). :func:`ptq` and :func:`cpu_int8` name the two.
+    """
     import onnx
 
     final = Path(final)
@@ -136,12 +142,12 @@ def _quantize_file(fp32: Path, final: Path, images: np.ndarray, method: str, met
 
 def ptq(fp32: Path, final: Path, images: np.ndarray, method: str, metadata: dict[str, str]) -> Path:
     """Post-training quantization of the FP32 ONNX for TensorRT, calibrated on ``images`` by ``method``."""
-    return _quantize_file(fp32, final, images, method, metadata, for_tensorrt=True)
+    return quantize_file(fp32, final, images, method, metadata, for_tensorrt=True)
 
 
 def cpu_int8(fp32: Path, final: Path, images: np.ndarray, method: str, metadata: dict[str, str]) -> Path:
     """Post-training quantization of the FP32 ONNX for onnxruntime's CPU integer kernels (U8S8, 7-bit weights)."""
-    return _quantize_file(fp32, final, images, method, metadata, for_tensorrt=False)
+    return quantize_file(fp32, final, images, method, metadata, for_tensorrt=False)
 
 
 def export_fp16(fp32_path: Path, path: Path, metadata: dict[str, str]) -> Path:

@@ -113,7 +113,6 @@ class ValidateConfig:
     max_seconds: float = 1.5  # stop timing a batch size after this long (at least 10 runs)
     golden_atol: float = 1e-5  # the checkpoint must reproduce golden.npz's logits within this (max |diff|)
     threads: int = 0  # intra-op threads for both torch and onnxruntime; 0 = all cores
-    fail_on_parity: bool = True
 
     def __post_init__(self):
         _check(all(b >= 1 for b in self.batches), "batch sizes must be >= 1.")

@@ -66,12 +66,13 @@ def fold_batchnorm(model):
 
 
 def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int, *, batch_size: int, seed: int,
-        progress=None) -> Path:
+        tensorrt_rules: bool = True, progress=None) -> Path:
     """Quantization-aware fine-tuning from the FP32 weights, then QDQ ONNX written to ``final``.
 
     ``batch_size`` and ``seed`` are the training run's (``--batch-size``, ``--seed``): QAT is more training,
     so the options that shape training shape it too. ``cfg`` gives its epochs, learning rate (SGD with
-    momentum 0.9, cosine to zero over all steps) and images per epoch.
+    momentum 0.9, cosine to zero over all steps) and images per epoch. ``tensorrt_rules`` (the variant table's
+    ``tensorrt`` column) checks TensorRT's Q/DQ placement rules before the file is written.
     """
     import torch
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
@@ -115,6 +116,6 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
         raise PipelineError(f"Could not export the QAT model to ONNX: {e}") from None
     try:
         with refused_writes(final):
-            return write_int8(proto, final, metadata, tensorrt_rules=True)
+            return write_int8(proto, final, metadata, tensorrt_rules=tensorrt_rules)
     except QuantizationError as e:
         raise PipelineError(str(e)) from None

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.base import BaseRunner
-from runtime.bench import measure, summarize
+from runtime.bench import measure
 
 from .config import ValidateConfig
 from .errors import ParityError, PipelineError

@@ -22,8 +22,8 @@ DEFAULTS = {
               "schedule": "onecycle", "label_smoothing": 0.05, "augment": True, "seed": 0, "device": "auto",
               "threads": 0},
     "export": {"opset": 18, "golden_count": 64},
-    "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "iterations": 200, "max_seconds": 1.5, "atol": 1e-4,
-                 "threads": 0, "fail_on_parity": True},
+    "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "iterations": 200, "max_seconds": 1.5, "golden_atol": 1e-5,
+                 "threads": 0},
     "quant": {"mode": "both", "calib_size": 512, "calib_method": "minmax", "calib_seed": 0, "qat_epochs": 1,
               "qat_lr": 1e-4, "qat_max_images": 0, "cpu_variant": True, "sqnr_images": 256},
 }

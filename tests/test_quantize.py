@@ -148,7 +148,7 @@ def test_unknown_calibration_method_and_quant_mode(tmp_path, data_root):
 
 def test_quantize_without_a_trained_checkpoint(tmp_path, data_root):
     from pipeline import stages
-    from pipeline.cli import build_config
+    from pipeline.config import build_config
     from pipeline.stages import quantize as quantize_stage
 
     cfg = build_config(model="edgenet", artifacts=tmp_path, data_root=data_root, force=False, quick=True)

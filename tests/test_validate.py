@@ -131,7 +131,7 @@ def _stage_context(artifacts, data_root, **validate):
     """A Context for the quick run's config, with a small timing budget (and any other ValidateConfig field)."""
     from dataclasses import replace
 
-    from pipeline.cli import build_config
+    from pipeline.config import build_config
     from pipeline.stages import Context
 
     cfg = build_config(model="edgenet", artifacts=artifacts, data_root=data_root, force=False, quick=True)

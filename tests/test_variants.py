@@ -60,7 +60,7 @@ def test_adding_one_row_is_enough_for_validate_report_and_bundle(quick_copy, dat
     bundle ships it. The only thing besides the row is its file, which the stage that would write it (here
     the test, copying the FP32 file as the export stage would) records in the run's manifest."""
     from pipeline import efficiency, stages
-    from pipeline.cli import build_config
+    from pipeline.config import build_config
 
     monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)  # the CPU probe (seconds) is not under test
 
@@ -73,7 +73,8 @@ def test_adding_one_row_is_enough_for_validate_report_and_bundle(quick_copy, dat
 
     cfg = build_config(model="edgenet", artifacts=quick_copy, data_root=data_root, force=False, quick=True)
     cfg = replace(cfg, validate=replace(cfg.validate, batches=(1, 8), warmup=0, iterations=2, max_seconds=0.01))
-    record = stages.run(cfg)
+    assert stages.run(cfg)["validate"] == "ran"
+    record = json.loads((run / "stages.json").read_text())
     assert record["validate"]["inputs"]["files"][row.name]  # the validate stage's key covers the new file
 
     rep = json.loads((run / "report.json").read_text())

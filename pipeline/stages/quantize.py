@@ -65,22 +65,26 @@ def run(ctx: Context) -> list[Path]:
     calib = calibration_images(ctx.splits.train_x, q)
     outputs, sqnr = [], {}
     if q.ptq:
-        path = _written(precision.ptq, fp32, ctx.rd.export_file(BY_NAME["onnx-int8-ptq"].file), calib,
-                        q.calib_method, meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
+        v = BY_NAME["onnx-int8-ptq"]
+        path = _written(fp32, ctx.rd.export_file(v.file), calib, q.calib_method,
+                        meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"), for_tensorrt=v.tensorrt)
         outputs.append(path)
         log.info("quantize: PTQ (%s, %d calibration images) -> %s (%s bytes)", q.calib_method, q.calib_size, path,
                  f"{path.stat().st_size:,}")
     if q.qat:
         model = checkpoint.restore(ckpt)
-        path = qat.qat(model, ctx.splits, q, ctx.rd.export_file(BY_NAME["onnx-int8-qat"].file),
+        v = BY_NAME["onnx-int8-qat"]
+        path = qat.qat(model, ctx.splits, q, ctx.rd.export_file(v.file),
                        meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}"), ctx.cfg.export.opset,
-                       batch_size=ctx.cfg.train.batch_size, seed=ctx.cfg.train.seed, progress=ctx.progress)
+                       batch_size=ctx.cfg.train.batch_size, seed=ctx.cfg.train.seed, tensorrt_rules=v.tensorrt,
+                       progress=ctx.progress)
         outputs.append(path)
         log.info("quantize: QAT (%d epoch(s), lr %g) -> %s (%s bytes)", q.qat_epochs, q.qat_lr, path,
                  f"{path.stat().st_size:,}")
     if q.cpu_variant:
-        path = _written(precision.cpu_int8, fp32, ctx.rd.export_file(BY_NAME["onnx-int8-cpu"].file), calib,
-                        q.calib_method, meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
+        v = BY_NAME["onnx-int8-cpu"]
+        path = _written(fp32, ctx.rd.export_file(v.file), calib, q.calib_method,
+                        meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"), for_tensorrt=v.tensorrt)
         outputs.append(path)
         log.info("quantize: CPU INT8 (uint8 activations) -> %s (%s bytes)", path, f"{path.stat().st_size:,}")
     probe = calib[: q.sqnr_images]
@@ -97,12 +101,12 @@ def run(ctx: Context) -> list[Path]:
     return outputs
 
 
-def _written(transform, fp32: Path, final: Path, *args) -> Path:
-    """Run one :mod:`exporters.precision` transform, its refusals (the QDQ rules, the disk) worded for users."""
-    from exporters.precision import QuantizationError
+def _written(fp32: Path, final: Path, *args, for_tensorrt: bool) -> Path:
+    """Run :func:`exporters.precision.quantize_file`, its refusals (the QDQ rules, the disk) worded for users."""
+    from exporters.precision import QuantizationError, quantize_file
 
     try:
         with refused_writes(final):
-            return transform(fp32, final, *args)
+            return quantize_file(fp32, final, *args, for_tensorrt=for_tensorrt)
     except QuantizationError as e:
         raise PipelineError(str(e)) from None
