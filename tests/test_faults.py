@@ -27,6 +27,13 @@ from tests.kill_resume import default_sigint
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def started(stage: str) -> str:
+    """The line a stage logs when it starts working, read from the stage table (not restated here)."""
+    from pipeline.stages import STAGES
+
+    return next(f"{s.name}: {s.doc}" for s in STAGES if s.name == stage)
+
+
 class Pipeline:
     """``pipeline ...`` in a child process, its merged output read line by line on a thread."""
 
@@ -79,12 +86,12 @@ def test_killed_in_each_working_stage_resumes_to_the_same_result(tmp_path, data_
     run = art / "edgenet"
     args = ("run", "all", "--quick", "--artifacts", art, "--data-root", data_root)
     kills = [  # (what to wait for, extra delay, signal)
-        ("data", lambda p: "data: MNIST" in p.output, 0.0, signal.SIGKILL),
+        ("data", lambda p: started("data") in p.output, 0.0, signal.SIGKILL),
         ("train", lambda p: (run / "train" / "resume.pt").is_file(), 0.0, signal.SIGKILL),
         ("train", lambda p: "resuming after epoch 1" in p.output, 0.0, signal.SIGINT),
-        ("export", lambda p: "export: FP32 ONNX" in p.output, 0.5, signal.SIGKILL),
-        ("quantize", lambda p: "quantize: INT8" in p.output, 1.0, signal.SIGKILL),
-        ("validate", lambda p: "validate: accuracy parity" in p.output, 1.0, signal.SIGKILL),
+        ("export", lambda p: started("export") in p.output, 0.5, signal.SIGKILL),
+        ("quantize", lambda p: started("quantize") in p.output, 1.0, signal.SIGKILL),
+        ("validate", lambda p: started("validate") in p.output, 1.0, signal.SIGKILL),
     ]
     for i, (stage, cond, delay, sig) in enumerate(kills):
         before = _recorded(run) if run.exists() else {}
