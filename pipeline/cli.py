@@ -186,7 +186,7 @@ def run(
     schedule: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(SCHEDULES)}.", "schedule")),
     label_smoothing: Optional[float] = typer.Option(None, help=with_default("Label smoothing.", "label_smoothing")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=with_default("Random affine augmentation.", "augment")),
-    seed: Optional[int] = typer.Option(None, help=with_default("Training seed.", "seed")),
+    seed: Optional[int] = typer.Option(None, help=with_default("Seed of training and QAT fine-tuning (shuffling, augmentation, initial weights).", "seed")),
     device: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(DEVICES)}.", "device")),
     val_size: Optional[int] = typer.Option(None, help=with_default("Validation images held out of the 60,000 training images.", "val_size")),
     quant: Optional[str] = typer.Option(None, "--quant", help=with_default(f"INT8 variants: {' | '.join(QUANT_MODES)}.", "quant")),

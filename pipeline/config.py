@@ -176,7 +176,7 @@ class QuantConfig:
     mode: str = "both"  # none | ptq | qat | both
     calib_size: int = 512  # training-split images used to calibrate PTQ (never test images)
     calib_method: str = "minmax"  # minmax | entropy | percentile (onnxruntime's calibrators)
-    calib_seed: int = 0
+    calib_seed: int = 0  # picks the PTQ calibration images only (QAT shuffles with the training seed)
     qat_epochs: int = 1  # fine-tuning epochs with fake quantization, from the FP32 checkpoint
     qat_lr: float = 1e-4  # low, constant-then-cosine learning rate for QAT fine-tuning
     qat_max_images: int = 0  # cap on training images per QAT epoch (0 = whole split)
