@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import app
+from tests.helpers import invoke
 
 
 @pytest.fixture(scope="session")
@@ -18,21 +18,6 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mnist")
     ensure_raw(root)
     return root
-
-
-def invoke(*args: str):
-    """Run the CLI in-process. An exception that escapes a command (which a user would see as a traceback) fails
-    the calling test at once: CliRunner keeps it in ``result.exception`` and never prints it, so a check for
-    "Traceback" in the output alone could never fail."""
-    from typer.testing import CliRunner
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        raise AssertionError("the command raised (a user would see a traceback):\n"
-                             + "".join(traceback.format_exception(result.exception)))
-    return result
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +38,3 @@ def quick_copy(quick_run, tmp_path) -> Path:
     shutil.copytree(quick_run["artifacts"], dst)
     return dst
 
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes, to prove nothing was lost or changed."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

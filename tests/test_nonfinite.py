@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.layout import sha256_file
 from pipeline.schema import check_report, strict_loads
-from tests.conftest import invoke, snapshot
+from tests.helpers import invoke, snapshot
 
 
 def poison(src, dst, factor: float) -> None:

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporters import tensorrt as trtx
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 GPU = {"gpu": "Orin (nvgpu)", "compute_capability": "8.7"}
 ENGINE_STEMS = {"model-fp32": "fp32", "model-fp16": "fp16", "model-int8-ptq": "int8", "model-int8-qat": "int8"}

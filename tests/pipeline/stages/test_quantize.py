@@ -10,7 +10,7 @@ from exporters.qdq import check_qdq
 from pipeline.config import QuantConfig
 from pipeline.errors import PipelineError
 from pipeline.stages.quantize import calibration_images
-from tests.conftest import invoke, snapshot
+from tests.helpers import invoke, snapshot
 
 INT8_TRT = ("onnx-int8-ptq", "onnx-int8-qat")
 

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporters import tensorrt as trtx
-from tests.conftest import invoke, snapshot
+from tests.helpers import ROOT, invoke, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -570,7 +569,7 @@ def test_verify_streams_a_large_member(tmp_path):
     code = ("import sys, tracemalloc; from pipeline.bundle import verify; tracemalloc.start(); "
             "problems = verify(sys.argv[1]); print(tracemalloc.get_traced_memory()[1], problems)")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak, problems = proc.stdout.split(" ", 1)
     assert problems.strip() == "[]"

@@ -11,7 +11,7 @@ from pipeline.efficiency import onnx_macs_per_image
 from pipeline.models import build, macs_per_image
 from runtime.bench import measure
 from runtime.errors import RuntimeInputError
-from tests.conftest import invoke
+from tests.helpers import invoke
 from tests.fixtures import onnx_graphs
 
 

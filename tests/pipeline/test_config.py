@@ -13,7 +13,7 @@ from pipeline import config, stages
 from pipeline.config import (QUICK, RUN_OPTIONS, DataConfig, RunConfig, TrainConfig, build_config, default_of,
                              stamp)
 from pipeline.errors import PipelineError
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 #: Today's defaults, written out: no result may change, so a changed default must show up here first.
 DEFAULTS = {

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 
 class _Page(HTMLParser):
@@ -100,7 +100,7 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
 
 import json  # noqa: E402
 
-from tests.conftest import snapshot  # noqa: E402
+from tests.helpers import snapshot  # noqa: E402
 
 
 def test_report_command_accepts_the_report_json_file_itself(quick_run, tmp_path):

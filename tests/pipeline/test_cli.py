@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import invoke, snapshot
+from tests.helpers import invoke, snapshot
 
 REPORT_FIELDS = {"name", "backend", "provider", "precision", "path", "size_bytes", "accuracy", "agreement",
                  "max_abs_diff", "latency"}

@@ -4,7 +4,6 @@ import struct
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,10 +14,9 @@ from runtime.classifier import Classifier, Prediction
 from runtime.errors import RuntimeInputError
 from runtime.onnxrt import OnnxrtRunner
 from runtime.preprocess import MAX_PIXELS, load_image, to_mnist_array
-from tests.conftest import invoke
+from tests.helpers import ROOT, invoke
 from tests.fixtures import onnx_graphs
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _test_images(data_root, n):

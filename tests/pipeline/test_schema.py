@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.schema import SchemaError, check_report
-from tests.conftest import invoke, snapshot
+from tests.helpers import invoke, snapshot
 
 
 def _edit(fn):
