@@ -1,4 +1,6 @@
-"""Shared fixtures: real MNIST (materialized once per session) and one quick end-to-end run."""
+"""Fixtures every test folder sees: real MNIST and one quick end-to-end run (each once per session), a private
+copy of that run, a jetson bundle of it (once per module), and the TensorRT/Polygraphy stand-ins. Plain helpers
+are in tests/helpers.py."""
 from __future__ import annotations
 
 import json
@@ -38,3 +40,24 @@ def quick_copy(quick_run, tmp_path) -> Path:
     shutil.copytree(quick_run["artifacts"], dst)
     return dst
 
+
+
+@pytest.fixture(scope="module")
+def bundle(quick_run, data_root, tmp_path_factory) -> Path:
+    """`pipeline bundle --target jetson` of the quick run; tests read it, or damage a copy. Module scope: each
+    test module that asks gets its own, so nothing one module leaves in it (bench.py's bytecode cache, once a
+    test loads bench.py from there) can reach another module's checks of the folder."""
+    out = tmp_path_factory.mktemp("bundles")
+    r = invoke("bundle", "--target", "jetson", "--artifacts", quick_run["artifacts"], "--out", out,
+               "--data-root", data_root)
+    assert r.exit_code == 0, r.output
+    return out / "edgenet-jetson-bundle"
+
+
+@pytest.fixture
+def fake_polygraphy(monkeypatch):
+    """TensorRT + Polygraphy stand-ins in sys.modules for this test (tests/fixtures/trt_standins.py); returns
+    the list of runners created."""
+    from tests.fixtures.trt_standins import install_polygraphy
+
+    return install_polygraphy(monkeypatch)
