@@ -114,7 +114,7 @@ def test_fp32_parity_passes_exactly_when_every_logit_is_finite_and_close(seed, n
         assert row["nonfinite"] == 0 and row["max_abs_diff"] <= 1e-4
 
 
-# ------------------------------------------------------------------ logits and latency from any runner, within its profile
+# ------------------------------------------------------------------ logits and latency, within the runner's profile
 class ReusingRunner:
     """A minimal runner whose backend reuses one output buffer (as Polygraphy's TrtRunner does) and
     refuses batches outside its profile; logits are a fixed linear map of the real images."""

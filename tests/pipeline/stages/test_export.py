@@ -1,5 +1,6 @@
 """pipeline/stages/export.py: a model that cannot be exported stops the run with a paragraph, keeping what the
-train stage wrote. (The exported files themselves: tests/pipeline/test_cli.py::test_quick_run_artifacts_describe_themselves.)"""
+train stage wrote. (The exported files themselves:
+tests/pipeline/test_cli.py::test_quick_run_artifacts_describe_themselves.)"""
 from tests.helpers import invoke
 
 
