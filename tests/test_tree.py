@@ -5,6 +5,8 @@ Every test folder is a package, so pytest imports ``tests/pipeline/test_bundle.p
 ``tests.pipeline.test_bundle``; were ``tests/`` itself put on ``sys.path`` (a test folder without
 ``__init__.py`` does that), the folder ``tests/pipeline`` could stand in for the real ``pipeline``.
 """
+from __future__ import annotations
+
 from pathlib import Path
 
 import exporters
@@ -32,17 +34,23 @@ def test_every_test_folder_is_a_package():
     assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []
 
 
+def _module_of(rel: Path) -> Path | None:
+    """The source file ``tests/<rel>`` is named after: ``test_<module>.py``, or ``test_<module>_<aspect>.py`` for
+    a second file about one side of a large module (``test_init.py``: the package's ``__init__.py``)."""
+    folder, words = ROOT.joinpath(*rel.parts[:-1]), rel.stem.removeprefix("test_").split("_")
+    for n in range(len(words), 0, -1):
+        name = "_".join(words[:n])
+        source = folder / ("__init__.py" if name == "init" else f"{name}.py")
+        if source.is_file():
+            return source
+    return None
+
+
 def test_every_test_file_in_a_package_folder_is_named_after_its_module():
-    """``tests/pipeline/stages/test_validate.py`` needs ``pipeline/stages/validate.py`` (``test_init.py``:
-    the package's ``__init__.py``); a renamed or removed module leaves its tests' file to be moved too."""
-    orphans = []
-    for rel in _test_files():
-        if len(rel.parts) == 1 or rel.as_posix() in NOT_ONE_MODULE:
-            continue
-        name = rel.stem.removeprefix("test_")
-        source = ROOT.joinpath(*rel.parts[:-1], "__init__.py" if name == "init" else f"{name}.py")
-        if not source.is_file():
-            orphans.append(f"tests/{rel.as_posix()}: no {source.relative_to(ROOT)}")
+    """``tests/pipeline/stages/test_validate.py`` needs ``pipeline/stages/validate.py``; a renamed or removed
+    module leaves its tests' file to be moved too."""
+    orphans = [f"tests/{rel.as_posix()}" for rel in _test_files()
+               if len(rel.parts) > 1 and rel.as_posix() not in NOT_ONE_MODULE and _module_of(rel) is None]
     assert orphans == []
 
 
