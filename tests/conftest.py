@@ -1,4 +1,6 @@
-"""Shared fixtures: real MNIST (materialized once per session) and one quick end-to-end run."""
+"""Fixtures every test folder sees: real MNIST and one quick end-to-end run (each once per session), a private
+copy of that run, a jetson bundle of it (once per module), and the TensorRT/Polygraphy stand-ins. Plain helpers
+are in tests/helpers.py."""
 from __future__ import annotations
 
 import json
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import app
+from tests.helpers import invoke
 
 
 @pytest.fixture(scope="session")
@@ -18,21 +20,6 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mnist")
     ensure_raw(root)
     return root
-
-
-def invoke(*args: str):
-    """Run the CLI in-process. An exception that escapes a command (which a user would see as a traceback) fails
-    the calling test at once: CliRunner keeps it in ``result.exception`` and never prints it, so a check for
-    "Traceback" in the output alone could never fail."""
-    from typer.testing import CliRunner
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        raise AssertionError("the command raised (a user would see a traceback):\n"
-                             + "".join(traceback.format_exception(result.exception)))
-    return result
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +41,23 @@ def quick_copy(quick_run, tmp_path) -> Path:
     return dst
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes, to prove nothing was lost or changed."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+@pytest.fixture(scope="module")
+def bundle(quick_run, data_root, tmp_path_factory) -> Path:
+    """`pipeline bundle --target jetson` of the quick run; tests read it, or damage a copy. Module scope: each
+    test module that asks gets its own, so nothing one module leaves in it (bench.py's bytecode cache, once a
+    test loads bench.py from there) can reach another module's checks of the folder."""
+    out = tmp_path_factory.mktemp("bundles")
+    r = invoke("bundle", "--target", "jetson", "--artifacts", quick_run["artifacts"], "--out", out,
+               "--data-root", data_root)
+    assert r.exit_code == 0, r.output
+    return out / "edgenet-jetson-bundle"
+
+
+@pytest.fixture
+def fake_polygraphy(monkeypatch):
+    """TensorRT + Polygraphy stand-ins in sys.modules for this test (tests/fixtures/trt_standins.py); returns
+    the list of runners created."""
+    from tests.fixtures.trt_standins import install_polygraphy
+
+    return install_polygraphy(monkeypatch)

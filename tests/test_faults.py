@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import manifest
-from tests.conftest import invoke, snapshot
+from tests.helpers import invoke, snapshot
 from tests.kill_resume import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]

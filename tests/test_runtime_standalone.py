@@ -53,7 +53,7 @@ def test_bundle_bench_reproduces_the_report_in_a_venv_without_torch(lean_python,
     import shutil
     import tarfile
 
-    from tests.conftest import invoke
+    from tests.helpers import invoke
 
     r = invoke("bundle", "--target", "cpu", "--artifacts", quick_run["artifacts"], "--out", tmp_path / "out",
                "--data-root", data_root)

@@ -1,10 +1,12 @@
-"""The QDQ conformance check, on small hand-built graphs that each break exactly one rule (no torch)."""
+"""exporters/qdq.py: the QDQ conformance check, on small hand-built graphs that each break exactly one rule
+(no torch), and `pipeline check-qdq` on the quick run's files."""
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters.qdq import RULES, QDQCheckError, Violation, check_qdq, format_report
+from tests.helpers import invoke
 
 FC_IN, FC_OUT, CONV_OUT = 4 * 28 * 28, 10, 4
 
@@ -253,3 +255,19 @@ def test_float_model_has_nothing_to_check(tmp_path):
     onnx.save(fp32, str(path))
     with pytest.raises(QDQCheckError, match="no Q/DQ nodes"):
         check_qdq(path)
+
+
+# ---------------------------------------------------------------- the check-qdq command
+def test_check_qdq_command(quick_run, tmp_path):
+    d = quick_run["dir"] / "export"
+    r = invoke("check-qdq", d / "model-int8-ptq.onnx")
+    assert r.exit_code == 0 and "conforms" in r.output
+    r = invoke("check-qdq", d / "model-fp32.onnx")
+    assert r.exit_code == 2 and "no Q/DQ" in r.output
+    junk = tmp_path / "x.onnx"
+    junk.write_bytes(b"\x89PNG\r\n")
+    r = invoke("check-qdq", junk)
+    assert r.exit_code == 2 and "not an ONNX model" in r.output
+    r = invoke("check-qdq", d / "model-int8-cpu.onnx")  # uint8 activations: fine for CPU, not for TensorRT
+    assert r.exit_code == 1, r.output
+    assert "is uint8, expected int8" in r.output and "asymmetric quantization" in r.output

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from pipeline import config, stages
 from pipeline.config import (QUICK, RUN_OPTIONS, DataConfig, RunConfig, TrainConfig, build_config, default_of,
                              stamp)
 from pipeline.errors import PipelineError
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 #: Today's defaults, written out: no result may change, so a changed default must show up here first.
 DEFAULTS = {
@@ -178,3 +181,67 @@ def test_changing_a_default_in_config_changes_the_help():
         importlib.reload(pipeline.cli)
     assert shown["epochs"] == "9 (--quick: 1)" and shown["quant"] == "ptq"
     assert _help_defaults()["epochs"] == "7 (--quick: 2)"
+
+
+# ---------------------------------------------------------------------------- values no config accepts
+def test_calib_size_is_checked_against_the_training_split_only_when_quantizing(tmp_path, data_root):
+    from pipeline.config import build_config
+    from pipeline.errors import PipelineError
+
+    def cfg(**quant):
+        return build_config(model="edgenet", artifacts=tmp_path, data_root=data_root, force=False, quick=False,
+                            val_size=5000, **quant)
+
+    assert cfg(calib_size=55000).quant.calib_size == 55000  # 60,000 - 5,000 validation images
+    with pytest.raises(PipelineError, match=r"--calib-size 55001 is larger than the training split \(55000 images\)"):
+        cfg(calib_size=55001)
+    assert cfg(quant="none", calib_size=10**9).quant.calib_size == 10**9  # no quantization, no calibration
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.one_of(st.integers(), st.integers(min_value=2**63 - 3, max_value=2**64 + 3),
+                      st.integers(min_value=-3, max_value=3)))
+@example(seed=2**63 - 1)
+@example(seed=2**63)
+@example(seed=2**64)
+@example(seed=-1)
+def test_every_accepted_seed_is_one_torch_takes(seed):
+    import torch
+
+    from pipeline.config import TrainConfig
+    from pipeline.errors import PipelineError
+
+    try:
+        TrainConfig(seed=seed)
+    except PipelineError as e:
+        assert not 0 <= seed < 2**63 and "--seed must be from 0 to" in str(e)
+        return
+    assert 0 <= seed < 2**63
+    torch.manual_seed(seed)  # neither raises for an accepted seed
+    torch.Generator().manual_seed(seed)
+
+
+FLOAT_FIELDS = ["lr", "weight_decay", "label_smoothing", "qat_lr"]
+
+
+def _with_examples(test):
+    for field in FLOAT_FIELDS:  # the values that matter, every run, before hypothesis draws its own
+        for value in (math.nan, math.inf, -math.inf):
+            test = example(field=field, value=value)(test)
+    return test
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(FLOAT_FIELDS), value=st.floats(allow_nan=True, allow_infinity=True))
+@_with_examples
+def test_no_float_option_accepts_nan_or_inf(field, value):
+    from pipeline.config import QuantConfig, TrainConfig
+    from pipeline.errors import PipelineError
+
+    cls = QuantConfig if field == "qat_lr" else TrainConfig
+    try:
+        cfg = cls(**{field: value})
+    except PipelineError as e:
+        assert f"--{field.replace('_', '-')} must be" in str(e)
+        return
+    assert math.isfinite(getattr(cfg, field))

@@ -1,12 +1,15 @@
-"""The human report: markdown, self-contained HTML with figures, rebuilt from report.json alone."""
+"""pipeline/report.py and `pipeline report`: markdown, self-contained HTML with figures, rebuilt from report.json
+alone; report.json's path forms and schema; which variant is shipped."""
 import base64
+import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
 
 import pytest
 
-from tests.conftest import invoke
+from pipeline.report import shipped_variant
+from tests.helpers import invoke, one_paragraph, snapshot
 
 
 class _Page(HTMLParser):
@@ -98,10 +101,6 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
 
 # ------------------------------------------------------------------ report.json: path forms and schema
 
-import json  # noqa: E402
-
-from tests.conftest import snapshot  # noqa: E402
-
 
 def test_report_command_accepts_the_report_json_file_itself(quick_run, tmp_path):
     run = tmp_path / "run"
@@ -127,8 +126,8 @@ def test_report_command_refuses_a_path_that_is_neither_a_run_folder_nor_report_j
         shutil.copy(quick_run["dir"] / "report.json", tmp_path / f)  # even holding a valid report
     before = snapshot(tmp_path)
     r = invoke("report", tmp_path / name)
-    out = " ".join(r.output.split())
-    assert r.exit_code == 2 and message in out and out.count("error:") == 1 and "Traceback" not in out
+    out = one_paragraph(r)
+    assert message in out
     assert snapshot(tmp_path) == before
 
 
@@ -203,7 +202,17 @@ def test_damaged_but_valid_json_report_is_refused_and_nothing_changes(quick_run,
         (run / "stages.json").write_text(json.dumps(rec, indent=2))
     before = snapshot(run)
     r = invoke("report", run)
-    out = " ".join(r.output.split())
-    assert r.exit_code == 2, r.output
-    assert "is not a pipeline report" in out and out.count("error:") == 1 and "Traceback" not in out
+    out = one_paragraph(r)
+    assert "is not a pipeline report" in out
     assert snapshot(run) == before
+
+
+# ------------------------------------------------------------------ the shipped variant
+def test_a_variant_with_nonfinite_logits_is_never_shipped():
+    rows = [{"name": "onnx-fp32", "backend": "onnxruntime", "precision": "fp32", "budget_pp": None,
+             "accuracy_delta": 0.0, "size_bytes": 400, "nonfinite": 0},
+            {"name": "onnx-fp16", "backend": "onnxruntime", "precision": "fp16", "budget_pp": 0.02,
+             "accuracy_delta": 0.0, "size_bytes": 200, "nonfinite": 3}]
+    assert shipped_variant(rows) == "onnx-fp32"
+    rows[1]["nonfinite"] = 0
+    assert shipped_variant(rows) == "onnx-fp16"

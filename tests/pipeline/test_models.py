@@ -3,7 +3,7 @@ import torch
 
 from pipeline import models
 from pipeline.errors import PipelineError
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 
 @pytest.mark.parametrize("name", list(models.REGISTRY))

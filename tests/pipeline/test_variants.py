@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline import variants
 from pipeline.variants import REFERENCE, RUNNERS, TARGETS, VARIANTS, Variant
-from tests.conftest import invoke
+from tests.helpers import ROOT, invoke
 
 
 def test_importing_the_table_loads_no_backend():
@@ -16,7 +16,7 @@ def test_importing_the_table_loads_no_backend():
     code = ("import sys, pipeline.variants; print(sorted(m for m in ('numpy', 'torch', 'onnx', 'onnxruntime', "
             "'tensorrt', 'polygraphy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
 
 

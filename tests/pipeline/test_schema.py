@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.schema import SchemaError, check_report
-from tests.conftest import invoke, snapshot
+from tests.helpers import invoke, one_paragraph, snapshot
 
 
 def _edit(fn):
@@ -55,10 +55,8 @@ def test_damaged_but_valid_json_manifest_is_refused_by_run_verify_and_report(qui
     for args in (["run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root],
                  ["verify", run], ["report", run]):
         r = invoke(*args)
-        out = " ".join(r.output.split())
-        assert r.exit_code == 2, (args[0], r.output)
+        out = one_paragraph(r)
         assert f"The run manifest {run / 'stages.json'} is unreadable" in out, (args[0], out)
-        assert out.count("error:") == 1 and "Traceback" not in out
         assert files() == before
 
 

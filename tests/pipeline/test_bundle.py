@@ -1,27 +1,19 @@
-"""`pipeline bundle` / `pipeline verify`, and the TensorRT exporter's logic that needs no GPU."""
+"""pipeline/bundle.py: `pipeline bundle` (it reads only what the run's manifest vouches for, and a failed rebuild
+keeps the old bundle), `pipeline verify` (bundles, archives and run folders are untrusted), and the trtexec script
+a jetson or gpu bundle carries. The bundle's bench.py: tests/pipeline/bundle_files/test_bench.py; its
+build_engines.py is exporters/tensorrt.py, copied: tests/exporters/test_tensorrt.py."""
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
-import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from exporters import tensorrt as trtx
-from tests.conftest import invoke, snapshot
-
-
-@pytest.fixture(scope="module")
-def bundle(quick_run, data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles")
-    r = invoke("bundle", "--target", "jetson", "--artifacts", quick_run["artifacts"], "--out", out,
-               "--data-root", data_root)
-    assert r.exit_code == 0, r.output
-    return out / "edgenet-jetson-bundle"
+from tests.helpers import ROOT, invoke, one_paragraph, snapshot
 
 
 def test_bundle_contents(bundle):
@@ -36,20 +28,6 @@ def test_bundle_contents(bundle):
     assert "--stronglyTyped" in (bundle / "build_engines.sh").read_text()
     # the build script is the exporter itself, so there is one implementation of engine building
     assert (bundle / "build_engines.py").read_text() == open(trtx.__file__).read()
-
-
-def test_bench_script_reproduces_the_report_without_the_repo(bundle, quick_run, tmp_path):
-    # run from a copy outside the repo, with the repo off sys.path; numpy + onnxruntime are all it imports
-    out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-I", str(bundle / "bench.py"), "--seconds", "0.1", "--iterations", "10",
-                           "--batches", "1,8", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
-    reported = {v["name"]: v for v in quick_run["report"]["variants"]}
-    for name in ("onnx-fp32", "onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu", "onnx-fp16"):
-        assert rows[name]["accuracy"] == reported[name]["accuracy"], name
-        assert rows[name]["agreement"] == reported[name]["agreement"], name
-    assert "| onnx-fp32 |" in proc.stdout and "equals report" in proc.stdout
 
 
 def test_verify_passes_then_catches_one_altered_byte(bundle, tmp_path):
@@ -177,18 +155,13 @@ def _bundle(artifacts, out, data_root, *extra):
     return invoke("bundle", "--target", "jetson", "--artifacts", artifacts, "--out", out, "--data-root", data_root, *extra)
 
 
-def _assert_one_paragraph(r, code=2):
-    assert r.exit_code == code, r.output
-    assert r.output.count("error:") == 1 and "Traceback" not in r.output, r.output
-
-
 @pytest.mark.parametrize("case", list(DAMAGE))
 def test_bundle_refuses_damaged_or_foreign_artifacts_and_writes_nothing(case, quick_copy, old_bundle, data_root):
     damage, expected = DAMAGE[case]
     damage(quick_copy / "edgenet")
     before = snapshot(old_bundle)
     r = _bundle(quick_copy, old_bundle, data_root)
-    _assert_one_paragraph(r)
+    one_paragraph(r)
     assert expected in " ".join(r.output.split()), r.output
     assert snapshot(old_bundle) == before  # the previous bundle, byte for byte, and nothing else
     # and into an empty --out nothing at all is written
@@ -213,7 +186,7 @@ def test_bundle_refuses_a_reference_that_does_not_reproduce_the_report(quick_cop
     manifest.save(run / "stages.json", record)
     before = snapshot(old_bundle)
     r = _bundle(quick_copy, old_bundle, data_root)
-    _assert_one_paragraph(r)
+    one_paragraph(r)
     assert "reference would not reproduce the report" in " ".join(r.output.split())
     assert snapshot(old_bundle) == before
 
@@ -300,161 +273,6 @@ def test_rebuild_replaces_the_old_bundle_whole(quick_run, old_bundle, data_root)
     assert oct((old_bundle / "edgenet-jetson-bundle").stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's mode
     assert invoke("verify", old_bundle / "edgenet-jetson-bundle").exit_code == 0
     assert invoke("verify", old_bundle / "edgenet-jetson-bundle.tar.gz").exit_code == 0
-
-
-# ---------------------------------------------------------------- bench.py checks what validate checks
-@pytest.fixture(scope="module")
-def bench_mod(bundle):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bundle_bench", bundle / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def reference(bundle):
-    test = np.load(bundle / "data" / "mnist-test.npz")
-    return np.load(bundle / "data" / "reference.npz")["logits"], test["labels"]
-
-
-def _swap_two_predictions(ref, labels):
-    """Flip one right and one wrong prediction: accuracy unchanged, two flips (the 'equals report: yes' trap)."""
-    logits, pred = ref.copy(), ref.argmax(1)
-    right, wrong = np.flatnonzero(pred == labels)[0], np.flatnonzero(pred != labels)[0]
-    logits[right, (labels[right] + 1) % 10] = logits[right].max() + 1
-    logits[wrong, labels[wrong]] = logits[wrong].max() + 1
-    return logits
-
-
-def _poison(value, row=9):
-    """``value`` written where row ``row``'s largest logit is: NaN and +inf keep numpy's argmax there."""
-    def make(r, y):
-        r = r.copy()
-        r[row, r[row].argmax()] = value
-        return r
-    return make
-
-
-def _one_more_error(r, y):
-    r, right = r.copy(), int(np.flatnonzero(r.argmax(1) == y)[0])
-    r[right, (y[right] + 1) % 10] = r[right].max() + 1
-    return r
-
-
-BENCH_CASES = {  # name: (make logits from the reference, atol, the failed checks expected, in order)
-    # an image with a NaN/inf logit counts as wrong and flipped (as in validate): the accuracy and flips move too
-    "NaN logit": (_poison(float("nan")), None, ["1 logits are NaN or infinite", "accuracy",
-                                                 "flipped test images differ from the report: 1 newly flipped (9)"]),
-    "+inf logit": (_poison(float("inf")), None, ["1 logits are NaN or infinite", "accuracy", "flipped"]),
-    "NaN logit, fp32 atol": (_poison(float("nan"), 5), 1e-4, ["1 logits are NaN", "accuracy", "flipped",
-                                                              "agreement 0.9999", "max |logit diff| NaN/inf"]),
-    "-inf logit, fp32 atol": (lambda r, y: _set(r, (9, r[9].argmin()), float("-inf")), 1e-4,
-                              ["1 logits are NaN", "accuracy", "flipped", "agreement 0.9999",
-                               "max |logit diff| NaN/inf"]),
-    "NaN everywhere": (lambda r, y: r * float("nan"), 1e-4, ["100000 logits", "accuracy", "flipped", "agreement",
-                                                              "max |logit diff|"]),
-    "same accuracy, other flips": (_swap_two_predictions, None, ["flipped test images differ from the report: 2 newly"]),
-    "same accuracy, other flips, fp32 atol": (_swap_two_predictions, 1e-4, ["flipped", "agreement 0.9998", "max |logit"]),
-    "argmax kept, diff 1e-3 > atol": (lambda r, y: r + 1e-3, 1e-4, ["(needs <= 0.0001)"]),
-    "one more error": (_one_more_error, None, ["accuracy", "flipped test images differ from the report: 1 newly"]),
-}
-
-
-def _set(a, idx, value):
-    a = a.copy()
-    a[idx] = value
-    return a
-
-
-@pytest.mark.parametrize("case", list(BENCH_CASES))
-def test_bench_checks_fail_like_validate(case, bench_mod, reference):
-    ref, labels = reference
-    make, atol, expected = BENCH_CASES[case]
-    info = {"accuracy": float((ref.argmax(1) == labels).mean()), "flips": [], "atol": atol}
-    assert bench_mod.check_model(ref, bench_mod.compare(ref, ref, labels), info) == []  # the reference equals itself
-    logits = make(ref, labels).astype("float32")
-    failed = bench_mod.check_model(logits, bench_mod.compare(logits, ref, labels), info)
-    assert len(failed) == len(expected) and all(e in f for e, f in zip(expected, failed)), failed
-
-
-def test_bench_checks_the_reference_itself(bench_mod, reference, quick_run):
-    ref, labels = reference
-    torch_acc = next(v["accuracy"] for v in quick_run["report"]["variants"] if v["name"] == "torch-fp32")
-    assert bench_mod.check_reference(ref, labels, torch_acc) == []
-    assert "NaN or infinite" in bench_mod.check_reference(_set(ref, (0, 0), float("nan")), labels, torch_acc)[0]
-    assert "differs from the report's torch-fp32" in bench_mod.check_reference(ref, labels, torch_acc - 0.0001)[0]
-    wrong = _swap_two_predictions(ref, labels)
-    wrong[wrong.argmax(1) == labels] *= -1  # argmax changes on most right predictions
-    assert bench_mod.check_reference(wrong, labels, torch_acc)
-
-
-@given(st.recursive(st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.text(max_size=3) | st.none(),
-                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=3), kids, max_size=4),
-                    max_leaves=20))
-@settings(max_examples=80, deadline=None)
-def test_bench_json_is_strict(bench_mod, value):
-    import math
-
-    text = json.dumps(bench_mod.strict_json(value), allow_nan=False)  # raises on any NaN/inf left
-
-    def same(a, b):
-        if isinstance(a, float):
-            return b is None if not math.isfinite(a) else a == b
-        if isinstance(a, dict):
-            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        if isinstance(a, list):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-        return a == b
-    assert same(value, json.loads(text))
-
-
-def _one_model_copy(bundle, tmp_path):
-    import shutil
-
-    copy = tmp_path / "b"
-    shutil.copytree(bundle, copy)
-    for p in (copy / "models").glob("*.onnx"):
-        if p.name != "model-fp32.onnx":
-            p.unlink()
-    return copy
-
-
-def _nan_reference(copy):
-    ref = np.load(copy / "data" / "reference.npz")["logits"].copy()
-    ref[17, 4] = np.nan
-    np.savez_compressed(copy / "data" / "reference.npz", logits=ref)
-
-
-def _other_flips(copy):
-    m = json.loads((copy / "MANIFEST.json").read_text())
-    m["models"]["model-fp32"]["flips"] = [7]
-    (copy / "MANIFEST.json").write_text(json.dumps(m))
-
-
-@pytest.mark.parametrize("damage, expected", [
-    (_nan_reference, ["REFERENCE BROKEN: data/reference.npz: 1 logits are NaN or infinite",
-                      "onnx-fp32 (onnxruntime-cpu) does not equal the report: ", "max |logit diff| nan (needs <= "]),
-    (_other_flips, ["onnx-fp32 (onnxruntime-cpu) does not equal the report: flipped test images differ from the "
-                    "report: 0 newly flipped, 1 no longer flipped (7)"]),
-])
-def test_bench_script_fails_and_says_why(bundle, tmp_path, damage, expected):
-    copy = _one_model_copy(bundle, tmp_path)
-    damage(copy)
-    out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-I", str(copy / "bench.py"), "--seconds", "0.05", "--iterations", "5",
-                           "--batches", "1", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
-    for line in expected:
-        assert line in proc.stdout, proc.stdout
-    assert "| NO |" in proc.stdout
-
-    def refuse(c):
-        raise AssertionError(f"non-strict JSON constant {c}")
-    result = json.loads(out.read_text(), parse_constant=refuse)
-    if damage is _nan_reference:
-        assert result["rows"][0]["max_abs_diff"] is None and result["reference_failed_checks"]
 
 
 # ---------------------------------------------------------------- verify: archives and folders are untrusted
@@ -570,7 +388,7 @@ def test_verify_streams_a_large_member(tmp_path):
     code = ("import sys, tracemalloc; from pipeline.bundle import verify; tracemalloc.start(); "
             "problems = verify(sys.argv[1]); print(tracemalloc.get_traced_memory()[1], problems)")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak, problems = proc.stdout.split(" ", 1)
     assert problems.strip() == "[]"
@@ -604,4 +422,65 @@ def test_verify_folder_refuses_links_and_special_files(case, bundle, tmp_path):
     assert r.exit_code == 1 and expected in " ".join(r.output.split()), r.output
 
 
-# The TensorRT exporter's tests (no GPU needed, and the gpu-marked one) are in tests/test_tensorrt.py.
+# ---------------------------------------------------------------- the trtexec script (build_engines.sh)
+BANNERS = {  # the first line trtexec prints, as the real 8.6, 10.3 and 11.1 print it
+    "8.6": "&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec --help",
+    "10.3": "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] [b30] # trtexec --help",
+    "11.1": "&&&& RUNNING TensorRT.trtexec [TensorRT v110100] [b7] # trtexec --help",
+}
+
+
+def _fake_trtexec(folder, banner):
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "trtexec"
+    exe.write_text(f'#!/bin/sh\necho "$@" >> "$TRTEXEC_LOG"\necho "{banner}"\necho "=== Model Options ==="\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return exe
+
+
+def _run_script(bundle, tmp_path, env, name="b"):
+    folder = tmp_path / name
+    folder.mkdir()
+    shutil.copy2(bundle / "build_engines.sh", folder / "build_engines.sh")
+    log = tmp_path / f"{name}.log"
+    full = {"PATH": "/usr/bin:/bin", "TRTEXEC_LOG": str(log), **env}
+    proc = subprocess.run(["sh", str(folder / "build_engines.sh")], capture_output=True, text=True, env=full)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return proc, calls
+
+
+@pytest.mark.parametrize("version, typed", [("10.3", True), ("11.1", False)])
+def test_trtexec_script_flags_from_the_real_banner(bundle, tmp_path, version, typed):
+    """Bug 4: the banner's v100300 is TensorRT 10, so 10.x builds get --stronglyTyped; 11.x has no other mode."""
+    fakebin = tmp_path / "bin"
+    _fake_trtexec(fakebin, BANNERS[version])
+    proc, calls = _run_script(bundle, tmp_path, {"PATH": f"{fakebin}:/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    builds = [c for c in calls if "--onnx=" in c]
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    assert {c.split("--onnx=models/")[1].split(".onnx")[0] for c in builds} == \
+        {s for s, m in manifest["models"].items() if m["tensorrt"]}
+    for c in builds:
+        assert ("--stronglyTyped" in c.split()) is typed
+        assert "--maxShapes=input:256x1x28x28" in c and "--minShapes=input:1x1x28x28" in c
+    assert f"TensorRT {version.split('.')[0]}.x" in proc.stdout
+
+
+def test_trtexec_script_refuses_tensorrt_8(bundle, tmp_path):
+    fakebin = tmp_path / "bin"
+    _fake_trtexec(fakebin, BANNERS["8.6"])
+    proc, calls = _run_script(bundle, tmp_path, {"PATH": f"{fakebin}:/usr/bin:/bin"})
+    assert proc.returncode == 2 and "TensorRT 8.x (banner v8601); use 10.x or 11.x" in proc.stderr
+    assert not [c for c in calls if "--onnx=" in c]
+
+
+def test_trtexec_script_finds_jetpacks_trtexec_off_the_path(bundle, tmp_path):
+    """Bug 4: on a Jetson trtexec lives in /usr/src/tensorrt/bin, not on the PATH."""
+    assert "/usr/src/tensorrt/bin" in (bundle / "build_engines.sh").read_text()
+    jetson = tmp_path / "usr" / "src" / "tensorrt" / "bin"
+    _fake_trtexec(jetson, BANNERS["10.3"])
+    proc, calls = _run_script(bundle, tmp_path, {"TENSORRT_BIN": str(jetson)})
+    assert proc.returncode == 0, proc.stderr
+    assert str(jetson / "trtexec") in proc.stdout and all("--stronglyTyped" in c for c in calls if "--onnx=" in c)
+    proc, calls = _run_script(bundle, tmp_path, {"TENSORRT_BIN": str(tmp_path / "nowhere")}, name="c")
+    assert proc.returncode == 2 and "trtexec is neither on the PATH nor in" in proc.stderr and not calls

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 from runtime import Classifier
 from runtime.errors import RuntimeInputError
 from runtime.preprocess import load_image
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

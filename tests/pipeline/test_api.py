@@ -14,7 +14,7 @@ import torch.nn as nn
 import pipeline
 from pipeline import models
 from pipeline.errors import PipelineError
-from tests.conftest import invoke, snapshot
+from tests.helpers import invoke, snapshot
 
 
 class ApiNet(nn.Module):
@@ -137,7 +137,7 @@ def test_a_notebook_class_in_a_new_process_is_refused_with_a_paragraph(api_copy,
     for args in (("bundle", "--target", "cpu", "--out", tmp_path / "bundles"), ("run", "validate")):
         r = invoke(*args, "--model", "ApiNet", "--artifacts", api_copy, "--data-root", api_run["data_root"])
         out = " ".join(r.output.split())
-        assert r.exit_code == 2 and "was trained from an nn.Module object (class tests.test_api.ApiNet)" in out, out
+        assert r.exit_code == 2 and "was trained from an nn.Module object (class tests.pipeline.test_api.ApiNet)" in out, out
         assert "--model package.module:ClassName" in out and "Traceback" not in out
     assert snapshot(api_copy) == before and not snapshot(tmp_path / "bundles")  # not a file written
 

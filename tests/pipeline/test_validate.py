@@ -1,9 +1,14 @@
+"""pipeline/validate.py: comparing logits, parity and budgets (NaN/inf never passes), and collecting logits and
+latency from any runner within its batch profile. The validate stage itself: tests/pipeline/stages/test_validate.py."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import ParityError
-from pipeline.validate import check_parity, compare
+from pipeline.validate import check_parity, compare, over_budget
 from pipeline.variants import BY_NAME
+from tests.fixtures.trt_standins import fake_engine_file
 
 
 def test_compare_counts_agreement_flips_and_delta():
@@ -35,12 +40,6 @@ def test_parity_passes_within_tolerance():
 
 
 # ------------------------------------------------------------------ NaN/inf never passes a comparison
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from pipeline.validate import over_budget  # noqa: E402
-from pipeline.report import shipped_variant  # noqa: E402
 
 NONFINITE = [np.nan, np.inf, -np.inf]
 
@@ -95,16 +94,6 @@ def test_over_budget_counts_nonfinite_deltas(delta):
     assert not over_budget([{"name": "onnx-fp16", "accuracy_delta": 0.0, "budget_pp": 0.02}])
 
 
-def test_a_variant_with_nonfinite_logits_is_never_shipped():
-    rows = [{"name": "onnx-fp32", "backend": "onnxruntime", "precision": "fp32", "budget_pp": None,
-             "accuracy_delta": 0.0, "size_bytes": 400, "nonfinite": 0},
-            {"name": "onnx-fp16", "backend": "onnxruntime", "precision": "fp16", "budget_pp": 0.02,
-             "accuracy_delta": 0.0, "size_bytes": 200, "nonfinite": 3}]
-    assert shipped_variant(rows) == "onnx-fp32"
-    rows[1]["nonfinite"] = 0
-    assert shipped_variant(rows) == "onnx-fp16"
-
-
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), noise=st.sampled_from([0.0, 1e-6, 5e-5]),
        poison=st.lists(st.tuples(st.integers(0, 63), st.integers(0, 9), st.sampled_from(NONFINITE)), max_size=3))
@@ -125,75 +114,68 @@ def test_fp32_parity_passes_exactly_when_every_logit_is_finite_and_close(seed, n
         assert row["nonfinite"] == 0 and row["max_abs_diff"] <= 1e-4
 
 
-# ------------------------------------------------------------------ the validate stage on a copy of the quick run
+# ------------------------------------------------------------------ logits and latency, within the runner's profile
+class ReusingRunner:
+    """A minimal runner whose backend reuses one output buffer (as Polygraphy's TrtRunner does) and
+    refuses batches outside its profile; logits are a fixed linear map of the real images."""
 
-def _stage_context(artifacts, data_root, **validate):
-    """A Context for the quick run's config, with a small timing budget (and any other ValidateConfig field)."""
-    from dataclasses import replace
+    def __new__(cls, lo, hi):
+        from runtime.base import BaseRunner
 
-    from pipeline.config import build_config
-    from pipeline.stages import Context
+        class _Runner(BaseRunner):
+            name = "reusing"
+            batch_range = (lo, hi)
+            weights = np.random.default_rng(0).standard_normal((784, 10)).astype(np.float32)
 
-    cfg = build_config(model="edgenet", artifacts=artifacts, data_root=data_root, force=False, quick=True)
-    small = dict(batches=(1,), warmup=0, iterations=2, max_seconds=0.01)
-    return Context(replace(cfg, validate=replace(cfg.validate, **{**small, **validate})))
+            def activate_impl(self):
+                self.buffer, self.batches = np.empty((hi, 10), np.float32), []
 
+            def infer_impl(self, feed):
+                x = feed["input"]
+                if not lo <= len(x) <= hi:
+                    raise RuntimeError(f"batch {len(x)} outside the profile {lo}..{hi}")
+                self.batches.append(len(x))
+                view = self.buffer[: len(x)]
+                view[...] = x.reshape(len(x), -1) @ self.weights
+                return {"logits": view}
 
-@pytest.fixture
-def torch_threads():
-    """Sets torch's thread count to a value no stage would choose (3), and puts the original back afterwards."""
-    import torch
-
-    original = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield 3
-    torch.set_num_threads(original)
-
-
-@pytest.mark.parametrize("fails", [False, True], ids=["completes", "raises"])
-def test_validate_stage_times_with_its_threads_and_gives_the_callers_back(quick_copy, data_root, monkeypatch,
-                                                                         torch_threads, fails):
-    """threads=1 is in force while the variants run, and the caller's count (3) is back afterwards, also when
-    the stage fails half-way (a notebook calling the Python API keeps its own torch settings)."""
-    import torch
-
-    from pipeline import efficiency, variants
-    from pipeline.stages import validate as vstage
-    from pipeline.torch_runner import TorchRunner
-
-    seen, real = [], TorchRunner.infer_impl
-
-    def spy(self, feed):
-        seen.append(torch.get_num_threads())
-        if fails:
-            raise RuntimeError("the model broke")
-        return real(self, feed)
-
-    monkeypatch.setattr(TorchRunner, "infer_impl", spy)
-    monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)  # the CPU probe (seconds) is not under test
-    monkeypatch.setattr(variants, "VARIANTS", variants.VARIANTS[:2])  # the reference and onnx-fp32 suffice here
-    ctx = _stage_context(quick_copy, data_root, threads=1)
-    if fails:
-        with pytest.raises(RuntimeError, match="the model broke"):
-            vstage.run(ctx)
-    else:
-        vstage.run(ctx)
-    assert seen and set(seen) == {1}
-    assert torch.get_num_threads() == torch_threads
+        return _Runner()
 
 
-def test_golden_tolerance_is_read_from_the_validate_config(quick_copy, data_root):
-    """golden.npz's logits moved by 1e-4: refused under the default tolerance (1e-5), accepted under 1e-3."""
-    from pipeline import checkpoint
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 700), lo=st.integers(1, 64), span=st.integers(0, 300), static=st.booleans())
+def test_collected_logits_stay_correct_for_any_profile(n, lo, span, static, data_root):
+    """Bugs 1 and 2 for every runner: any profile (dynamic or static, as DLA builds need), any image count;
+    the runner's buffer is reused, yet every collected logit equals the direct computation."""
+    from pipeline.validate import run_logits
+
+    raw = data_root / "MNIST" / "raw"
+    images = (np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16, count=n * 784)
+              .reshape(n, 1, 28, 28) / 255.0).astype(np.float32)
+    hi = lo if static else lo + span
+    with ReusingRunner(lo, hi) as runner:
+        logits = run_logits(runner, images)
+        assert all(lo <= b <= hi for b in runner.batches)
+    np.testing.assert_allclose(logits, images.reshape(n, -1) @ runner.weights, rtol=1e-5, atol=1e-5)
+
+
+def test_latency_is_labelled_with_what_it_includes_and_stays_in_the_profile(fake_polygraphy, quick_run, tmp_path):
+    """Bug 3: no "copies excluded" figure (Polygraphy's own time spans the copies too); every figure says
+    what one call spans; a batch outside the engine profile is refused, not fed to set_input_shape."""
+    from pipeline.config import ValidateConfig
     from pipeline.errors import PipelineError
-    from pipeline.stages import validate as vstage
+    from pipeline.validate import latency
+    from runtime.tensorrt import TensorRTRunner
 
-    run = quick_copy / "edgenet"
-    g = dict(np.load(run / "export" / "golden.npz"))
-    g["logits"] = g["logits"] + np.float32(1e-4)
-    with open(run / "export" / "golden.npz", "wb") as f:
-        np.savez(f, **g)
-    model = checkpoint.restore(checkpoint.load(run / "train" / "model.pt"))
-    with pytest.raises(PipelineError, match="no longer reproduces .* allowed 1e-05"):
-        vstage._check_golden(_stage_context(quick_copy, data_root), model)
-    vstage._check_golden(_stage_context(quick_copy, data_root, golden_atol=1e-3), model)
+    engine = fake_engine_file(tmp_path / "m.engine", quick_run["dir"] / "export" / "model-fp32.onnx")
+    images = np.zeros((300, 1, 28, 28), np.float32)
+    cfg = ValidateConfig(batches=(1, 256), warmup=1, iterations=3, max_seconds=0.01)
+    with TensorRTRunner(engine) as runner:
+        lat = latency(runner, images, cfg)
+        assert set(lat) == {"1", "256"}
+        for stats in lat.values():
+            assert "copies_excluded" not in stats
+            assert "H2D" in stats["includes"] and "D2H" in stats["includes"] and "GPU compute" in stats["includes"]
+        assert not hasattr(runner, "device_time_ms")
+        with pytest.raises(PipelineError, match="accepts batches 1 to 256"):
+            latency(runner, images, ValidateConfig(batches=(1, 257), warmup=0, iterations=1, max_seconds=0.01))

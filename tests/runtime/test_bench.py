@@ -1,4 +1,5 @@
-"""`pipeline bench` on any ONNX classifier, and the MACs count from the graph."""
+"""runtime/bench.py and `pipeline bench` on any ONNX classifier: the timing statistics and loop, and what bench
+refuses before timing anything. (The MACs count bench prints: tests/pipeline/test_efficiency.py.)"""
 import contextlib
 import json
 import math
@@ -7,12 +8,11 @@ import signal
 import onnx
 import pytest
 
-from pipeline.efficiency import onnx_macs_per_image
 from pipeline.models import build, macs_per_image
-from runtime.bench import measure
+from runtime.bench import measure, summarize
 from runtime.errors import RuntimeInputError
-from tests.conftest import invoke
 from tests.fixtures import onnx_graphs
+from tests.helpers import invoke
 
 
 def test_bench_sweeps_batches_and_writes_json(quick_run, tmp_path):
@@ -46,20 +46,6 @@ def test_bench_bad_arguments(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = invoke("bench", tmp_path / "missing.onnx", "--batch", "0,x")
     assert r.exit_code == 2 and "--batch must be" in r.output
-
-
-def test_macs_of_a_qdq_file_match_torch(quick_run):
-    assert onnx_macs_per_image(quick_run["dir"] / "export" / "model-int8-ptq.onnx") == macs_per_image(build("edgenet"))
-
-
-@pytest.mark.parametrize("name", ["mlp", "mlp_small", "cnn", "cnn_bn", "lenet5"])  # edgenet: the test above
-def test_macs_from_onnx_match_torch_for_every_zoo_model(name, tmp_path):
-    from exporters.onnx import torch_to_onnx_proto
-
-    model = build(name).eval()
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(torch_to_onnx_proto(model, 18), str(path))
-    assert onnx_macs_per_image(path) == macs_per_image(model)
 
 
 # ---------------------------------------------------------------------------- what bench refuses, before timing
@@ -165,3 +151,19 @@ def test_huge_shape_for_a_model_with_free_dimensions_is_refused_before_allocatin
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "batch size 1 of [1, 100000, 100000] inputs needs 111.8 GiB for its random input" \
         in out and "Timing method" not in out, r.output
+
+
+# ---------------------------------------------------------------------------- statistics and the timing loop
+def test_summarize_percentiles_and_throughput():
+    s = summarize([1.0] * 98 + [10.0, 20.0], batch=4)
+    assert s.p50_ms == 1.0 and s.p99_ms > 10 and s.iterations == 100
+    assert s.throughput_per_s == pytest.approx(4 * 100 / (128 / 1000))
+    assert s.noisy  # one 20x outlier makes the coefficient of variation large
+
+
+def test_measure_respects_iteration_bounds():
+    calls = []
+    s = measure(lambda: calls.append(1), batch=1, warmup=5, iterations=30, max_seconds=10)
+    assert s.iterations == 30 and len(calls) == 35
+    s = measure(lambda: None, batch=1, warmup=0, iterations=10**9, max_seconds=0.05, min_iterations=3)
+    assert 3 <= s.iterations < 10**9

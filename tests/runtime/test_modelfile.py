@@ -10,7 +10,7 @@ from runtime import Classifier
 from runtime.errors import RuntimeInputError
 from runtime.modelfile import check_onnx_file, external_locations
 from runtime.onnxrt import OnnxrtRunner
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 
 def _model_with_external(folder, location: str, name: str = "m.onnx"):

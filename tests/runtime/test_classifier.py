@@ -1,10 +1,8 @@
-"""runtime.Classifier, runtime.preprocess and `pipeline predict`: real MNIST, pictures of any mode, every bad input."""
+"""runtime/classifier.py (Classifier) and `pipeline predict`: real MNIST, pictures of any mode through
+runtime.preprocess, every bad input. (runtime/preprocess.py alone: tests/runtime/test_preprocess.py.)"""
 import json
-import struct
 import subprocess
 import sys
-import zlib
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,18 +12,10 @@ from PIL import Image
 from runtime.classifier import Classifier, Prediction
 from runtime.errors import RuntimeInputError
 from runtime.onnxrt import OnnxrtRunner
-from runtime.preprocess import MAX_PIXELS, load_image, to_mnist_array
-from tests.conftest import invoke
+from runtime.preprocess import load_image, to_mnist_array
 from tests.fixtures import onnx_graphs
+from tests.helpers import ROOT, invoke, mnist_test_images
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _test_images(data_root, n):
-    raw = data_root / "MNIST" / "raw"
-    x = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
-    y = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
-    return x[:n], y[:n]
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +29,9 @@ def clf(model):
         yield c
 
 
-def _png_with_size(path, width, height):
-    """A 1x1 PNG whose header claims width x height: Pillow reads the size without decoding anything."""
-    Image.new("L", (1, 1)).save(path)
-    b = bytearray(path.read_bytes())
-    b[16:24] = struct.pack(">II", width, height)
-    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
-    path.write_bytes(bytes(b))
-    return path
-
-
 # ---------------------------------------------------------------------------- real digits
 def test_matches_onnxruntime_run_directly_on_2000_test_images(clf, model, data_root):
-    x, y = _test_images(data_root, 2000)
+    x, y = mnist_test_images(data_root, 2000)
     pred = clf.predict(x)
     assert isinstance(pred, Prediction) and len(pred) == 2000
 
@@ -76,7 +56,7 @@ def test_matches_onnxruntime_run_directly_on_2000_test_images(clf, model, data_r
 
 
 def test_single_batch_channel_list_and_float_forms_agree(clf, data_root):
-    x, _ = _test_images(data_root, 16)
+    x, _ = mnist_test_images(data_root, 16)
     batch = clf.predict(x)
     for other in (clf.predict(x[:, None]), clf.predict(list(x)), clf.predict([im[None] for im in x]),
                   clf.predict(x.astype(np.float32)), clf.predict(x.astype(np.int64))):
@@ -95,7 +75,7 @@ def test_softmax_is_stable_for_huge_logits():
 
 
 def test_explicit_classes_override_the_metadata(model, data_root):
-    x, _ = _test_images(data_root, 4)
+    x, _ = mnist_test_images(data_root, 4)
     with Classifier(model, threads=1, classes=list("abcdefghij")) as c:
         pred = c.predict(x)
     assert pred.labels == ["abcdefghij"[i] for i in pred.indices]
@@ -103,7 +83,7 @@ def test_explicit_classes_override_the_metadata(model, data_root):
 
 # ---------------------------------------------------------------------------- pictures
 def test_pil_pictures_are_converted_like_mnist(clf, data_root):
-    x, _ = _test_images(data_root, 50)
+    x, _ = mnist_test_images(data_root, 50)
     ref = clf.predict(x).indices
     pics = [Image.fromarray(255 - im).resize((200, 150)).convert("RGB") for im in x]  # black ink on white, stretched
     got = clf.predict(pics).indices
@@ -117,12 +97,6 @@ def test_pil_pictures_are_converted_like_mnist(clf, data_root):
     assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1  # centred by centre of mass
 
 
-def test_an_mnist_digit_survives_the_conversion(data_root):
-    x, _ = _test_images(data_root, 20)
-    back = np.stack([to_mnist_array(Image.fromarray(im)) for im in x])
-    assert np.abs(back.astype(int) - x).mean() < 2  # already 20x20-in-28x28, centred: nearly unchanged
-
-
 @pytest.mark.parametrize("make", [
     lambda im: (lambda a: (a.putalpha(Image.fromarray(im).resize((120, 120))), a)[1])(
         Image.new("RGBA", (120, 120), (0, 0, 0, 0))),  # black ink drawn by alpha on a transparent sheet
@@ -134,12 +108,12 @@ def test_an_mnist_digit_survives_the_conversion(data_root):
         Image.new("L", (400, 300))),  # small digit off-centre in a big black picture
 ], ids=["RGBA-alpha", "P", "1", "I;16", "grey-paper", "off-centre"])
 def test_every_mode_is_converted(clf, data_root, make):
-    x, _ = _test_images(data_root, 50)
+    x, _ = mnist_test_images(data_root, 50)
     assert (clf.predict([make(im) for im in x]).indices == clf.predict(x).indices).sum() >= 45
 
 
 def test_load_image_reads_files_like_pil_images(clf, data_root, tmp_path):
-    x, _ = _test_images(data_root, 3)
+    x, _ = mnist_test_images(data_root, 3)
     for i, im in enumerate(x):
         f = tmp_path / f"d{i}.jpg"
         Image.fromarray(255 - im).resize((140, 140)).convert("RGB").save(f, quality=80)
@@ -173,41 +147,9 @@ def test_bad_arrays_are_refused_clearly(clf, bad, message):
 
 
 def test_float_pixels_in_0_1_warn(clf, data_root):
-    x, _ = _test_images(data_root, 1)
+    x, _ = mnist_test_images(data_root, 1)
     with pytest.warns(UserWarning, match="0..255 scale"):
         clf.predict(x / 255.0)
-
-
-def test_bad_files_are_refused_naming_the_file(tmp_path):
-    text = tmp_path / "notes.png"
-    text.write_text("not an image")
-    good = tmp_path / "d.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)
-    trunc = tmp_path / "t.png"
-    trunc.write_bytes(good.read_bytes()[:200])
-    blank = tmp_path / "blank.png"
-    Image.new("L", (40, 40), 255).save(blank)
-    clear = tmp_path / "clear.png"
-    Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(clear)
-    cases = [
-        (text, "notes.png is not an image"),
-        (trunc, "t.png is truncated or corrupted"),
-        (blank, "blank.png: no digit found"),
-        (clear, "clear.png: no digit found"),
-        (tmp_path / "missing.png", "missing.png does not exist"),
-        (tmp_path, "is not a file"),
-        (_png_with_size(tmp_path / "big.png", 8000, 6000), f"big.png is 8000x6000 pixels, over the {MAX_PIXELS:,}"),
-        # Pillow itself may refuse at open (its own bomb check) or our pixel limit may: either way, named as such
-        (_png_with_size(tmp_path / "bomb.png", 20000, 10000),
-         r"bomb\.png (was refused as a possible decompression bomb|is 20000x10000 pixels, over the)"),
-    ]
-    for path, message in cases:
-        with pytest.raises(RuntimeInputError, match=message):
-            load_image(path)
-    with pytest.raises(RuntimeInputError, match="no digit found"):
-        to_mnist_array(Image.new("RGB", (30, 30), (90, 90, 90)))
-    with pytest.raises(RuntimeInputError, match="PIL image"):
-        to_mnist_array(np.zeros((28, 28), np.uint8))
 
 
 def test_model_without_metadata_needs_explicit_preprocessing(model, tmp_path, data_root):
@@ -222,7 +164,7 @@ def test_model_without_metadata_needs_explicit_preprocessing(model, tmp_path, da
     with pytest.raises(RuntimeInputError, match=r"missing: classes\); pass classes=\.\.\."):
         Classifier(bare, mean=[0.13], std=[0.31])
 
-    x, _ = _test_images(data_root, 64)
+    x, _ = mnist_test_images(data_root, 64)
     with Classifier(bare, threads=1, mean=json.loads(meta["normalization_mean"]),
                     std=json.loads(meta["normalization_std"]), classes=[str(i) for i in range(10)]) as c, \
             Classifier(model, threads=1) as ref:
@@ -246,7 +188,7 @@ def test_bad_constructor_arguments(model, kwargs, message):
 
 
 def test_closed_classifier_refuses_to_predict(model, data_root):
-    x, _ = _test_images(data_root, 1)
+    x, _ = mnist_test_images(data_root, 1)
     c = Classifier(model, threads=1)
     c.close()
     c.close()  # idempotent
@@ -256,7 +198,7 @@ def test_closed_classifier_refuses_to_predict(model, data_root):
 
 # ---------------------------------------------------------------------------- CLI and dependencies
 def test_predict_command(model, data_root, tmp_path):
-    x, _ = _test_images(data_root, 3)
+    x, _ = mnist_test_images(data_root, 3)
     files = []
     for i, im in enumerate(x):
         f = tmp_path / f"digit{i}.png"
@@ -280,7 +222,7 @@ def test_predict_command(model, data_root, tmp_path):
 
 
 def test_classifier_never_imports_torch_or_onnx(model, data_root, tmp_path):
-    x, _ = _test_images(data_root, 100)
+    x, _ = mnist_test_images(data_root, 100)
     np.save(tmp_path / "x.npy", x)
     code = (
         "import sys\n"
@@ -306,7 +248,7 @@ def test_models_that_are_not_image_classifiers_are_refused(kind, tmp_path, data_
     path = onnx_graphs.save(build(), tmp_path / f"{kind}.onnx")
     with pytest.raises(RuntimeInputError, match=message):
         Classifier(path)
-    x, _ = _test_images(data_root, 1)
+    x, _ = mnist_test_images(data_root, 1)
     image = tmp_path / "digit.png"
     Image.fromarray(255 - x[0]).save(image)
     r = invoke("predict", image, "--model", path)
@@ -317,13 +259,13 @@ def test_models_that_are_not_image_classifiers_are_refused(kind, tmp_path, data_
 def test_two_outputs_are_fine_when_the_metadata_names_the_scores(tmp_path, data_root):
     m = onnx_graphs.two_outputs_unnamed()
     onnx.helper.set_model_props(m, onnx_graphs.META)  # now with output_name = "Y"
-    x, _ = _test_images(data_root, 3)
+    x, _ = mnist_test_images(data_root, 3)
     with Classifier(onnx_graphs.save(m, tmp_path / "named.onnx")) as c:
         assert c.output_name == "Y" and c.predict(x).logits.shape == (3, 10)
 
 
 def test_fixed_batch_models_run_in_steps_of_their_batch(model, tmp_path, data_root):
-    x, _ = _test_images(data_root, 4)
+    x, _ = mnist_test_images(data_root, 4)
     with Classifier(model, threads=1) as ref:
         expected = ref.predict(x)
     one = onnx_graphs.with_fixed_batch(model, tmp_path / "b1.onnx", 1)

@@ -1,0 +1,62 @@
+"""Plain helpers that several test files use, imported by name (``from tests.helpers import invoke``).
+
+Fixtures live in ``tests/conftest.py``, which pytest hands to every test folder; everything a test calls
+itself lives here, so a reader can follow the import instead of guessing where a name comes from.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cli import app
+
+#: the repository root: the folder a subprocess must start in to import ``pipeline``, ``exporters`` and ``runtime``
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: str):
+    """Run the CLI in-process. An exception that escapes a command (which a user would see as a traceback) fails
+    the calling test at once: CliRunner keeps it in ``result.exception`` and never prints it, so a check for
+    "Traceback" in the output alone could never fail."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        raise AssertionError("the command raised (a user would see a traceback):\n"
+                             + "".join(traceback.format_exception(result.exception)))
+    return result
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes, to prove nothing was lost or changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_paragraph(r, code: int = 2) -> str:
+    """Assert that the command ended with exit ``code`` and one ``error:`` paragraph, no traceback; return the
+    output with its line breaks (rich wraps at the terminal width) folded into single spaces, to search in."""
+    assert r.exit_code == code, r.output
+    out = " ".join(r.output.split())
+    assert out.count("error:") == 1 and "Traceback" not in out, r.output
+    return out
+
+
+def mnist_test_images(data_root: Path, n: int):
+    """The first ``n`` MNIST test images, (n, 28, 28) uint8, and their labels, read from the raw IDX files."""
+    raw = data_root / "MNIST" / "raw"
+    x = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
+    y = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
+    return x[:n], y[:n]
+
+
+def load_module(path: Path, name: str):
+    """Import the script at ``path`` as module ``name`` (a bundle's bench.py or build_engines.py, which are
+    files in a folder, not modules of the repository)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,0 +1,94 @@
+"""pipeline/stages/validate.py: every variant of the quick run validated like FP32, the stage's thread count
+given back, and its golden-file tolerance. The comparisons it uses: tests/pipeline/test_validate.py."""
+import numpy as np
+import pytest
+
+
+def _rows(quick_run):
+    return {v["name"]: v for v in quick_run["report"]["variants"]}
+
+
+def test_every_variant_is_validated_like_fp32(quick_run):
+    rows = _rows(quick_run)
+    assert set(rows) == {"torch-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu"}
+    for name, row in rows.items():
+        assert {"accuracy", "agreement", "max_abs_diff", "accuracy_delta", "flips", "latency"} <= set(row), name
+        assert len(row["flips"]) == round((1 - row["agreement"]) * 10000)
+    # reduced precision stays close to the reference even after a 2-epoch quick training
+    assert rows["onnx-fp16"]["agreement"] > 0.999
+    for name in ("onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu"):
+        assert rows[name]["agreement"] > 0.98, name
+
+
+# ------------------------------------------------------------------ the validate stage on a copy of the quick run
+
+def _stage_context(artifacts, data_root, **validate):
+    """A Context for the quick run's config, with a small timing budget (and any other ValidateConfig field)."""
+    from dataclasses import replace
+
+    from pipeline.config import build_config
+    from pipeline.stages import Context
+
+    cfg = build_config(model="edgenet", artifacts=artifacts, data_root=data_root, force=False, quick=True)
+    small = dict(batches=(1,), warmup=0, iterations=2, max_seconds=0.01)
+    return Context(replace(cfg, validate=replace(cfg.validate, **{**small, **validate})))
+
+
+@pytest.fixture
+def torch_threads():
+    """Sets torch's thread count to a value no stage would choose (3), and puts the original back afterwards."""
+    import torch
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield 3
+    torch.set_num_threads(original)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["completes", "raises"])
+def test_validate_stage_times_with_its_threads_and_gives_the_callers_back(quick_copy, data_root, monkeypatch,
+                                                                         torch_threads, fails):
+    """threads=1 is in force while the variants run, and the caller's count (3) is back afterwards, also when
+    the stage fails half-way (a notebook calling the Python API keeps its own torch settings)."""
+    import torch
+
+    from pipeline import efficiency, variants
+    from pipeline.stages import validate as vstage
+    from pipeline.torch_runner import TorchRunner
+
+    seen, real = [], TorchRunner.infer_impl
+
+    def spy(self, feed):
+        seen.append(torch.get_num_threads())
+        if fails:
+            raise RuntimeError("the model broke")
+        return real(self, feed)
+
+    monkeypatch.setattr(TorchRunner, "infer_impl", spy)
+    monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)  # the CPU probe (seconds) is not under test
+    monkeypatch.setattr(variants, "VARIANTS", variants.VARIANTS[:2])  # the reference and onnx-fp32 suffice here
+    ctx = _stage_context(quick_copy, data_root, threads=1)
+    if fails:
+        with pytest.raises(RuntimeError, match="the model broke"):
+            vstage.run(ctx)
+    else:
+        vstage.run(ctx)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == torch_threads
+
+
+def test_golden_tolerance_is_read_from_the_validate_config(quick_copy, data_root):
+    """golden.npz's logits moved by 1e-4: refused under the default tolerance (1e-5), accepted under 1e-3."""
+    from pipeline import checkpoint
+    from pipeline.errors import PipelineError
+    from pipeline.stages import validate as vstage
+
+    run = quick_copy / "edgenet"
+    g = dict(np.load(run / "export" / "golden.npz"))
+    g["logits"] = g["logits"] + np.float32(1e-4)
+    with open(run / "export" / "golden.npz", "wb") as f:
+        np.savez(f, **g)
+    model = checkpoint.restore(checkpoint.load(run / "train" / "model.pt"))
+    with pytest.raises(PipelineError, match="no longer reproduces .* allowed 1e-05"):
+        vstage._check_golden(_stage_context(quick_copy, data_root), model)
+    vstage._check_golden(_stage_context(quick_copy, data_root, golden_atol=1e-3), model)
