@@ -134,3 +134,16 @@ def test_verify_node_bundle_then_one_altered_byte(node_bundle, tmp_path):
     js.write_bytes(bytes(blob))
     r = invoke("verify", copy)
     assert r.exit_code == 1 and "altered: preprocess.mjs" in r.output
+
+
+def test_a_model_without_preprocessing_metadata_is_refused():
+    """The JS side has no other source for mean, std and labels, so a bundle without them is never written."""
+    from pipeline.bundle_js import preprocessing
+    from pipeline.errors import PipelineError
+
+    props = {"input_shape": "[1, 28, 28]", "normalization_mean": "[0.1307]", "normalization_std": "[0.3081]",
+             "classes": json.dumps([str(i) for i in range(10)]), "input_name": "input", "output_name": "logits"}
+    assert preprocessing(props, "models/m.onnx", "onnx-fp32", 0.99)["std"] == [0.3081]
+    del props["normalization_std"]
+    with pytest.raises(PipelineError, match="lacks the metadata std"):
+        preprocessing(props, "models/m.onnx", "onnx-fp32", 0.99)

@@ -43,6 +43,11 @@ def _edge_cases() -> list[tuple[str, bytes]]:
     rgba[8:32, 10:20, :3] = rng.integers(0, 256, 3)
     rgba[8:32, 10:20, 3] = rng.integers(1, 255, (24, 10))  # every partial alpha value path
     cases.append(("partial-alpha.png", Image.fromarray(rgba, "RGBA")))
+    wide = (np.kron(rng.integers(0, 2, (6, 5)), np.ones((4, 4), np.int64)) * 50_000 + 3_000).astype(np.uint16)
+    cases.append(("grey-16bit.png", Image.fromarray(wide)))  # I;16: Python divides by 257, pngjs rescales
+    la = np.zeros((30, 30, 2), np.uint8)
+    la[..., 0], la[6:24, 12:18, 1] = 40, 255
+    cases.append(("grey-alpha.png", Image.fromarray(la, "LA")))
     pal = Image.fromarray(np.kron(np.eye(6, dtype=np.uint8) * 200, np.ones((5, 5), np.uint8)), "L").convert("P")
     cases.append(("palette.png", pal))
     out = []
@@ -76,6 +81,7 @@ def mnist_test(data_root):
 def test_js_preprocessing_matches_python_on_golden_and_edge_images(mnist_test, tmp_path):
     node = require_node()
     golden = golden_images(*mnist_test)
+    assert golden == golden_images(*mnist_test)  # seeded: every bundle of a run gets the same files
     assert len(golden) == 64 and {k for _, _, k, _ in golden} == {"mnist", "light", "offcentre", "large", "rgb",
                                                                       "alpha", "jpeg"}
     files = []
