@@ -129,6 +129,9 @@ def fill_node(folder: Path, models: dict, raw: Path, model_name: str) -> None:
 
     ``models``: stem -> the MANIFEST's model entry (variant, accuracy, metadata); ``raw``: the MNIST IDX folder.
     The golden set is made with the first model (onnx-fp32: the table's first row that every target ships)."""
+    if not models:
+        raise PipelineError("This run has no validated variant that the table ships to node (onnx-fp32), so there is "
+                            "nothing to bundle; rerun `pipeline run all`.")
     for dst, src in NODE_FILES.items():
         shutil.copy2(src, folder / dst)
     write_json(folder / "preprocessing.json", {"models": {
