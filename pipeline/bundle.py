@@ -9,7 +9,10 @@ strictly as validate does. Jetson and GPU bundles also get an engine build
 script (``build_engines.py``: the very same file as :mod:`exporters.tensorrt`;
 ``build_engines.sh``: the trtexec forms) for the files whose row says ``tensorrt``.
 ``pipeline verify`` checks every hash and, since an archive is untrusted, every
-member's type and name.
+member's type and name. The node target (:data:`pipeline.variants.JS_TARGETS`)
+shares the models, report and manifest and gets, instead of the Python files,
+what :mod:`pipeline.bundle_js` writes: a Node command, the JS preprocessing
+module and golden vectors from the Python runtime.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 from . import manifest, variants
 from .errors import PipelineError
 from .layout import RunDir, _umask, atomic_path, atomic_write, sha256_file, write_json
-from .variants import REFERENCE, TARGETS
+from .variants import JS_TARGETS, REFERENCE, TARGETS
 
 log = logging.getLogger(__name__)
 FORMAT = "edge-export-pipeline/bundle-v1"
@@ -147,8 +150,8 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle gets normal permissions
         files = _fill(staging, run, target, report, rows, packed, data_root)
-        copied = {"report.json": run.report_json, "data/golden.npz": run.golden,
-                  **{f"models/{v.file}": run.export_file(v.file) for v in packed}}
+        copied = {"report.json": run.report_json, **{f"models/{v.file}": run.export_file(v.file) for v in packed},
+                  **({} if target in JS_TARGETS else {"data/golden.npz": run.golden})}
         changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, _rel(run, src))]
         if changed:  # checked before copying; this catches a file replaced while the bundle was being built
             raise PipelineError(f"{', '.join(changed)} changed while the bundle was being built; nothing was replaced. "
@@ -179,12 +182,12 @@ def _read_report(run: RunDir) -> dict:
 
 
 def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, packed, data_root: Path) -> dict:
-    """Write every bundle file into ``folder`` (MANIFEST.json last); return {relative path: SHA-256}."""
-    import torch
+    """Write every bundle file into ``folder`` (MANIFEST.json last); return {relative path: SHA-256}.
 
+    The models, report.json and MANIFEST.json are common to every target; the rest is the target's own:
+    :func:`_fill_python` (bench.py, reference logits, engine scripts) or :func:`pipeline.bundle_js.fill_node`."""
     from exporters.onnx import read_metadata
 
-    from . import checkpoint
     from .data import ensure_raw
 
     (folder / "models").mkdir()
@@ -202,12 +205,36 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
             "image_shape": json.loads(meta.get("input_shape", "[1, 28, 28]")), "metadata": meta,
             "ort_optimization": v.ort_optimization,
         }
-    # the test set and PyTorch's logits on it, so bench.py reproduces the report's figures exactly
     try:
         raw = ensure_raw(data_root)
     except OSError as e:
         raise PipelineError(f"--data-root {data_root} cannot hold MNIST ({e.strerror or e}); point it at a folder "
                             "with MNIST/raw or one that can be written.") from None
+    reference = {"variant": REFERENCE, "accuracy": rows[REFERENCE]["accuracy"]}
+    if target in JS_TARGETS:
+        from . import bundle_js
+
+        bundle_js.fill_node(folder, models, raw, report["model"])
+    else:
+        _fill_python(folder, run, target, report, models, raw, reference, data_root)
+    shutil.copy2(run.report_json, folder / "report.json")
+    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    write_json(folder / "MANIFEST.json", {
+        "format": FORMAT, "model": report["model"], "target": target,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "reference": reference, "models": models, "files": files,
+    })
+    return files
+
+
+def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: dict, raw: Path, reference: dict,
+                 data_root: Path) -> None:
+    """The Python targets' files: the test set and PyTorch's logits on it, so bench.py reproduces the report's
+    figures exactly; bench.py; the README; and, for jetson and gpu, the engine build scripts."""
+    import torch
+
+    from . import checkpoint
+
     images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
     labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
     ckpt = checkpoint.load(run.checkpoint)
@@ -215,7 +242,6 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
     x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))
     with torch.inference_mode():
         logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
-    reference = {"variant": REFERENCE, "accuracy": rows[REFERENCE]["accuracy"]}
     acc = float((logits.argmax(1) == labels).mean())
     if not np.isfinite(logits).all() or acc != reference["accuracy"]:
         raise PipelineError(
@@ -226,19 +252,11 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
     _savez(folder / "data" / "mnist-test.npz", images=images, labels=labels)
     _savez(folder / "data" / "reference.npz", logits=logits)
     shutil.copy2(run.golden, folder / "data" / "golden.npz")
-    shutil.copy2(run.report_json, folder / "report.json")
     shutil.copy2(FILES / "bench.py", folder / "bench.py")
     if target in ENGINE_TARGETS:
         shutil.copy2(Path(__file__).resolve().parents[1] / "exporters" / "tensorrt.py", folder / "build_engines.py")
         atomic_write(folder / "build_engines.sh", _trtexec(models))
     atomic_write(folder / "README.md", _readme(target, report["model"], models, f"{run.root.name}-{target}-bundle.tar.gz"))
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    write_json(folder / "MANIFEST.json", {
-        "format": FORMAT, "model": report["model"], "target": target,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "reference": reference, "models": models, "files": files,
-    })
-    return files
 
 
 def _swap_in(new: Path, dest: Path) -> None:

@@ -318,7 +318,7 @@ def predict(
 @app.command("bundle")
 @guarded(advice=ADVICE["bundle"])
 def bundle_cmd(
-    target: str = typer.Option(..., "--target", help="jetson | gpu | cpu"),
+    target: str = typer.Option(..., "--target", help="jetson | gpu | cpu (Python, bench.py) | node (onnxruntime-node, classify.mjs)"),
     model: str = typer.Option("edgenet", "--model", "-m", help="Which run to bundle."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the bundle [default: <artifacts>/bundles]."),

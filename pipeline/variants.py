@@ -18,8 +18,13 @@ from dataclasses import dataclass
 
 from . import runners
 
-#: ``pipeline bundle --target`` values (jetson and gpu bundles also build TensorRT engines on the device)
-TARGETS = ("jetson", "gpu", "cpu")
+#: the ``pipeline bundle --target`` values run by Python (bench.py; jetson and gpu bundles also build TensorRT engines
+#: on the device)
+PYTHON_TARGETS = ("jetson", "gpu", "cpu")
+#: the targets run by JavaScript: node (onnxruntime-node, classify.mjs and the JS preprocessing module)
+JS_TARGETS = ("node",)
+#: every ``pipeline bundle --target`` value
+TARGETS = PYTHON_TARGETS + JS_TARGETS
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
 REFERENCE = "torch-fp32"
 #: how a backend's runner is built: ``factory(variant, run_dir, model=..., threads=...)`` -> an unactivated
@@ -57,16 +62,18 @@ class Variant:
         return RUNNERS[self.backend](self, run_dir, model=model, threads=threads)
 
 
+#: node ships onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000 test
+#: images); onnxruntime-node is another onnxruntime release than Python's, so other files would need proving there too.
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch-fp32", "torch", "cpu", "fp32", None),
     Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", atol=1e-4, tensorrt=True, bundle=TARGETS),
     Variant("onnx-fp16", "onnxruntime", "cpu", "fp16", "model-fp16.onnx", budget_pp=0.02, tensorrt=True,
-            bundle=TARGETS),
+            bundle=PYTHON_TARGETS),
     Variant("onnx-int8-ptq", "onnxruntime", "cpu", "int8", "model-int8-ptq.onnx", budget_pp=0.15, quant="ptq",
-            ort_optimization="basic", tensorrt=True, bundle=TARGETS),
+            ort_optimization="basic", tensorrt=True, bundle=PYTHON_TARGETS),
     Variant("onnx-int8-qat", "onnxruntime", "cpu", "int8", "model-int8-qat.onnx", budget_pp=0.05, quant="qat",
-            ort_optimization="basic", tensorrt=True, bundle=TARGETS),
-    Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", quant="cpu", bundle=TARGETS),
+            ort_optimization="basic", tensorrt=True, bundle=PYTHON_TARGETS),
+    Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", quant="cpu", bundle=PYTHON_TARGETS),
     Variant("onnx-fp32-cuda", "onnxruntime", "cuda", "fp32", "model-fp32.onnx", requires="cuda"),
     Variant("trt-fp32", "tensorrt", "cuda", "fp32", "model-fp32.engine", requires="tensorrt",
             source="model-fp32.onnx"),
