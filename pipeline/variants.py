@@ -4,7 +4,7 @@ Every fact about a variant is a column here and is read from here: the validate 
 run, how each runner is built, which tolerance or budget applies), the report, the engines stage (which
 engines, from which ONNX file), the export and quantize stages (file names) and ``pipeline bundle`` (which
 files a target ships, which get a TensorRT engine on the device). Adding a variant whose file some stage
-already writes is one row (Ultralytics' ``export_formats()`` habit); ``tests/test_variants.py`` proves it.
+already writes is one row (Ultralytics' ``export_formats()`` habit); ``tests/pipeline/test_variants.py`` proves it.
 
 The code that chooses variants (the validate and engines stages, the report, the bundle) reads the table
 through this module at call time (``variants.VARIANTS``, or :data:`BY_NAME`, a live view of it), never a

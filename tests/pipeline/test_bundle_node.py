@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.bundle_js import NODE_FILES
-from tests.conftest import invoke
+from tests.helpers import invoke
 from tests.js.env import JS_DIR, link_node_modules, require_node
 
 BUNDLED = {"MANIFEST.json", "README.md", "report.json", "package.json", "classify.mjs", "decode.mjs", "preprocess.mjs",
