@@ -11,6 +11,7 @@ same FP32 peak, so with VNNI their fraction can exceed 1.
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -58,9 +59,14 @@ def onnx_macs_per_image(path: Path, image_shape: tuple[int, ...] | None = None) 
     return macs
 
 
+@functools.lru_cache(maxsize=None)
 def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     """This CPU's float32 matmul throughput in GFLOP/s (see :data:`PEAK_METHOD`): the better of
     onnxruntime's GEMM (MLAS, whose kernels the ONNX variants run on) and torch's BLAS.
+
+    Measured once per process (about two seconds): the CPU does not change between the validate stages
+    of one process, so a notebook calling :func:`pipeline.run` several times, or ``pipeline bench`` after
+    it, reuses the first figure.
 
     numpy is not used: its OpenBLAS may be pinned to an older kernel on this
     kind of machine. A GEMM probe is not the silicon's theoretical peak, so a
