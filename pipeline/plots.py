@@ -166,7 +166,7 @@ def accuracy_vs_latency(points: list[tuple[str, float, float]], front: list[str]
     if chosen in by_name:
         ax.plot(*by_name[chosen], "o", markersize=15, markerfacecolor="none", markeredgecolor="#54a24b",
                 markeredgewidth=2, label=f"recommended: {chosen}")
-    ax.plot([], [], "o", color="#4c78a8", markerfacecolor="none", label="over budget or not finite")
+    ax.plot([], [], "o", color="#4c78a8", markerfacecolor="none", label="off budget or tolerance, or not finite")
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
     ax.set_ylabel("test accuracy (%), 10,000 images")
