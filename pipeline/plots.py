@@ -144,3 +144,34 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str, path: Pat
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def accuracy_vs_latency(points: list[tuple[str, float, float]], front: list[str], qualifying: set[str],
+                        chosen: str | None, batch: str, title: str, path: Path) -> Path:
+    """Test accuracy (%) against p50 latency (ms, at ``batch``) of one target's variants, one point each.
+
+    ``front`` (names, by latency) is the Pareto front, joined by a step line; variants outside ``qualifying``
+    (over budget, NaN, parity broken) are hollow; ``chosen``, the recommendation, is ringed."""
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
+    by_name = {n: (x, y) for n, x, y in points}
+    for name, x, y in points:
+        ok = name in qualifying
+        ax.plot([x], [y], "o", markersize=7, color="#4c78a8", markerfacecolor="#4c78a8" if ok else "none",
+                label=None)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if front:
+        ax.step([by_name[n][0] for n in front], [by_name[n][1] for n in front], "--", where="post", color="#e45756",
+                label="Pareto front")
+    if chosen in by_name:
+        ax.plot(*by_name[chosen], "o", markersize=15, markerfacecolor="none", markeredgecolor="#54a24b",
+                markeredgewidth=2, label=f"recommended: {chosen}")
+    ax.plot([], [], "o", color="#4c78a8", markerfacecolor="none", label="off budget or tolerance, or not finite")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
+    ax.set_ylabel("test accuracy (%), 10,000 images")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)

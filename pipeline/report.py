@@ -8,12 +8,12 @@ and figures derive everything from the JSON, so ``pipeline report`` can rebuild 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 from runtime.bench import METHOD
 
-from . import variants
+from . import recommend, variants
 from .layout import atomic_write, strict_json
 
 if TYPE_CHECKING:
@@ -37,6 +37,48 @@ def _fmt_sqnr(db: float | None) -> str:
     return "-" if db is None else f"{db:.1f}"
 
 
+def _recommended(report: dict) -> dict:
+    """report.json's per-target recommendation; recomputed from the rows for reports written before it existed."""
+    rec = report.get("recommended")
+    return recommend.recommend(report) if rec is None else rec
+
+
+def _plotted(target, rows: list[dict], small: str) -> list[dict]:
+    """The rows drawn in a target's accuracy-versus-latency figure: its measurements timed at the small batch."""
+    return [r for r in rows if target.measures(r) and recommend.figures(r, small, small)[0] is not None]
+
+
+def _what_to_ship(report: dict) -> list[str]:
+    """The "What to ship" section: per target, the file, the variant, its figures and why; then the commands."""
+    recs = _recommended(report)
+    small, big = recommend.batches(report["variants"])
+    titles = {t.key: t.title for t in recommend.TARGETS}
+    lines = ["## What to ship", "",
+             f"Per target, the fastest variant measured on it here (lowest p50 at batch {small}; throughput at batch "
+             f"{big} shown too) whose logits are finite and whose accuracy keeps its tolerance or budget (a variant "
+             "without one may lose none). Where a target is not measured here, the file to build from and the "
+             "command that measures it on the device."
+             + (" The TensorRT-targeted INT8 files run with Q/DQ as written (¹) are not CPU measurements."
+                if any(v.get("ort_optimization") == "basic" for v in report["variants"]) else ""), "",
+             f"| target | file | variant | measured here | p50 @{small} (ms) | throughput @{big} (img/s) | accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for key, r in recs.items():
+        p50, thr, acc = r.get("p50_ms"), r.get("throughput"), r.get("accuracy")
+        lines.append("| " + " | ".join([
+            titles.get(key, key), f"`{r['file']}`", f"`{r['variant']}`", "yes" if r["measured"] else "no",
+            "-" if p50 is None else f"{p50:.3f}", "-" if thr is None else f"{thr:,.0f}",
+            "-" if acc is None else f"{100 * acc:.2f} %"]) + " |")
+    lines.append("")
+    for key, r in recs.items():
+        lines.append(f"- **{titles.get(key, key)}**: `{r['file']}`: {r['reason']}"
+                     + (f" Measure on the device: `{r['command']}`." if r.get("command") else ""))
+    plotted = [t for t in recommend.TARGETS if _plotted(t, report["variants"], small)]
+    if plotted:
+        lines += ["", "Accuracy against latency, with the Pareto front (no other variant both faster and more "
+                  "accurate): " + "; ".join(f"{t.title}: `{recommend.plot_name(t.key)}`" for t in plotted) + "."]
+    return lines + [""]
+
+
 def render_markdown(report: dict) -> str:
     t = report["train"]
     lines = [
@@ -49,6 +91,7 @@ def render_markdown(report: dict) -> str:
         f"(validation split of {t.get('val_images', '?')} images held out of the training set).",
         f"Test accuracy (10,000 images, reported only, never used for selection): **{100 * t['test_accuracy']:.2f} %**.",
         "",
+        *_what_to_ship(report),
         "## Variants",
         "",
         f"Accuracy over the full test set; agreement and max |logit diff| against `{variants.REFERENCE}`.",
@@ -149,8 +192,8 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
     config, class names). ``peak_gflops`` is the CPU's measured float32 peak (GFLOP/s) and ``environment``
     the machine and versions; ``history`` and ``quantization`` are the training curves and per-layer SQNR
     (None when absent). Adds to each row its efficiency (GFLOP/s at the largest timed batch, and that as a
-    fraction of the peak); adds speed ratios against the reference, the shipped pick and its confusion
-    matrix. Measures nothing and writes nothing.
+    fraction of the peak); adds speed ratios against the reference, the per-target recommendation
+    (:mod:`pipeline.recommend`) and the CPU recommendation's confusion matrix. Measures nothing and writes nothing.
     """
     import numpy as np
 
@@ -185,25 +228,15 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
         "environment": environment,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    shipped = shipped_variant(rows)
-    rep["shipped"] = shipped
+    rep["recommended"] = recommend.recommend(rep)
+    # the confusion matrix is the CPU recommendation's (measured on this CPU: its logits exist); the reference
+    # stands in if the CPU pick is a file to build elsewhere
+    chosen = rep["recommended"]["cpu"]["variant"]
+    chosen = chosen if chosen in logits else variants.REFERENCE
     matrix = np.zeros((10, 10), dtype=int)
-    np.add.at(matrix, (labels, logits[shipped].argmax(1)), 1)
-    rep["confusion"] = {"variant": shipped, "classes": ckpt["classes"], "matrix": matrix.tolist()}
+    np.add.at(matrix, (labels, logits[chosen].argmax(1)), 1)
+    rep["confusion"] = {"variant": chosen, "classes": ckpt["classes"], "matrix": matrix.tolist()}
     return rep
-
-
-def shipped_variant(rows: list[dict]) -> str:
-    """The variant we would ship: the smallest file whose accuracy stays within its budget.
-
-    FP32 ONNX (the row held to exact parity, ``atol``) is the fallback; the torch reference is never shipped.
-    """
-    ok = [v for v in rows if v["backend"] != "torch" and not v.get("nonfinite") and
-          (v.get("budget_pp") is None and v["precision"] == "fp32"
-           or v.get("budget_pp") is not None and v["accuracy_delta"] >= -v["budget_pp"] - 1e-9)]
-    if ok:
-        return min(ok, key=lambda v: v.get("size_bytes") or 0)["name"]
-    return next(v.name for v in variants.VARIANTS if v.atol is not None)
 
 
 def figures(report: dict, folder: Path) -> dict[str, Path]:
@@ -214,9 +247,21 @@ def figures(report: dict, folder: Path) -> dict[str, Path]:
     rows = report["variants"]
     figs["Latency and throughput by batch size"] = plots.latency_vs_batch(rows, folder / "latency.png")
     figs["Test accuracy per variant"] = plots.accuracy_per_variant(rows, folder / "accuracy.png")
+    recs = _recommended(report)
+    small, _ = recommend.batches(rows)
+    for t in recommend.TARGETS:
+        measured = _plotted(t, rows, small)
+        if not measured:
+            continue
+        points = [(r["name"], recommend.figures(r, small, small)[0], 100 * r["accuracy"]) for r in measured]
+        chosen = recs.get(t.key, {})
+        figs[f"Accuracy against latency, {t.title}"] = plots.accuracy_vs_latency(
+            points, recommend.pareto(points), {r["name"] for r in measured if recommend.disqualified(r) is None},
+            chosen.get("variant") if chosen.get("measured") else None, small, t.title,
+            folder / PurePath(recommend.plot_name(t.key)).name)
     conf = report.get("confusion")
     if conf:
-        figs[f"Confusion matrix of the shipped model ({conf['variant']})"] = plots.confusion(
+        figs[f"Confusion matrix of the CPU recommendation ({conf['variant']})"] = plots.confusion(
             conf["matrix"], conf["classes"], f"{conf['variant']} on 10,000 test images", folder / "confusion.png")
     hist = report["train"].get("history")
     if hist:

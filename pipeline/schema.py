@@ -130,6 +130,18 @@ def _models():
                 raise ValueError(f"matrix must be {n} x {n}, one row and column per class")
             return self
 
+    class Recommendation(Strict):  # one target's "What to ship" entry (pipeline.recommend)
+        variant: str
+        file: str
+        reason: str
+        measured: bool  # recommended from measurements on this target in this run (else: what to build from)
+        command: Optional[str] = None  # what measures it on the device
+        p50_ms: Optional[NonNeg] = None  # at p50_batch
+        p50_batch: Optional[Positive] = None
+        throughput: Optional[NonNeg] = None  # images/s at throughput_batch
+        throughput_batch: Optional[Positive] = None
+        accuracy: Optional[Fraction] = None
+
     class Report(Strict):
         model: str
         params: Count
@@ -141,6 +153,16 @@ def _models():
         quantization: Optional[Quantization] = None
         environment: dict[str, Any]
         confusion: Optional[Confusion] = None
+        recommended: Optional[dict[str, Recommendation]] = None  # reports written before it lack it
+
+        @model_validator(mode="after")
+        def _recommended_rows_exist(self):
+            names = {v.name for v in self.variants}
+            for target, rec in (self.recommended or {}).items():
+                if rec.measured and rec.variant not in names:
+                    raise ValueError(f"recommended.{target}.variant {rec.variant!r} is said to be measured here "
+                                     "but names no row of variants")
+            return self
 
     # ---------------------------------------------------------------- stages.json
     class Output(Strict):

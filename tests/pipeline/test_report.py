@@ -1,5 +1,5 @@
 """pipeline/report.py and `pipeline report`: markdown, self-contained HTML with figures, rebuilt from report.json
-alone; report.json's path forms and schema; which variant is shipped."""
+alone; report.json's path forms and schema. Which file is recommended where: test_recommend.py."""
 import base64
 import json
 import shutil
@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 
 import pytest
 
-from pipeline.report import shipped_variant
 from tests.helpers import invoke, one_paragraph, snapshot
 
 
@@ -39,7 +38,7 @@ def test_html_report_is_self_contained_with_table_and_figures(quick_run):
     for col in ("variant", "backend", "provider", "precision", "size", "accuracy", "delta (pp)", "flips",
                 "agreement", "max abs diff"):
         assert col in page.headers
-    assert len(page.images) == 5  # latency, accuracy, confusion, curves, SQNR
+    assert len(page.images) == 6  # latency, accuracy, accuracy vs CPU latency, confusion, curves, SQNR
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -49,7 +48,7 @@ def test_html_report_is_self_contained_with_table_and_figures(quick_run):
 def test_report_records_confusion_efficiency_and_ratios(quick_run):
     rep = quick_run["report"]
     conf = rep["confusion"]
-    assert conf["variant"] == rep["shipped"] and sum(map(sum, conf["matrix"])) == 10000
+    assert conf["variant"] == rep["recommended"]["cpu"]["variant"] and sum(map(sum, conf["matrix"])) == 10000
     assert rep["cpu_peak_gflops"] > 0 and "matmul" in rep["cpu_peak_method"]
     for v in rep["variants"]:
         eff = v["efficiency"]
@@ -72,7 +71,7 @@ def test_report_command_rebuilds_from_json_alone(quick_run, tmp_path):
     r = invoke("report", run)
     assert r.exit_code == 0, r.output
     assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
-    assert len(list((run / "report").glob("*.png"))) == 5
+    assert len(list((run / "report").glob("*.png"))) == 6
 
 
 def test_report_command_bad_input(tmp_path):
@@ -91,7 +90,7 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
          "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-500:]
-    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 5
+    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 6
     shot = tmp_path / "page.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     f"--user-data-dir={tmp_path / 'q'}", f"--screenshot={shot}", "--window-size=1200,2400",
@@ -205,14 +204,3 @@ def test_damaged_but_valid_json_report_is_refused_and_nothing_changes(quick_run,
     out = one_paragraph(r)
     assert "is not a pipeline report" in out
     assert snapshot(run) == before
-
-
-# ------------------------------------------------------------------ the shipped variant
-def test_a_variant_with_nonfinite_logits_is_never_shipped():
-    rows = [{"name": "onnx-fp32", "backend": "onnxruntime", "precision": "fp32", "budget_pp": None,
-             "accuracy_delta": 0.0, "size_bytes": 400, "nonfinite": 0},
-            {"name": "onnx-fp16", "backend": "onnxruntime", "precision": "fp16", "budget_pp": 0.02,
-             "accuracy_delta": 0.0, "size_bytes": 200, "nonfinite": 3}]
-    assert shipped_variant(rows) == "onnx-fp32"
-    rows[1]["nonfinite"] = 0
-    assert shipped_variant(rows) == "onnx-fp16"

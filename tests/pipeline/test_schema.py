@@ -115,7 +115,8 @@ def _mutate(data, node) -> None:
 def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
     """Wrong types, nulls, deletions anywhere in a real report.json: the schema refuses it (one SchemaError,
     a PipelineError) or the report renders; never any other exception."""
-    from pipeline.report import render_markdown, shipped_variant
+    from pipeline.recommend import recommend
+    from pipeline.report import render_markdown
 
     rep = copy.deepcopy(quick_run["report"])
     for _ in range(data.draw(st.integers(1, 3))):
@@ -126,7 +127,7 @@ def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
         assert "report.json is not a pipeline report" in str(e)
         return
     render_markdown(rep)
-    shipped_variant(rep["variants"])
+    recommend(rep)
 
 
 def _paths(node, prefix=()):
@@ -138,14 +139,15 @@ def _paths(node, prefix=()):
 
 
 def _refused_or_renders(rep) -> bool:
-    from pipeline.report import render_markdown, shipped_variant
+    from pipeline.recommend import recommend
+    from pipeline.report import render_markdown
 
     try:
         check_report(rep, "report.json")
     except SchemaError:
         return True
     render_markdown(rep)
-    shipped_variant(rep["variants"])
+    recommend(rep)
     return False
 
 

@@ -1,0 +1,224 @@
+"""pipeline/recommend.py: which file to ship on each target ("What to ship" in the report), its figure, and the
+`recommended` object of report.json."""
+import copy
+import json
+
+import pytest
+
+from pipeline import recommend, variants
+from pipeline.recommend import TARGETS
+from pipeline.schema import SchemaError, check_report
+from tests.helpers import invoke
+
+
+def _row(rep, name):
+    return next(r for r in rep["variants"] if r["name"] == name)
+
+
+def _within_budget(r) -> bool:
+    """Written apart from recommend.disqualified: finite, the table's tolerance, else its budget (none: no loss)."""
+    v = variants.BY_NAME[r["name"]]
+    if r["nonfinite"] != 0:
+        return False
+    if v.atol is not None:
+        return r["agreement"] == 1.0 and r["max_abs_diff"] is not None and r["max_abs_diff"] <= v.atol
+    return r["accuracy_delta"] >= -(v.budget_pp or 0.0) - 1e-9
+
+
+def test_the_cpu_recommendation_is_the_fastest_onnxruntime_cpu_row_within_budget(quick_run):
+    rep = quick_run["report"]
+    # the CPU is measured by onnxruntime CPU rows with its default optimizations; the Q/DQ-as-written (basic)
+    # rows are TensorRT files, not CPU deployment figures
+    rows = [r for r in rep["variants"] if r["backend"] == "onnxruntime" and r["provider"] == "cpu"
+            and r["ort_optimization"] == "all"]
+    assert {r["name"] for r in rows} >= {"onnx-fp32", "onnx-fp16", "onnx-int8-cpu"}
+    best = min((r for r in rows if _within_budget(r)), key=lambda r: r["latency"]["1"]["p50_ms"])
+    rec = rep["recommended"]["cpu"]
+    assert rec["variant"] == best["name"] and rec["measured"] is True
+    assert rec["file"] == variants.BY_NAME[best["name"]].file
+    assert rec["p50_ms"] == best["latency"]["1"]["p50_ms"] and rec["p50_batch"] == 1
+    assert rec["throughput"] == best["latency"]["256"]["throughput_per_s"] and rec["throughput_batch"] == 256
+    assert rec["accuracy"] == best["accuracy"]
+    assert rep["confusion"]["variant"] == best["name"]  # the confusion matrix is the CPU recommendation's
+    assert "shipped" not in rep
+    assert recommend.recommend(rep) == rep["recommended"]  # recomputed from the JSON alone, the same
+
+
+def _fastest(rep, name, p50=1e-4):
+    _row(rep, name)["latency"]["1"]["p50_ms"] = p50
+
+
+def test_a_variant_over_budget_with_nan_or_off_parity_is_never_recommended(quick_run):
+    base = copy.deepcopy(quick_run["report"])
+    base.pop("recommended")
+    fp16 = variants.BY_NAME["onnx-fp16"]
+
+    rep = copy.deepcopy(base)
+    _row(rep, "onnx-fp16")["accuracy_delta"] = 0.0
+    _fastest(rep, "onnx-fp16")
+    assert recommend.recommend(rep)["cpu"]["variant"] == "onnx-fp16"  # the edit below is what excludes it
+
+    over = copy.deepcopy(rep)
+    _row(over, "onnx-fp16")["accuracy_delta"] = -(fp16.budget_pp + 0.01)
+    assert recommend.recommend(over)["cpu"]["variant"] != "onnx-fp16"
+    at_budget = copy.deepcopy(rep)
+    _row(at_budget, "onnx-fp16")["accuracy_delta"] = -fp16.budget_pp  # exactly the budget: still within it
+    assert recommend.recommend(at_budget)["cpu"]["variant"] == "onnx-fp16"
+
+    nan = copy.deepcopy(rep)
+    _row(nan, "onnx-fp16")["nonfinite"] = 3  # accuracy delta still 0: only the NaN count says it is broken
+    rec = recommend.recommend(nan)["cpu"]
+    assert rec["variant"] != "onnx-fp16" and "NaN" in rec["reason"]
+
+    off = copy.deepcopy(base)  # FP32 fastest, accuracy intact, but its logits drift past the tolerance
+    _fastest(off, "onnx-fp32")
+    _row(off, "onnx-fp32")["max_abs_diff"] = 10 * variants.BY_NAME["onnx-fp32"].atol
+    assert recommend.recommend(off)["cpu"]["variant"] != "onnx-fp32"
+
+    basic = copy.deepcopy(base)  # a TensorRT-targeted file run with Q/DQ as written is no CPU measurement
+    for name in ("onnx-int8-ptq", "onnx-int8-qat"):
+        _row(basic, name)["accuracy_delta"] = 0.0
+        _fastest(basic, name)
+    assert recommend.recommend(basic)["cpu"]["variant"] not in ("onnx-int8-ptq", "onnx-int8-qat")
+
+    # no declared budget (onnx-int8-cpu): any loss disqualifies, no loss qualifies
+    nobudget = copy.deepcopy(base)
+    _fastest(nobudget, "onnx-int8-cpu")
+    _row(nobudget, "onnx-int8-cpu")["accuracy_delta"] = 0.0
+    assert recommend.recommend(nobudget)["cpu"]["variant"] == "onnx-int8-cpu"
+    _row(nobudget, "onnx-int8-cpu")["accuracy_delta"] = -0.01
+    assert recommend.recommend(nobudget)["cpu"]["variant"] != "onnx-int8-cpu"
+
+
+def test_a_measured_target_where_nothing_qualifies_falls_back_to_its_file_and_command(quick_run):
+    rep = copy.deepcopy(quick_run["report"])
+    for r in rep["variants"]:
+        r["nonfinite"] = 1
+    rec = recommend.recommend(rep)["cpu"]
+    assert rec["measured"] is False and rec["variant"] == "onnx-fp32" and "none of the variants" in rec["reason"]
+    assert "pipeline bundle --target cpu" in rec["command"]
+    check_report({**rep, "recommended": recommend.recommend(rep)}, "r")
+
+
+def test_unmeasured_targets_name_a_file_their_bundle_ships_and_the_command(quick_run):
+    rep = quick_run["report"]
+    assert [t.key for t in TARGETS] == list(rep["recommended"]) == ["cpu", "browser", "tensorrt"]
+    assert not any(r["provider"] == "cuda" or r["name"].startswith("web-") for r in rep["variants"])
+    for t in TARGETS:
+        rec = rep["recommended"][t.key]
+        assert rec["command"].startswith(f"pipeline bundle --target {t.bundle} --model edgenet;")
+        assert t.bundle in variants.BY_NAME[t.build_from].bundle  # the file is in the bundle the command makes
+        if t.key != "cpu":
+            assert rec["measured"] is False and rec["variant"] == t.build_from
+            assert rec["file"] == variants.BY_NAME[t.build_from].file
+            assert "p50_ms" not in rec and "accuracy" not in rec
+    assert "node classify.mjs --test-set" in rep["recommended"]["browser"]["command"]
+    assert "edgenet-jetson-bundle/: python3 build_engines.py && python3 bench.py --engines" in \
+        rep["recommended"]["tensorrt"]["command"]
+
+
+def _gpu_row(rep, src, name, p50, delta=0.0):
+    row = copy.deepcopy(_row(rep, src))
+    row.update(name=name, backend="tensorrt" if name.startswith("trt") else "onnxruntime", provider="cuda",
+               accuracy_delta=delta, budget_pp=variants.BY_NAME[name].budget_pp)
+    row.pop("ort_optimization", None)
+    row["latency"]["1"]["p50_ms"] = p50
+    rep["variants"].append(row)
+
+
+def test_a_target_measured_here_is_recommended_from_its_rows(quick_run, tmp_path):
+    """As on a GPU host: trt-* and onnx-fp32-cuda rows; the engine's ONNX source is the file to ship."""
+    rep = copy.deepcopy(quick_run["report"])
+    rep.pop("recommended")
+    _gpu_row(rep, "onnx-fp32", "onnx-fp32-cuda", 0.30)
+    _gpu_row(rep, "onnx-fp32", "trt-fp32", 0.20)
+    _gpu_row(rep, "onnx-fp16", "trt-fp16", 0.10)
+    _gpu_row(rep, "onnx-int8-ptq", "trt-int8", 0.05, delta=-1.0)  # fastest, but over its 0.15 pp budget
+    rec = recommend.recommend(rep)
+    assert rec["tensorrt"]["measured"] is True and rec["tensorrt"]["variant"] == "trt-fp16"
+    assert rec["tensorrt"]["file"] == "model-fp16.onnx" and rec["tensorrt"]["p50_ms"] == 0.10
+    assert "trt-int8" in rec["tensorrt"]["reason"]  # named among those left out
+    assert rec["cpu"]["variant"] not in ("trt-fp16", "onnx-fp32-cuda")  # GPU rows are no CPU measurement
+    rep["recommended"] = rec
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(rep))
+    r = invoke("report", run)
+    assert r.exit_code == 0, r.output
+    assert (run / "report" / "pareto-tensorrt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "`report/pareto-tensorrt.png`" in (run / "report.md").read_text()
+
+
+def test_the_plot_exists_and_the_section_lists_every_target(quick_run):
+    run = quick_run["dir"]
+    assert (run / recommend.plot_name("cpu")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run / recommend.plot_name("tensorrt")).exists()  # not measured here: nothing to draw
+    md = (run / "report.md").read_text()
+    section = md.split("## What to ship", 1)[1].split("\n## ", 1)[0]
+    for t in TARGETS:
+        rec = quick_run["report"]["recommended"][t.key]
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"- **{t.title}**"))
+        assert f"`{rec['file']}`" in line and rec["command"] in line
+        assert f"| {t.title} | `{rec['file']}` | `{rec['variant']}` | {'yes' if rec['measured'] else 'no'} |" in section
+    assert "`report/pareto-cpu.png`" in section
+    assert "Accuracy against latency, x86/ARM CPU, onnxruntime" in (run / "report.html").read_text()
+
+
+def test_a_report_without_recommended_renders_the_same_section(quick_run, tmp_path):
+    """Reports written before `recommended` existed: `pipeline report` recomputes it from the rows."""
+    rep = copy.deepcopy(quick_run["report"])
+    rep.pop("recommended")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(rep))
+    r = invoke("report", run)
+    assert r.exit_code == 0, r.output
+    assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
+
+
+def test_the_rendered_section_comes_from_the_json(quick_run, tmp_path):
+    """`pipeline report` shows report.json's recommendation, not one recomputed beside it."""
+    rep = copy.deepcopy(quick_run["report"])
+    rep["recommended"]["cpu"].update(variant="onnx-fp16", file="model-fp16.onnx", reason="edited by hand.")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(rep))
+    assert invoke("report", run).exit_code == 0
+    assert "- **x86/ARM CPU, onnxruntime**: `model-fp16.onnx`: edited by hand." in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (["cpu", "variant"], None, "recommended.cpu.variant: input should be a valid string"),
+    (["cpu", "measured"], "yes", "recommended.cpu.measured: input should be a valid boolean"),
+    (["cpu", "p50_ms"], -1.0, "recommended.cpu.p50_ms: input should be greater than or equal to 0"),
+    (["cpu", "accuracy"], 1.5, "recommended.cpu.accuracy: input should be less than or equal to 1"),
+    (["browser", "command"], 3, "recommended.browser.command: input should be a valid string"),
+    (["tensorrt"], [], "recommended.tensorrt: input should be a valid dictionary"),
+    (["cpu", "variant"], "onnx-fp8", "names no row of variants"),
+])
+def test_schema_refuses_a_damaged_recommended(quick_run, path, value, message):
+    rep = copy.deepcopy(quick_run["report"])
+    check_report(rep, "r")
+    node = rep["recommended"]
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    with pytest.raises(SchemaError, match=message):
+        check_report(rep, "r")
+
+
+def test_schema_refuses_a_recommendation_without_its_file(quick_run, tmp_path):
+    rep = copy.deepcopy(quick_run["report"])
+    del rep["recommended"]["browser"]["file"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(rep))
+    r = invoke("report", run)
+    assert r.exit_code == 2 and "recommended.browser.file: field required" in " ".join(r.output.split())
+    assert not (run / "report.md").exists()
+
+
+def test_pareto_front_keeps_only_points_nothing_beats():
+    pts = [("a", 1.0, 99.0), ("b", 2.0, 99.5), ("c", 3.0, 99.2), ("d", 0.5, 98.0), ("e", 2.0, 99.4)]
+    assert recommend.pareto(pts) == ["d", "a", "b"]  # c: b is faster and better; e: as fast as b, less accurate
+    assert recommend.pareto([("x", 1.0, 99.0), ("y", 1.0, 99.0)]) == ["x", "y"]  # ties beat nobody
