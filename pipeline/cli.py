@@ -342,7 +342,7 @@ def bundle_cmd(
 @app.command()
 @guarded(advice=ADVICE["bundle"])
 def demo(
-    port: int = typer.Option(8000, "--port", help="Port on 127.0.0.1 (0: any free port)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0: any free port)."),
     model: str = typer.Option("edgenet", "--model", "-m", help="Which run's web bundle to serve."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
