@@ -5,7 +5,7 @@
 // SPEC: {url, chromium, profile, screenshot?, upload?, images: [{file}], digits: [{label, pixels: [784]}], pixels: [[784]...]}
 //   images: golden files (under url/golden/) run through classifier.js's classify(<img>) inside the page
 //   pixels: 28x28 MNIST test images run through classifyPixels (the model alone, no preprocessing)
-//   digits: MNIST test digits traced on the drawing pad with real pointer events, dark strokes on white
+//   digits: MNIST test digits traced on the drawing pad with real mouse events (the first also with touch events)
 //   upload: an image file's path, given to the page's file input
 // Every request to a host other than 127.0.0.1 is aborted and listed in `blocked` (the page must work offline).
 import { readFileSync } from "node:fs";
@@ -17,7 +17,7 @@ const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "
   "--disable-component-update", "--disable-sync"];
 
 const context = await chromium.launchPersistentContext(spec.profile, {
-  executablePath: spec.chromium, args: ARGS, headless: true, viewport: { width: 900, height: 800 },
+  executablePath: spec.chromium, args: ARGS, headless: true, viewport: { width: 900, height: 800 }, hasTouch: true,
 });
 const out = { blocked: [], console: [] };
 try {
@@ -75,27 +75,47 @@ try {
   await page.click("#classify");
   out.emptyCanvas = await page.textContent("#status");
 
-  // draw each digit: one pointer stroke along each horizontal run of ink in each row (10 px per MNIST pixel)
+  // draw each digit: one stroke along each horizontal run of ink in each row (10 px per MNIST pixel), with the
+  // mouse, and the first digit once more with touch events (Chromium's DevTools protocol), as a phone would
   const box = await page.locator("#pad").boundingBox();
+  const cdp = await context.newCDPSession(page);
+  const strokes = {
+    mouse: async (x0, x1, y) => {
+      await page.mouse.move(x0, y);
+      await page.mouse.down();
+      await page.mouse.move(x1, y, { steps: 2 });
+      await page.mouse.up();
+    },
+    touch: async (x0, x1, y) => {
+      await cdp.send("Input.dispatchTouchEvent", { type: "touchStart", touchPoints: [{ x: x0, y }] });
+      await cdp.send("Input.dispatchTouchEvent", { type: "touchMove", touchPoints: [{ x: (x0 + x1) / 2, y }] });
+      await cdp.send("Input.dispatchTouchEvent", { type: "touchMove", touchPoints: [{ x: x1, y }] });
+      await cdp.send("Input.dispatchTouchEvent", { type: "touchEnd", touchPoints: [] });
+    },
+  };
   out.drawn = [];
-  for (const d of spec.digits) {
+  const runs = [...spec.digits.map((d) => [d, "mouse"]), ...(spec.digits.length ? [[spec.digits[0], "touch"]] : [])];
+  for (const [d, input] of runs) {
     await page.click("#clear");
     for (let y = 0; y < 28; y++) {
       for (let x = 0; x < 28; x++) {
         if (d.pixels[y * 28 + x] < 128 || (x > 0 && d.pixels[y * 28 + x - 1] >= 128)) continue;
         let end = x;
         while (end + 1 < 28 && d.pixels[y * 28 + end + 1] >= 128) end++;
-        const cy = box.y + (y + 0.5) * box.height / 28;
-        await page.mouse.move(box.x + (x + 0.5) * box.width / 28, cy);
-        await page.mouse.down();
-        await page.mouse.move(box.x + (end + 0.5) * box.width / 28, cy, { steps: 2 });
-        await page.mouse.up();
+        await strokes[input](box.x + (x + 0.5) * box.width / 28, box.x + (end + 0.5) * box.width / 28,
+          box.y + (y + 0.5) * box.height / 28);
       }
     }
     await settle();
-    out.drawn.push({ label: d.label, shown: (await page.textContent("#label")).trim(),
-      top3: await page.$$eval("#top3 li", (lis) => lis.map((li) => li.textContent)) });
-    if (spec.screenshot && d === spec.digits[0]) await page.screenshot({ path: spec.screenshot, fullPage: true });
+    out.drawn.push({ label: d.label, input, shown: (await page.textContent("#label")).trim(),
+      top3: await page.$$eval("#top3 li", (lis) => lis.map((li) => li.textContent)),
+      ink: await page.evaluate(() => { // dark pixels on the pad: proof the strokes were drawn, not just classified
+        const { data } = document.getElementById("pad").getContext("2d").getImageData(0, 0, 280, 280);
+        let n = 0;
+        for (let i = 0; i < data.length; i += 4) n += data[i] < 128;
+        return n;
+      }) });
+    if (spec.screenshot && d === spec.digits[0] && input === "mouse") await page.screenshot({ path: spec.screenshot, fullPage: true });
   }
 } finally {
   await context.close();

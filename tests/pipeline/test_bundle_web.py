@@ -138,13 +138,16 @@ def test_model_in_the_browser_matches_the_python_runtime(browser, web_bundle):
     assert np.abs(probs - np.array([_softmax(row) for row in ref.logits])).max() <= 1e-4
 
 
-def test_digits_drawn_with_the_pointer_show_their_labels(browser):
-    """Real pointer strokes (mouse events tracing MNIST test digits at 10x) on the 280x280 pad; the page shows the
-    digit's label first in its top 3. The screenshot of the drawn 7 is kept for the docs."""
+def test_digits_drawn_with_mouse_and_touch_show_their_labels(browser):
+    """Real input events tracing MNIST test digits at 10x on the 280x280 pad (mouse for each, touch for the first);
+    the page shows the digit's label first in its top 3. The screenshot of the drawn 7 is kept for the docs."""
     drawn = browser["result"]["drawn"]
-    assert [d["shown"] for d in drawn] == [d["label"] for d in drawn] == [str(browser["labels"][i]) for i in DRAWN]
+    expected = [str(browser["labels"][i]) for i in DRAWN]
+    assert [(d["input"], d["label"]) for d in drawn] == [("mouse", e) for e in expected] + [("touch", expected[0])]
+    assert [d["shown"] for d in drawn] == [d["label"] for d in drawn]
     for d in drawn:
         assert len(d["top3"]) == 3 and d["top3"][0].startswith(f"{d['label']}: ")
+        assert d["ink"] > 1000  # the strokes were drawn on the pad (a touch the page ignored would leave it white)
     assert browser["screenshot"].stat().st_size > 10_000
     if os.environ.get("PIPELINE_DOCS_SCREENSHOT"):  # how docs/web-demo.png is made: copy the test's screenshot
         Path(os.environ["PIPELINE_DOCS_SCREENSHOT"]).write_bytes(browser["screenshot"].read_bytes())
