@@ -9,10 +9,11 @@ strictly as validate does. Jetson and GPU bundles also get an engine build
 script (``build_engines.py``: the very same file as :mod:`exporters.tensorrt`;
 ``build_engines.sh``: the trtexec forms) for the files whose row says ``tensorrt``.
 ``pipeline verify`` checks every hash and, since an archive is untrusted, every
-member's type and name. The node target (:data:`pipeline.variants.JS_TARGETS`)
-shares the models, report and manifest and gets, instead of the Python files,
-what :mod:`pipeline.bundle_js` writes: a Node command, the JS preprocessing
-module and golden vectors from the Python runtime.
+member's type and name. The node and web targets (:data:`pipeline.variants.JS_TARGETS`)
+share the models, report and manifest and get, instead of the Python files,
+what :mod:`pipeline.bundle_js` writes: a Node command or a static page with an
+embeddable ``classifier.js``, the JS preprocessing module and golden vectors from
+the Python runtime.
 """
 from __future__ import annotations
 
@@ -118,12 +119,13 @@ def _trtexec(models: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tuple[Path, Path]:
+def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path, ort_web: Path | None = None) -> tuple[Path, Path]:
     """Write ``<out_dir>/<model>-<target>-bundle/`` and its ``.tar.gz``; return both paths.
 
     Every run artifact it reads is first checked against the run's manifest, and the bundle is built in a
     temp folder beside the destination and swapped in only once complete, so a refusal, a bad ``--data-root``
-    or a Ctrl-C leaves the previous bundle (folder and tarball) exactly as it was.
+    or a Ctrl-C leaves the previous bundle (folder and tarball) exactly as it was. ``ort_web``: for the web target,
+    a local ``npm pack`` tarball of the pinned onnxruntime-web instead of the user cache (:mod:`pipeline.ort_web`).
     """
     if target not in TARGETS:
         raise PipelineError(f"--target must be one of {', '.join(TARGETS)}; got '{target}'.")
@@ -149,7 +151,7 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path) -> tup
         raise PipelineError(f"Cannot write the bundle into {out_dir} ({e.strerror or e}); choose another --out.") from None
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle gets normal permissions
-        files = _fill(staging, run, target, report, rows, packed, data_root)
+        files = _fill(staging, run, target, report, rows, packed, data_root, ort_web)
         copied = {"report.json": run.report_json, **{f"models/{v.file}": run.export_file(v.file) for v in packed},
                   **({} if target in JS_TARGETS else {"data/golden.npz": run.golden})}
         changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, _rel(run, src))]
@@ -181,11 +183,13 @@ def _read_report(run: RunDir) -> dict:
                             "rerun `pipeline run all --force`.") from None
 
 
-def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, packed, data_root: Path) -> dict:
+def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, packed, data_root: Path,
+          ort_web: Path | None = None) -> dict:
     """Write every bundle file into ``folder`` (MANIFEST.json last); return {relative path: SHA-256}.
 
     The models, report.json and MANIFEST.json are common to every target; the rest is the target's own:
-    :func:`_fill_python` (bench.py, reference logits, engine scripts) or :func:`pipeline.bundle_js.fill_node`."""
+    :func:`_fill_python` (bench.py, reference logits, engine scripts), :func:`pipeline.bundle_js.fill_node` or
+    :func:`pipeline.bundle_js.fill_web`."""
     from exporters.onnx import read_metadata
 
     from .data import ensure_raw
@@ -211,7 +215,11 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
         raise PipelineError(f"--data-root {data_root} cannot hold MNIST ({e.strerror or e}); point it at a folder "
                             "with MNIST/raw or one that can be written.") from None
     reference = {"variant": REFERENCE, "accuracy": rows[REFERENCE]["accuracy"]}
-    if target in JS_TARGETS:
+    if target == "web":
+        from . import bundle_js
+
+        bundle_js.fill_web(folder, models, raw, report["model"], ort_web)
+    elif target in JS_TARGETS:
         from . import bundle_js
 
         bundle_js.fill_node(folder, models, raw, report["model"])

@@ -1,4 +1,4 @@
-"""The JavaScript bundles' own files (``pipeline bundle --target node``), and the golden vectors they are checked by.
+"""The JavaScript bundles' own files (``pipeline bundle --target node|web``), and the golden vectors they are checked by.
 
 A JS app that embeds the model must preprocess pictures exactly as :mod:`runtime.preprocess` does, or its labels
 drift from the report's. So every JS bundle carries the JS twin of that module (``preprocess.mjs``), the
@@ -8,7 +8,9 @@ on purpose (light paper, off-centre, large, RGB, alpha, JPEG), with what the Pyt
 28x28 pixels of :func:`runtime.preprocess.load_image` and the logits of :class:`runtime.classifier.Classifier`).
 ``classify.mjs --golden`` checks the JS side against them (the llm.c habit: one reference written once, every
 other implementation compared with it). :mod:`pipeline.bundle` writes the files every bundle shares (models,
-report, manifest) and calls :func:`fill_node` for the rest.
+report, manifest) and calls :func:`fill_node` or :func:`fill_web` for the rest. The web bundle is a static site
+(``index.html``, the ``classifier.js`` module other pages import, onnxruntime-web's wasm build from
+:mod:`pipeline.ort_web`), so it holds no test set: its golden set is what a browser test checks it by.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ JS_FILES = Path(__file__).parent / "bundle_files"
 #: the files a Node bundle gets as they are: the shared preprocessing module, the decoders, the command, package.json
 NODE_FILES = {"preprocess.mjs": JS_FILES / "js" / "preprocess.mjs", "decode.mjs": JS_FILES / "node" / "decode.mjs",
               "classify.mjs": JS_FILES / "node" / "classify.mjs", "package.json": JS_FILES / "node" / "package.json"}
+#: the files a web bundle gets as they are: the same preprocessing module, the embeddable classifier, the demo page
+WEB_FILES = {"preprocess.mjs": JS_FILES / "js" / "preprocess.mjs", "classifier.js": JS_FILES / "web" / "classifier.js",
+             "app.js": JS_FILES / "web" / "app.js", "index.html": JS_FILES / "web" / "index.html"}
 #: the golden set's seed (which test images, offsets, colours): fixed, so every bundle of a run gets the same set
 GOLDEN_SEED = 13
 #: JS pixels may differ from Python's by this many grey levels (1/255); the labels must be identical
@@ -124,6 +129,37 @@ def preprocessing(meta: dict[str, str], file_rel: str, variant: str, accuracy: f
             "pixel_scale": m.pixel_scale, "mean": list(m.mean), "std": list(m.std), "classes": list(m.classes)}
 
 
+def _golden_from_raw(folder: Path, models: dict, raw: Path) -> None:
+    """The golden set, made with the first model (onnx-fp32: the table's first row that every target ships)."""
+    images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
+    labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
+    stem = next(iter(models))
+    write_golden(folder / "golden", folder / "models" / f"{stem}.onnx", f"models/{stem}.onnx", images, labels)
+
+
+def _preprocessing_json(folder: Path, models: dict) -> None:
+    write_json(folder / "preprocessing.json", {"models": {
+        stem: preprocessing(m["metadata"], f"models/{stem}.onnx", m["variant"], m["accuracy"]) for stem, m in models.items()}})
+
+
+def fill_web(folder: Path, models: dict, raw: Path, model_name: str, ort_web: Path | None = None) -> None:
+    """The web bundle's own files: the page, ``classifier.js``, ``preprocess.mjs``, ``preprocessing.json``,
+    onnxruntime-web's wasm build under ``ort/`` (``ort_web``: a local ``npm pack`` tarball instead of the cache),
+    the golden set and a README. No test set: a page has no use for it."""
+    from . import ort_web as ortw
+
+    if not models:
+        raise PipelineError("This run has no validated variant that the table ships to web (onnx-fp32), so there is "
+                            "nothing to bundle; rerun `pipeline run all`.")
+    ortw.copy_files(folder / "ort", ort_web)  # first: the step that can fail for a reason outside this run
+    for dst, src in WEB_FILES.items():
+        shutil.copy2(src, folder / dst)
+    _preprocessing_json(folder, models)
+    (folder / "data").rmdir()  # made for every target by pipeline.bundle; the web bundle carries no test set
+    _golden_from_raw(folder, models, raw)
+    atomic_write(folder / "README.md", _web_readme(model_name, models))
+
+
 def fill_node(folder: Path, models: dict, raw: Path, model_name: str) -> None:
     """The Node bundle's own files, beside the ``models/`` and ``report.json`` that :mod:`pipeline.bundle` writes.
 
@@ -134,15 +170,11 @@ def fill_node(folder: Path, models: dict, raw: Path, model_name: str) -> None:
                             "nothing to bundle; rerun `pipeline run all`.")
     for dst, src in NODE_FILES.items():
         shutil.copy2(src, folder / dst)
-    write_json(folder / "preprocessing.json", {"models": {
-        stem: preprocessing(m["metadata"], f"models/{stem}.onnx", m["variant"], m["accuracy"]) for stem, m in models.items()}})
+    _preprocessing_json(folder, models)
     # the test set as MNIST's own IDX files: JS reads them with a Buffer, no numpy format needed
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         shutil.copy2(raw / name, folder / "data" / name)
-    images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
-    stem = next(iter(models))
-    write_golden(folder / "golden", folder / "models" / f"{stem}.onnx", f"models/{stem}.onnx", images, labels)
+    _golden_from_raw(folder, models, raw)
     atomic_write(folder / "README.md", _node_readme(model_name, models))
 
 
@@ -184,4 +216,55 @@ def _node_readme(model_name: str, models: dict) -> str:
     lines += [f"- `models/{stem}.onnx`: {m['variant']}, {m['precision']}, reported accuracy {100 * m['accuracy']:.2f} % "
               "on the 10,000 MNIST test images" for stem, m in models.items()]
     lines += ["", "MNIST is by Yann LeCun and Corinna Cortes, CC BY-SA 3.0 (data/).", ""]
+    return "\n".join(lines)
+
+
+def _web_readme(model_name: str, models: dict) -> str:
+    from . import ort_web as ortw
+
+    lines = [
+        f"# {model_name} bundle for the web",
+        "",
+        f"Made by edge-export-pipeline. A static site: it needs a browser with WebAssembly and ES modules, and any static",
+        f"file server (pages opened as file:// cannot fetch the model). Everything is in this folder, onnxruntime-web",
+        f"{ortw.VERSION} included (ort/: its WebAssembly build), so it works offline and loads nothing from a CDN.",
+        "",
+        "1. Check the files: `sha256sum` against MANIFEST.json, or `pipeline verify <this folder>` on the build host.",
+        "2. Serve the folder, e.g. `python3 -m http.server -d . 8000` (or `pipeline demo` on the build host), and open",
+        "   index.html: draw a digit dark on white (mouse or touch), or upload an image; the page shows the top-3 labels",
+        "   and the batch-1 latency it measured (p50/p99 over 300 runs, wasm). The server must send .mjs/.js as",
+        "   text/javascript and .wasm as application/wasm.",
+        "",
+        "## Embedding: classifier.js",
+        "",
+        "```js",
+        'import { createClassifier } from "./classifier.js";',
+        "const clf = await createClassifier();            // options: {model, baseUrl, threads}",
+        "const { label, probabilities } = await clf.classify(canvasOrImgOrImageData);",
+        "```",
+        "",
+        "`createClassifier(options?)` fetches preprocessing.json (generated from the ONNX file's metadata: mean, std,",
+        "layout, labels) and the model beside the module, and resolves to an object whose `classify(image)` takes an",
+        "`ImageData`, a canvas or a loaded `<img>` and resolves to `{label, probabilities}` (`probabilities[i]` belongs",
+        "to `clf.labels[i]`; the object also carries `logits` and the 28x28 `pixels` the model saw). An `<img>` larger",
+        "than 1024 px on its longer side is downscaled first. A blank picture or a non-image rejects with a",
+        "`PreprocessError` whose message is one line. `options.model` picks a key of preprocessing.json's models,",
+        "`options.baseUrl` the folder the bundle is served from (default: the module's own), `options.threads` the",
+        "wasm threads (default 1; more need a cross-origin-isolated page). `clf.classifyPixels(pixels)` skips the",
+        "preprocessing for 784 MNIST-style grey levels.",
+        "",
+        "`preprocess.mjs` is the very file of the Node bundle: it mirrors `runtime/preprocess.py` (grayscale, inverting",
+        "light paper, cropping to the ink, the longer side to 20 px, centring by centre of mass in 28x28), so a digit drawn",
+        "dark on white on a 280x280 canvas is classified like an MNIST digit. golden/ holds 64 images with the Python",
+        "runtime's pixels and logits for them: the JS side must match within 1 grey level and give the same labels.",
+        "A browser decodes images itself (its canvas stores premultiplied alpha), so images with transparency may differ",
+        "from Python's by a grey level.",
+        "",
+        "Models:",
+        "",
+    ]
+    lines += [f"- `models/{stem}.onnx`: {m['variant']}, {m['precision']}, reported accuracy {100 * m['accuracy']:.2f} % "
+              "on the 10,000 MNIST test images" for stem, m in models.items()]
+    lines += ["", f"onnxruntime-web {ortw.VERSION} is MIT-licensed (Microsoft). MNIST is by Yann LeCun and Corinna "
+              "Cortes, CC BY-SA 3.0 (golden/).", ""]
     return "\n".join(lines)

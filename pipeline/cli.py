@@ -318,11 +318,14 @@ def predict(
 @app.command("bundle")
 @guarded(advice=ADVICE["bundle"])
 def bundle_cmd(
-    target: str = typer.Option(..., "--target", help="jetson | gpu | cpu (Python, bench.py) | node (onnxruntime-node, classify.mjs)"),
+    target: str = typer.Option(..., "--target", help="jetson | gpu | cpu (Python, bench.py) | node (onnxruntime-node, "
+                               "classify.mjs) | web (static page, classifier.js, onnxruntime-web wasm)"),
     model: str = typer.Option("edgenet", "--model", "-m", help="Which run to bundle."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the bundle [default: <artifacts>/bundles]."),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="web: the .tgz of `npm pack onnxruntime-web@<pinned>` "
+                                           "made elsewhere, instead of fetching it into the user cache."),
 ) -> None:
     """Folder + .tar.gz with the ONNX variants, test data, reference outputs, build and bench scripts."""
     from . import bundle
@@ -332,8 +335,42 @@ def bundle_cmd(
     run_dir = RunDir.for_model(artifacts, model)
     out = out or artifacts / "bundles"
     check_output_dir(out, "--out")  # before reading 10,000 test images and running the model on them
-    folder, tar = bundle.make_bundle(run_dir, target, out, data_root or default_data_root())
+    folder, tar = bundle.make_bundle(run_dir, target, out, data_root or default_data_root(), ort_web)
     _console().print(literal(("bundle:", "green"), f" {folder} and {tar}"), soft_wrap=True)
+
+
+@app.command()
+@guarded(advice=ADVICE["bundle"])
+def demo(
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0: any free port)."),
+    model: str = typer.Option("edgenet", "--model", "-m", help="Which run's web bundle to serve."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="As for `pipeline bundle --target web`."),
+) -> None:
+    """Serve the web bundle (built first if missing) on 127.0.0.1 and print its URL; Ctrl-C stops it."""
+    from . import bundle, demo as demo_mod
+    from .layout import RunDir
+
+    _setup_logging()
+    folder = artifacts / "bundles" / f"{model}-web-bundle"
+    server = demo_mod.serve(folder, port)  # binds first: a busy port is refused before minutes of bundling
+    try:
+        if not (folder / "index.html").is_file():
+            bundle.make_bundle(RunDir.for_model(artifacts, model), "web", artifacts / "bundles",
+                               data_root or default_data_root(), ort_web)
+    except BaseException:
+        server.server_close()
+        raise
+    host, bound = server.server_address[:2]
+    _console().print(literal(("serving:", "green"), f" {folder} at http://{host}:{bound}/ (Ctrl-C stops it)"),
+                     soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        _console().print(literal("stopped."))
+    finally:
+        server.server_close()
 
 
 @app.command()

@@ -21,8 +21,9 @@ from . import runners
 #: the ``pipeline bundle --target`` values run by Python (bench.py; jetson and gpu bundles also build TensorRT engines
 #: on the device)
 PYTHON_TARGETS = ("jetson", "gpu", "cpu")
-#: the targets run by JavaScript: node (onnxruntime-node, classify.mjs and the JS preprocessing module)
-JS_TARGETS = ("node",)
+#: the targets run by JavaScript: node (onnxruntime-node, classify.mjs) and web (a static page and classifier.js on
+#: onnxruntime-web's wasm build), both with the JS preprocessing module
+JS_TARGETS = ("node", "web")
 #: every ``pipeline bundle --target`` value
 TARGETS = PYTHON_TARGETS + JS_TARGETS
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
@@ -62,8 +63,9 @@ class Variant:
         return RUNNERS[self.backend](self, run_dir, model=model, threads=threads)
 
 
-#: node ships onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000 test
-#: images); onnxruntime-node is another onnxruntime release than Python's, so other files would need proving there too.
+#: node and web ship onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000
+#: test images) and that the browser test checks; onnxruntime-node/-web are other onnxruntime releases than Python's,
+#: so other files would need proving there too (onnxruntime-web's wasm build also runs fp16 without fp16 kernels).
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch-fp32", "torch", "cpu", "fp32", None),
     Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", atol=1e-4, tensorrt=True, bundle=TARGETS),

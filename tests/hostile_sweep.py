@@ -489,6 +489,11 @@ def cases() -> list[Case]:
     add(Case("bundle", "--model that has no run", ["bundle", "--target", "cpu", "--model", "lenet5", *common]))
     add(Case("bundle", "--out under a file", [*b, "--out", "{ws}/f/out"], setup=lambda env: _write(env.ws / "f", "x")))
 
+    # --- `demo` (only its refusals: a served page runs until Ctrl-C)
+    add(Case("demo", "--port 70000", ["demo", "--port", "70000", *common]))
+    add(Case("demo", "--port -1", ["demo", "--port", "-1", *common]))
+    add(Case("demo", "--model that has no run", ["demo", "--port", "0", "--model", "lenet5", *common]))
+
     # --- predict and bench read a run's artifact only while it is what its stage wrote
     def alter_fp32(env):
         _flip_byte(env.fp32)

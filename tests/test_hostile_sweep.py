@@ -9,7 +9,7 @@ def test_sweep_covers_every_command_and_the_python_api():
     cases = hostile_sweep.cases()
     assert len(cases) >= 200
     commands = {c.action[0] for c in cases if isinstance(c.action, list)}
-    assert commands == {"run", "models", "report", "predict", "bench", "check-qdq", "verify", "bundle"}
+    assert commands == {"run", "models", "report", "predict", "bench", "check-qdq", "verify", "bundle", "demo"}
     assert any(callable(c.action) for c in cases)  # Classifier and the bundle's bench.py
     assert len({(c.group, c.name) for c in cases}) == len(cases)  # every case is a different input
 

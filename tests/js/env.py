@@ -1,4 +1,4 @@
-"""Where the JS tests find Node and the Node packages (onnxruntime-node, pngjs, jpeg-js).
+"""Where the JS tests find Node, the Node packages (onnxruntime-node, pngjs, jpeg-js, playwright-core) and Chromium.
 
 The packages are pinned in ``tests/js/package.json`` + ``package-lock.json`` (the same versions as the Node bundle's
 package.json, which a test checks) and installed by ``.ci/run`` when ``tests/js/node_modules`` is missing. A test
@@ -34,3 +34,15 @@ def link_node_modules(folder: Path) -> None:
     """Make ``folder`` (or anything under it) resolve the pinned packages, without copying 300 MB: Node looks for
     ``node_modules`` in each parent folder of an importing file."""
     (Path(folder) / "node_modules").symlink_to(NODE_MODULES, target_is_directory=True)
+
+
+#: Debian's chromium package (.ci/run installs it when missing); the browser tests drive it with playwright-core
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def require_chromium() -> str:
+    """The Chromium executable (and node with the packages), or skip the calling test with the reason and the fix."""
+    require_node()
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing, so the browser tests cannot run: apt-get install chromium (.ci/run does).")
+    return str(CHROMIUM)
