@@ -59,11 +59,12 @@ TARGETS: tuple[Target, ...] = (
     Target("cpu", "x86/ARM CPU, onnxruntime", _onnxruntime_cpu, "cpu", "onnx-fp32",
            "pipeline bundle --target cpu --model {model}; then, on the device, in the unpacked {folder}/: "
            "python3 bench.py"),
-    Target("browser", "Browser and Node, onnxruntime-web/-node", _browser, "node", "onnx-fp32",
-           "pipeline bundle --target node --model {model}; then, in {folder}/: npm install --ignore-scripts && "
-           "node classify.mjs --test-set",
-           note="the web and Node bundles ship it; classify.mjs --test-set checks its accuracy with onnxruntime's "
-                "JavaScript API in Node (browser latency is not measured in this report)"),
+    Target("browser", "Browser and Node, onnxruntime-web/-node", _browser, "web", "onnx-fp32",
+           "pipeline bundle --target web --model {model}; then serve {folder}/ (pipeline demo --model {model}) "
+           "and open the page: it shows p50/p99 batch-1 latency in wasm; accuracy in Node: pipeline bundle "
+           "--target node --model {model}; npm install --ignore-scripts && node classify.mjs --test-set",
+           note="the web and Node bundles ship it; the page measures its latency in the browser and "
+                "classify.mjs --test-set its accuracy in Node (neither figure is fed into this report yet)"),
     Target("tensorrt", "NVIDIA GPU or Jetson, TensorRT", _nvidia, "jetson", "onnx-fp32",
            "pipeline bundle --target jetson --model {model}; then, on the device, in the unpacked {folder}/: "
            "python3 build_engines.py && python3 bench.py --engines",
