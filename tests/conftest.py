@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import invoke
+from tests.helpers import invoke, quick_bundle
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +47,7 @@ def bundle(quick_run, data_root, tmp_path_factory) -> Path:
     """`pipeline bundle --target jetson` of the quick run; tests read it, or damage a copy. Module scope: each
     test module that asks gets its own, so nothing one module leaves in it (bench.py's bytecode cache, once a
     test loads bench.py from there) can reach another module's checks of the folder."""
-    out = tmp_path_factory.mktemp("bundles")
-    r = invoke("bundle", "--target", "jetson", "--artifacts", quick_run["artifacts"], "--out", out,
-               "--data-root", data_root)
-    assert r.exit_code == 0, r.output
-    return out / "edgenet-jetson-bundle"
+    return quick_bundle(quick_run, data_root, tmp_path_factory.mktemp("bundles"), "jetson")
 
 
 @pytest.fixture

@@ -60,3 +60,11 @@ def load_module(path: Path, name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def quick_bundle(quick_run: dict, data_root: Path, out: Path, target: str) -> Path:
+    """`pipeline bundle --target TARGET` of the session's quick run into ``out``; the bundle folder."""
+    r = invoke("bundle", "--target", target, "--artifacts", quick_run["artifacts"], "--out", out,
+               "--data-root", data_root)
+    assert r.exit_code == 0, r.output
+    return out / f"edgenet-{target}-bundle"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.bundle_js import NODE_FILES
-from tests.helpers import invoke
+from tests.helpers import invoke, quick_bundle
 from tests.js.env import JS_DIR, link_node_modules, require_node
 
 BUNDLED = {"MANIFEST.json", "README.md", "report.json", "package.json", "classify.mjs", "decode.mjs", "preprocess.mjs",
@@ -20,10 +20,7 @@ BUNDLED = {"MANIFEST.json", "README.md", "report.json", "package.json", "classif
 
 @pytest.fixture(scope="module")
 def node_bundle(quick_run, data_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("node-bundles")
-    r = invoke("bundle", "--target", "node", "--artifacts", quick_run["artifacts"], "--out", out, "--data-root", data_root)
-    assert r.exit_code == 0, r.output
-    return out / "edgenet-node-bundle"
+    return quick_bundle(quick_run, data_root, tmp_path_factory.mktemp("node-bundles"), "node")
 
 
 def _node(bundle: Path, *args: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline import demo, ort_web
 from pipeline.bundle_js import NODE_FILES, WEB_FILES
-from tests.helpers import invoke
+from tests.helpers import invoke, quick_bundle
 from tests.js.env import JS_DIR, require_chromium
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,10 +48,7 @@ def _softmax(logits) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def web_bundle(quick_run, data_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("web-bundles")
-    r = invoke("bundle", "--target", "web", "--artifacts", quick_run["artifacts"], "--out", out, "--data-root", data_root)
-    assert r.exit_code == 0, r.output
-    return out / "edgenet-web-bundle"
+    return quick_bundle(quick_run, data_root, tmp_path_factory.mktemp("web-bundles"), "web")
 
 
 @pytest.fixture(scope="module")
