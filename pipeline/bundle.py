@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import manifest, variants
+from . import bundle_js, manifest, variants
 from .errors import PipelineError
 from .layout import RunDir, _umask, atomic_path, atomic_write, sha256_file, write_json
 from .variants import JS_TARGETS, REFERENCE, TARGETS
@@ -72,8 +72,7 @@ def _readme(target: str, model: str, models: dict, tar_name: str) -> str:
                   "`python3 build_engines.py --dla-core 0` builds the fp16 and int8 engines for a DLA core (static",
                   "profile: batch = --max-batch; GPU fallback on); the layers that run on the GPU, read from the",
                   "built engine, are printed and stored in the sidecar."]
-    lines += ["", "Models:", ""] + [f"- `models/{stem}.onnx`: {m['variant']}, {m['precision']}, reported accuracy "
-                                     f"{100 * m['accuracy']:.2f} % on the 10,000 MNIST test images" for stem, m in models.items()]
+    lines += [""] + bundle_js.model_lines(models)
     lines += ["", "MNIST is by Yann LeCun and Corinna Cortes, CC BY-SA 3.0 (data/mnist-test.npz).", ""]
     return "\n".join(lines)
 
@@ -216,12 +215,8 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
                             "with MNIST/raw or one that can be written.") from None
     reference = {"variant": REFERENCE, "accuracy": rows[REFERENCE]["accuracy"]}
     if target == "web":
-        from . import bundle_js
-
         bundle_js.fill_web(folder, models, raw, report["model"], ort_web)
     elif target in JS_TARGETS:
-        from . import bundle_js
-
         bundle_js.fill_node(folder, models, raw, report["model"])
     else:
         _fill_python(folder, run, target, report, models, raw, reference, data_root)

@@ -178,6 +178,12 @@ def fill_node(folder: Path, models: dict, raw: Path, model_name: str) -> None:
     atomic_write(folder / "README.md", _node_readme(model_name, models))
 
 
+def model_lines(models: dict) -> list[str]:
+    """The "Models:" list of a bundle README (every target's): each file, its variant, precision and accuracy."""
+    return ["Models:", ""] + [f"- `models/{stem}.onnx`: {m['variant']}, {m['precision']}, reported accuracy "
+                              f"{100 * m['accuracy']:.2f} % on the 10,000 MNIST test images" for stem, m in models.items()]
+
+
 def _node_readme(model_name: str, models: dict) -> str:
     pins = json.loads(NODE_FILES["package.json"].read_text())["dependencies"]
     lines = [
@@ -210,11 +216,8 @@ def _node_readme(model_name: str, models: dict) -> str:
         "",
         "Not done here (Pillow does them in Python): EXIF orientation, and formats other than PNG and JPEG.",
         "",
-        "Models:",
-        "",
     ]
-    lines += [f"- `models/{stem}.onnx`: {m['variant']}, {m['precision']}, reported accuracy {100 * m['accuracy']:.2f} % "
-              "on the 10,000 MNIST test images" for stem, m in models.items()]
+    lines += model_lines(models)
     lines += ["", "MNIST is by Yann LeCun and Corinna Cortes, CC BY-SA 3.0 (data/).", ""]
     return "\n".join(lines)
 
@@ -260,11 +263,8 @@ def _web_readme(model_name: str, models: dict) -> str:
         "A browser decodes images itself (its canvas stores premultiplied alpha), so images with transparency may differ",
         "from Python's by a grey level.",
         "",
-        "Models:",
-        "",
     ]
-    lines += [f"- `models/{stem}.onnx`: {m['variant']}, {m['precision']}, reported accuracy {100 * m['accuracy']:.2f} % "
-              "on the 10,000 MNIST test images" for stem, m in models.items()]
+    lines += model_lines(models)
     lines += ["", f"onnxruntime-web {ortw.VERSION} is MIT-licensed (Microsoft). MNIST is by Yann LeCun and Corinna "
               "Cortes, CC BY-SA 3.0 (golden/).", ""]
     return "\n".join(lines)

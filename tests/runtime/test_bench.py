@@ -27,13 +27,18 @@ def test_bench_sweeps_batches_and_writes_json(quick_run, tmp_path):
     assert data["macs_per_image"] == macs_per_image(build("edgenet"))
 
 
-def test_bench_asks_for_shape_when_the_model_does_not_say(quick_run, tmp_path):
+def _without_image_shape(quick_run, path, name: str):
+    """The quick run's FP32 model with its per-image input dimensions made symbolic (``name``), saved at ``path``."""
     m = onnx.load(str(quick_run["dir"] / "export" / "model-fp32.onnx"))
     for d in m.graph.input[0].type.tensor_type.shape.dim[1:]:
         d.Clear()
-        d.dim_param = "unknown"
-    path = tmp_path / "anon.onnx"
+        d.dim_param = name
     onnx.save(m, str(path))
+    return path
+
+
+def test_bench_asks_for_shape_when_the_model_does_not_say(quick_run, tmp_path):
+    path = _without_image_shape(quick_run, tmp_path / "anon.onnx", "unknown")
     r = invoke("bench", path, "--batch", "1", "--iterations", "5", "--duration", "0.1")
     assert r.exit_code == 2 and "--shape" in r.output
     r = invoke("bench", path, "--batch", "1", "--iterations", "5", "--duration", "0.1", "--warmup-seconds", "0",
@@ -141,12 +146,7 @@ def test_bench_refuses_batch_sizes_a_fixed_batch_model_cannot_take(quick_run, tm
 
 
 def test_huge_shape_for_a_model_with_free_dimensions_is_refused_before_allocating(quick_run, tmp_path):
-    m = onnx.load(str(quick_run["dir"] / "export" / "model-fp32.onnx"))
-    for d in m.graph.input[0].type.tensor_type.shape.dim[1:]:
-        d.Clear()
-        d.dim_param = "free"
-    path = tmp_path / "free.onnx"
-    onnx.save(m, str(path))
+    path = _without_image_shape(quick_run, tmp_path / "free.onnx", "free")
     r = invoke("bench", path, "--shape", "1,100000,100000", "--batch", "1", *FAST)
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "batch size 1 of [1, 100000, 100000] inputs needs 111.8 GiB for its random input" \
