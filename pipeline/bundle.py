@@ -214,7 +214,9 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
         raise PipelineError(f"--data-root {data_root} cannot hold MNIST ({e.strerror or e}); point it at a folder "
                             "with MNIST/raw or one that can be written.") from None
     reference = {"variant": REFERENCE, "accuracy": rows[REFERENCE]["accuracy"]}
-    if target == "web":
+    if target == "web":  # the browser recommendation first: classifier.js loads the first model by default
+        pick = Path(((report.get("recommended") or {}).get("browser") or {}).get("file", "")).stem
+        models = {k: models[k] for k in sorted(models, key=lambda k: k != pick)}
         bundle_js.fill_web(folder, models, raw, report["model"], ort_web)
     elif target in JS_TARGETS:
         bundle_js.fill_node(folder, models, raw, report["model"])

@@ -130,10 +130,10 @@ def preprocessing(meta: dict[str, str], file_rel: str, variant: str, accuracy: f
 
 
 def _golden_from_raw(folder: Path, models: dict, raw: Path) -> None:
-    """The golden set, made with the first model (onnx-fp32: the table's first row that every target ships)."""
+    """The golden set, made with onnx-fp32 (the file every target ships, held to exact parity), else the first model."""
     images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
     labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
-    stem = next(iter(models))
+    stem = next((k for k, m in models.items() if m["variant"] == "onnx-fp32"), next(iter(models)))
     write_golden(folder / "golden", folder / "models" / f"{stem}.onnx", f"models/{stem}.onnx", images, labels)
 
 

@@ -195,6 +195,7 @@ def run(
     qat_epochs: Optional[int] = typer.Option(None, help=with_default("QAT fine-tuning epochs.", "qat_epochs")),
     qat_lr: Optional[float] = typer.Option(None, help=with_default("QAT fine-tuning learning rate.", "qat_lr")),
     threads: Optional[int] = typer.Option(None, help=with_default("Intra-op threads for training and timing (0 = all cores).", "threads")),
+    browser: Optional[bool] = typer.Option(None, "--browser/--no-browser", help=with_default("Also measure the web-wasm rows in headless Chromium, when installed (off under --quick).", "browser")),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the pipeline up to STAGE (default: all), skipping stages whose inputs are unchanged."""
@@ -207,7 +208,7 @@ def run(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         schedule=schedule, label_smoothing=label_smoothing, augment=augment, seed=seed, device=device,
         val_size=val_size, quant=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
-        qat_lr=qat_lr, threads=threads,
+        qat_lr=qat_lr, threads=threads, browser=browser,
     )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -113,6 +113,9 @@ class ValidateConfig:
     max_seconds: float = 1.5  # stop timing a batch size after this long (at least 10 runs)
     golden_atol: float = 1e-5  # the checkpoint must reproduce golden.npz's logits within this (max |diff|)
     threads: int = 0  # intra-op threads for both torch and onnxruntime; 0 = all cores
+    # also measure the web-wasm-* rows in headless Chromium (when it is installed): all test images and the first and
+    # last batch size, through the web bundle's classifier.js on onnxruntime-web's wasm build
+    browser: bool = True
 
     def __post_init__(self):
         _check(all(b >= 1 for b in self.batches), "batch sizes must be >= 1.")
@@ -209,7 +212,7 @@ class QuantConfig:
 QUICK: dict[str, dict] = {
     "data": {"val_size": 1000, "max_train": 4000},
     "train": {"epochs": 2},
-    "validate": {"warmup": 3, "iterations": 20, "max_seconds": 0.1},
+    "validate": {"warmup": 3, "iterations": 20, "max_seconds": 0.1, "browser": False},
     "quant": {"calib_size": 128, "qat_max_images": 1024, "sqnr_images": 64},
 }
 
@@ -234,6 +237,7 @@ RUN_OPTIONS: dict[str, tuple[str, ...]] = {
     "qat_epochs": ("quant.qat_epochs",),
     "qat_lr": ("quant.qat_lr",),
     "threads": ("train.threads", "validate.threads"),
+    "browser": ("validate.browser",),
 }
 
 

@@ -136,6 +136,8 @@ class Splits:
     test_y: "torch.Tensor"
     mean: float  # of the training split's pixels scaled to 0..1
     std: float
+    test_u8: "torch.Tensor | None" = None  # (N, 28, 28) uint8: the test images as stored, for a client that
+    # preprocesses them itself (the browser measurement runs the JS normalization on these bytes)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -171,5 +173,5 @@ def load_splits(cfg: DataConfig) -> Splits:
         train_x=norm(train_u8), train_y=train.targets[train_idx].long(),
         val_x=norm(train.data[val_idx]), val_y=train.targets[val_idx].long(),
         test_x=norm(test.data), test_y=test.targets.long(),
-        mean=mean, std=std,
+        mean=mean, std=std, test_u8=test.data,
     )

@@ -25,13 +25,26 @@ class Handler(SimpleHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A browser that drops a connection mid-response (a reload, a closed tab) is normal for a page server; the
+        base class would print a traceback for it. Anything else is still reported."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def serve(folder: Path, port: int) -> ThreadingHTTPServer:
     """A server bound to ``HOST:port`` for ``folder`` (not yet serving: call ``serve_forever``). The folder is read
     per request, so it may be built after the port is taken."""
     folder = Path(folder).resolve()
     handler = functools.partial(Handler, directory=str(folder))
     try:
-        return ThreadingHTTPServer((HOST, port), handler)
+        return Server((HOST, port), handler)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise PipelineError(f"Port {port} on {HOST} is already in use (another `pipeline demo` or web server?); "

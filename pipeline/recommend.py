@@ -37,7 +37,7 @@ def _onnxruntime_cpu(row: dict) -> bool:
 
 
 def _browser(row: dict) -> bool:
-    return str(row.get("name", "")).startswith("web-")
+    return row.get("backend") == variants.BROWSER
 
 
 def _nvidia(row: dict) -> bool:
@@ -59,12 +59,12 @@ TARGETS: tuple[Target, ...] = (
     Target("cpu", "x86/ARM CPU, onnxruntime", _onnxruntime_cpu, "cpu", "onnx-fp32",
            "pipeline bundle --target cpu --model {model}; then, on the device, in the unpacked {folder}/: "
            "python3 bench.py"),
-    Target("browser", "Browser and Node, onnxruntime-web/-node", _browser, "web", "onnx-fp32",
+    Target("browser", "Browser, onnxruntime-web (wasm)", _browser, "web", "onnx-fp32",
            "pipeline bundle --target web --model {model}; then serve {folder}/ (pipeline demo --model {model}) "
-           "and open the page: it shows p50/p99 batch-1 latency in wasm; accuracy in Node: pipeline bundle "
-           "--target node --model {model}; npm install --ignore-scripts && node classify.mjs --test-set",
-           note="the web and Node bundles ship it; the page measures its latency in the browser and "
-                "classify.mjs --test-set its accuracy in Node (neither figure is fed into this report yet)"),
+           "and open the page in the target browser: it shows p50/p99 batch-1 latency in wasm",
+           note="the web-wasm rows are measured in headless Chromium when it is installed (and not --no-browser); "
+                "the web bundle ships this file, and the Node bundle too (node classify.mjs --test-set measures its "
+                "accuracy in Node)"),
     Target("tensorrt", "NVIDIA GPU or Jetson, TensorRT", _nvidia, "jetson", "onnx-fp32",
            "pipeline bundle --target jetson --model {model}; then, on the device, in the unpacked {folder}/: "
            "python3 build_engines.py && python3 bench.py --engines",

@@ -107,7 +107,8 @@ def render_markdown(report: dict) -> str:
         lat = v.get("latency", {})
         s, b = lat.get(small, {}), lat.get(big, {})
         lines.append("| " + " | ".join([
-            f"`{v['name']}`", v["backend"], v["provider"] + ("¹" if v.get("ort_optimization") == "basic" else ""),
+            f"`{v['name']}`", v["backend"], v["provider"] + ("¹" if v.get("ort_optimization") == "basic" else "")
+            + ("²" if v.get("measured_in") else ""),
             v["precision"], _fmt_bytes(v.get("size_bytes")),
             f"{100 * v['accuracy']:.2f} %", f"{v.get('accuracy_delta', 0):+.2f}", str(len(v.get("flips", []))),
             f"{v['agreement']:.4f}", _fmt_diff(v),
@@ -118,6 +119,12 @@ def render_markdown(report: dict) -> str:
         lines += ["", "¹ TensorRT-targeted INT8 file run with onnxruntime's basic graph optimizations: Q/DQ executed as "
                   "written (what TensorRT computes), because onnxruntime's fused x86 int8 kernels saturate on CPUs "
                   "without VNNI. Its CPU latency is therefore not a deployment figure; use `onnx-int8-cpu` on CPUs."]
+    where = sorted({v["measured_in"] for v in report["variants"] if v.get("measured_in")})
+    if where:
+        lines += ["", "² Measured in " + "; ".join(where) + ": the page ran all 10,000 test images through the web "
+                  "bundle's classifier.js (the JS normalization included) and timed single awaited runs with "
+                  "performance.now(); the first and last batch sizes only. Figures from this host's browser, not a "
+                  "phone's."]
     lines += ["", "## Latency by batch size", "", "| variant | batch | p50 ms | p90 ms | p99 ms | mean ms | CV | img/s |",
               "|---|---|---|---|---|---|---|---|"]
     for v in report["variants"]:

@@ -70,8 +70,8 @@ def _models():
 
     class VariantRow(Strict):
         name: str
-        backend: Literal["torch", "onnxruntime", "tensorrt"]
-        provider: Literal["cpu", "cuda"]
+        backend: Literal["torch", "onnxruntime", "tensorrt", "onnxruntime-web"]
+        provider: Literal["cpu", "cuda", "wasm"]
         precision: Literal["fp32", "fp16", "int8"]
         path: str
         size_bytes: Count
@@ -85,6 +85,7 @@ def _models():
         ort_optimization: Optional[Literal["all", "basic"]] = None
         latency: dict[Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}$")], Latency]
         engine: Optional[Engine] = None
+        measured_in: Optional[str] = None  # rows measured outside this Python process (the browser's): where
 
     class Epoch(Strict):
         epoch: Positive

@@ -115,6 +115,27 @@ def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], im
     return row, logits
 
 
+def browser_row(variant: Variant, logits: np.ndarray, times_ms: dict[int, list[float]], reference: np.ndarray,
+                labels, measured_in: str) -> dict:
+    """A row measured in a browser (:mod:`pipeline.browser`): the same figures as :func:`validate_variant`'s, from
+    the logits and timings the page posted. ``measured_in`` names the browser, runtime and host, and goes into the
+    report beside the figures: they are not a Python runtime's."""
+    from runtime.bench import summarize
+
+    figures = compare(logits, reference, labels)
+    lat = {str(b): {**summarize(np.asarray(t, np.float64), b).as_dict(),
+                    "includes": "one awaited classifier run (onnxruntime-web session.run) in the page, performance.now()"}
+           for b, t in sorted(times_ms.items())}
+    row = {"name": variant.name, "backend": variant.backend, "provider": variant.provider,
+           "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat,
+           "measured_in": measured_in}
+    small, big = str(min(times_ms)), str(max(times_ms))
+    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %s  p50@%s %.3f ms  %.0f img/s @%s (%s)",
+             variant.name, 100 * figures["accuracy"], figures["agreement"], _diff(figures["max_abs_diff"]), small,
+             lat[small]["p50_ms"], lat[big]["throughput_per_s"], big, measured_in)
+    return row
+
+
 def _diff(value) -> str:
     return "NaN/inf" if value is None or not math.isfinite(value) else f"{value:.2e}"
 

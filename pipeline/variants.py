@@ -31,19 +31,22 @@ REFERENCE = "torch-fp32"
 #: how a backend's runner is built: ``factory(variant, run_dir, model=..., threads=...)`` -> an unactivated
 #: runner (:class:`runtime.base.BaseRunner`). Each factory imports its backend when called, not here.
 RUNNERS = {"torch": runners.torch_runner, "onnxruntime": runners.onnxrt_runner, "tensorrt": runners.tensorrt_runner}
+#: the backend measured in a web browser rather than by a Python runner: every row with it is run in one headless
+#: Chromium session (:mod:`pipeline.browser`) by the validate stage, through the web bundle's own classifier.js
+BROWSER = "onnxruntime-web"
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    backend: str  # torch | onnxruntime | tensorrt (a key of RUNNERS: how its runner is built)
-    provider: str  # cpu | cuda
+    backend: str  # torch | onnxruntime | tensorrt (a key of RUNNERS: how its runner is built) | BROWSER
+    provider: str  # cpu | cuda | wasm (onnxruntime-web's WebAssembly build, single-threaded as classifier.js runs it)
     precision: str  # fp32 | fp16 | int8
     file: str | None  # file name under <run>/export/ (None for the torch reference: it runs the checkpoint)
     atol: float | None = None  # enforced parity: max |logit diff| vs REFERENCE (and agreement 1.0)
     budget_pp: float | None = None  # accuracy drop vs REFERENCE we aim to stay within (percentage points)
     quant: str | None = None  # which QuantConfig switch builds it: ptq | qat | cpu (None: always built)
-    requires: str | None = None  # hardware/backend it needs: cuda (onnxruntime-gpu) | tensorrt
+    requires: str | None = None  # hardware/backend it needs: cuda (onnxruntime-gpu) | tensorrt | browser (Chromium)
     source: str | None = None  # for engines: the ONNX file (another row's file) they are built from
     # onnxruntime graph optimizations: "all" (what an app gets by default) or "basic", which runs Q/DQ exactly as
     # written (dequantize -> float op -> quantize), i.e. what TensorRT computes. The TensorRT-targeted INT8 files
@@ -60,12 +63,16 @@ class Variant:
 
         ``run_dir`` (a :class:`pipeline.layout.RunDir`) locates the file; ``model`` is the restored torch
         model (torch rows only); ``threads`` is the intra-op thread count (0: the backend's default)."""
+        if self.backend not in RUNNERS:
+            raise ValueError(f"{self.name} is measured in a browser (pipeline.browser), not by a Python runner")
         return RUNNERS[self.backend](self, run_dir, model=model, threads=threads)
 
 
-#: node and web ship onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000
-#: test images) and that the browser test checks; onnxruntime-node/-web are other onnxruntime releases than Python's,
-#: so other files would need proving there too (onnxruntime-web's wasm build also runs fp16 without fp16 kernels).
+#: node ships onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000 test
+#: images); onnxruntime-node is another onnxruntime release than Python's, so other files would need proving there too.
+#: web ships onnx-fp32 and the CPU INT8 file, the two files the web-wasm-* rows measure in the browser (on all 10,000
+#: test images, through classifier.js), so the browser recommendation is always a file the web bundle carries.
+#: onnxruntime-web's wasm build runs fp16 without fp16 kernels, and the TensorRT INT8 files are for TensorRT.
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch-fp32", "torch", "cpu", "fp32", None),
     Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", atol=1e-4, tensorrt=True, bundle=TARGETS),
@@ -76,7 +83,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("onnx-int8-qat", "onnxruntime", "cpu", "int8", "model-int8-qat.onnx", budget_pp=0.05, quant="qat",
             ort_optimization="basic", tensorrt=True, bundle=PYTHON_TARGETS),
     Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
-            bundle=PYTHON_TARGETS),  # the PTQ budget: the same calibration, another operator placement
+            bundle=PYTHON_TARGETS + ("web",)),  # the PTQ budget: the same calibration, another operator placement
+    Variant("web-wasm-fp32", BROWSER, "wasm", "fp32", "model-fp32.onnx", atol=1e-4, requires="browser"),
+    Variant("web-wasm-int8", BROWSER, "wasm", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
+            requires="browser"),
     Variant("onnx-fp32-cuda", "onnxruntime", "cuda", "fp32", "model-fp32.onnx", requires="cuda"),
     Variant("trt-fp32", "tensorrt", "cuda", "fp32", "model-fp32.engine", requires="tensorrt",
             source="model-fp32.onnx"),
@@ -115,6 +125,11 @@ def unavailable(v: Variant) -> str | None:
 
     if v.requires is None:
         return None
+    if v.requires == "browser":
+        from . import browser
+
+        return None if browser.find() else ("no Chromium or Chrome on PATH to measure it in (Debian: apt-get install "
+                                            "chromium)")
     try:
         import onnxruntime
 

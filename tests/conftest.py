@@ -24,9 +24,10 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory, data_root):
-    """`pipeline run all --quick` on real MNIST, once; tests read (never modify) its artifacts."""
+    """`pipeline run all --quick --browser` on real MNIST, once; tests read (never modify) its artifacts. With the
+    browser rows (web-wasm-*) measured in headless Chromium where it is installed (.ci/run installs it)."""
     artifacts = tmp_path_factory.mktemp("artifacts")
-    result = invoke("run", "all", "--quick", "--artifacts", artifacts, "--data-root", data_root)
+    result = invoke("run", "all", "--quick", "--browser", "--artifacts", artifacts, "--data-root", data_root)
     assert result.exit_code == 0, result.output
     run_dir = artifacts / "edgenet"
     return {"artifacts": artifacts, "dir": run_dir, "output": result.output,

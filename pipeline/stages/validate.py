@@ -80,10 +80,13 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
     from ..validate import validate_variant
 
     vcfg = ctx.cfg.validate
-    rows, reference, skipped, logits_by_name = [], None, [], {}
+    rows, reference, skipped, logits_by_name, in_browser = [], None, [], {}, []
     for v in variants.VARIANTS:
         if not ctx.cfg.quant.builds(v.quant):
             skipped.append({"name": v.name, "reason": f"not built with --quant {ctx.cfg.quant.mode}"})
+            continue
+        if v.backend == variants.BROWSER and not vcfg.browser:
+            skipped.append({"name": v.name, "reason": "not measured: --no-browser (the --quick budget's default)"})
             continue
         why = unavailable(v)
         if why:
@@ -91,6 +94,9 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
             continue
         if v.file and not ctx.rd.export_file(v.file).is_file():
             raise PipelineError(f"{ctx.rd.export_file(v.file)} is missing; rerun with --force.")
+        if v.backend == variants.BROWSER:  # measured together, in one browser session, once the reference exists
+            in_browser.append(v)
+            continue
         make = lambda v=v: v.runner(ctx.rd, model=model, threads=vcfg.threads)  # noqa: E731
         row, logits = validate_variant(v, make, images, labels, reference, vcfg)
         logits_by_name[v.name] = logits
@@ -103,7 +109,53 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
         if v.backend == "tensorrt":
             row["engine"] = _engine_summary(path)
         rows.append(row)
+    if in_browser:
+        measured, failed = _in_browser(ctx, in_browser, reference, labels)
+        for row, logits in measured:
+            logits_by_name[row["name"]] = logits
+            rows.append(row)
+        skipped += failed
     return rows, skipped, logits_by_name
+
+
+def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple[dict, object]], list[dict]]:
+    """The browser rows (``web-wasm-*``), measured in one headless Chromium session (:mod:`pipeline.browser`).
+
+    A browser that cannot measure (onnxruntime-web not fetchable, Chromium failing) skips these rows with the
+    reason, as a missing GPU skips the CUDA rows: the Python figures stand on their own."""
+    import numpy as np
+
+    from exporters.onnx import read_metadata
+
+    from .. import browser, bundle_js, ort_web
+    from ..validate import browser_row
+
+    vcfg = ctx.cfg.validate
+    exe = browser.find()
+    pixels = ctx.splits.test_u8.numpy().astype(np.uint8)
+    batches = (vcfg.batches[0], vcfg.batches[-1])  # what the report's columns and recommendation read
+    log.info("validate: %s in headless %s", ", ".join(v.name for v in todo), browser.version(exe) or exe)
+    try:
+        models = {v.name: {"path": ctx.rd.export_file(v.file),
+                           "entry": bundle_js.preprocessing(read_metadata(ctx.rd.export_file(v.file)),
+                                                            f"models/{v.file}", v.name, None)} for v in todo}
+        got = browser.measure(exe, models, pixels, batches=batches, warmup=vcfg.warmup, iterations=vcfg.iterations,
+                              max_seconds=vcfg.max_seconds)
+    except PipelineError as e:
+        log.warning("validate: the browser rows were not measured: %s", e)
+        return [], [{"name": v.name, "reason": f"not measured in the browser: {e}"} for v in todo]
+    where = (f"headless {browser.version(exe) or 'Chromium'} on this host, onnxruntime-web {ort_web.VERSION} wasm "
+             f"(SIMD, 1 thread, as classifier.js runs it; WebGPU "
+             + ("offered but not measured: the web bundle carries the wasm build only)" if got["webgpu"]
+                else "absent: the browser offers no adapter here)"))
+    out = []
+    for v in todo:
+        m = got["models"][v.name]
+        row = browser_row(v, m.logits, m.times_ms, reference, labels, where)
+        row["path"] = str(models[v.name]["path"])
+        row["size_bytes"] = models[v.name]["path"].stat().st_size
+        out.append((row, m.logits))
+    return out, []
 
 
 def _engine_summary(engine: Path) -> dict:

@@ -2,7 +2,8 @@
 //
 //   node browser.mjs SPEC.json
 //
-// SPEC: {url, chromium, profile, screenshot?, upload?, images: [{file}], digits: [{label, pixels: [784]}], pixels: [[784]...]}
+// SPEC: {url, chromium, profile, model, screenshot?, upload?, images: [{file}], digits: [{label, pixels: [784]}], pixels: [[784]...]}
+//   model: the preprocessing.json key that classifier.js is created with (createClassifier({model})) for images and pixels
 //   images: golden files (under url/golden/) run through classifier.js's classify(<img>) inside the page
 //   pixels: 28x28 MNIST test images run through classifyPixels (the model alone, no preprocessing)
 //   digits: MNIST test digits traced on the drawing pad with real mouse events (the first also with touch events)
@@ -36,14 +37,19 @@ try {
   out.latencyText = await page.textContent("#latency");
   out.webgpuText = await page.textContent("#webgpu");
 
-  // classify() on the golden files, as an embedding page would: <img> elements
+  // classifier.js imported as an embedding page would, with the model the golden set was made with (spec.model);
+  // classify() on the golden files: <img> elements
+  await page.evaluate(async (model) => {
+    const { createClassifier } = await import("./classifier.js");
+    window.embedded = await createClassifier({ model });
+  }, spec.model);
   out.golden = await page.evaluate(async (files) => {
     const res = [];
     for (const f of files) {
       const img = new Image();
       img.src = `golden/${f}`;
       await img.decode();
-      const r = await window.demo.classifier.classify(img);
+      const r = await window.embedded.classify(img);
       res.push({ file: f, label: r.label, probabilities: r.probabilities, pixels: Array.from(r.pixels) });
     }
     return res;
@@ -53,7 +59,7 @@ try {
   out.testSet = await page.evaluate(async (all) => {
     const res = [];
     for (const p of all) {
-      const r = await window.demo.classifier.classifyPixels(Uint8Array.from(p));
+      const r = await window.embedded.classifyPixels(Uint8Array.from(p));
       res.push({ label: r.label, probabilities: r.probabilities });
     }
     return res;

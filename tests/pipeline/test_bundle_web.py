@@ -24,7 +24,8 @@ from tests.js.env import JS_DIR, require_chromium
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = {"MANIFEST.json", "README.md", "report.json", "index.html", "app.js", "classifier.js", "preprocess.mjs",
-           "preprocessing.json", "models/model-fp32.onnx", "golden/golden.json"} | {f"ort/{f}" for f in ort_web.FILES}
+           "preprocessing.json", "models/model-fp32.onnx", "models/model-int8-cpu.onnx", "golden/golden.json"} | {
+    f"ort/{f}" for f in ort_web.FILES}
 #: MNIST test images the model classifies inside the browser (classifyPixels), compared with the Python runtime's
 TEST_IMAGES = 300
 #: MNIST test indices traced on the drawing pad: a 7, a 2, a 1 and a 0 (the first of each in the test set)
@@ -60,6 +61,7 @@ def browser(web_bundle, data_root, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("browser")
     spec = {
         "chromium": chromium, "profile": str(tmp / "profile"), "screenshot": str(tmp / "drawn-7.png"),
+        "model": "model-fp32",  # the golden set's model (the page's own default is the browser recommendation)
         "images": [{"file": g["file"]} for g in golden["images"]],
         "pixels": [g["pixels"] for g in golden["images"]] + images[:TEST_IMAGES].reshape(TEST_IMAGES, -1).tolist(),
         "digits": [{"label": str(labels[i]), "pixels": images[i].ravel().tolist()} for i in DRAWN],
@@ -96,9 +98,12 @@ def test_web_bundle_contents(web_bundle, quick_run):
     # nothing is loaded from outside the bundle: no absolute URL in the page or the modules
     for name in ("index.html", "app.js", "classifier.js"):
         assert not re.search(r"https?://", (web_bundle / name).read_text()), name
-    params = json.loads((web_bundle / "preprocessing.json").read_text())["models"]["model-fp32"]
-    row = {v["name"]: v for v in quick_run["report"]["variants"]}["onnx-fp32"]
-    assert params["accuracy"] == row["accuracy"] and params["file"] == "models/model-fp32.onnx"
+    models = json.loads((web_bundle / "preprocessing.json").read_text())["models"]
+    rows = {v["name"]: v for v in quick_run["report"]["variants"]}
+    for key, variant in (("model-fp32", "onnx-fp32"), ("model-int8-cpu", "onnx-int8-cpu")):
+        assert models[key]["accuracy"] == rows[variant]["accuracy"] and models[key]["file"] == f"models/{key}.onnx"
+    # classifier.js loads the first model by default: the report's browser recommendation
+    assert f"models/{quick_run['report']['recommended']['browser']['file']}" == next(iter(models.values()))["file"]
     assert len(golden["images"]) == 64
     readme = (web_bundle / "README.md").read_text()
     assert "createClassifier" in readme and "classify(" in readme and ort_web.VERSION in readme

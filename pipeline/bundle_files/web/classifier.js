@@ -65,9 +65,10 @@ export async function createClassifier(options = {}) {
 
   let queue = Promise.resolve(); // one session.run at a time: a session does not take concurrent runs
 
-  /** The model's logits (Float32Array) for one normalized input tensor. */
-  async function run(tensor) {
-    const next = queue.then(() => session.run({ [params.input_name]: new ort.Tensor("float32", tensor, dims) }));
+  /** The model's logits (Float32Array, batch x classes) for a normalized input tensor of `batch` images. */
+  async function run(tensor, batch = 1) {
+    const shape = [batch, ...dims.slice(1)];
+    const next = queue.then(() => session.run({ [params.input_name]: new ort.Tensor("float32", tensor, shape) }));
     queue = next.catch(() => {});
     const out = await next;
     return (params.output_name ? out[params.output_name] : Object.values(out)[0]).data;

@@ -9,8 +9,12 @@ def _rows(quick_run):
 
 
 def test_every_variant_is_validated_like_fp32(quick_run):
+    from pipeline import browser
+
     rows = _rows(quick_run)
-    assert set(rows) == {"torch-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu"}
+    in_browser = {"web-wasm-fp32", "web-wasm-int8"} if browser.find() else set()  # the quick run asks for --browser
+    assert set(rows) == {"torch-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8-ptq", "onnx-int8-qat",
+                         "onnx-int8-cpu"} | in_browser
     for name, row in rows.items():
         assert {"accuracy", "agreement", "max_abs_diff", "accuracy_delta", "flips", "latency"} <= set(row), name
         assert len(row["flips"]) == round((1 - row["agreement"]) * 10000)
@@ -92,3 +96,28 @@ def test_golden_tolerance_is_read_from_the_validate_config(quick_copy, data_root
     with pytest.raises(PipelineError, match="no longer reproduces .* allowed 1e-05"):
         vstage._check_golden(_stage_context(quick_copy, data_root), model)
     vstage._check_golden(_stage_context(quick_copy, data_root, golden_atol=1e-3), model)
+
+
+def test_a_browser_that_cannot_measure_skips_its_rows_and_keeps_the_rest(quick_copy, data_root, monkeypatch):
+    """The browser failing (here: its measurement raising, as a crash or a missing onnxruntime-web does) skips the
+    web-wasm rows with the reason in the report; the Python rows are still measured and the stage succeeds."""
+    import json
+
+    from pipeline import browser, efficiency
+    from pipeline.errors import PipelineError
+    from pipeline.stages import validate as vstage
+
+    def broken(*args, **kwargs):
+        raise PipelineError("Chromium (/usr/bin/chromium) exited with code 1 before the measuring page reported (x).")
+
+    monkeypatch.setattr(browser, "find", lambda: "/usr/bin/chromium")  # present, as far as the table can tell
+    monkeypatch.setattr(browser, "measure", broken)
+    monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)
+    vstage.run(_stage_context(quick_copy, data_root, browser=True))
+    report = json.loads((quick_copy / "edgenet" / "report.json").read_text())
+    names = {r["name"] for r in report["variants"]}
+    assert "onnx-fp32" in names and not names & {"web-wasm-fp32", "web-wasm-int8"}
+    skipped = {s["name"]: s["reason"] for s in report["skipped"]}
+    for name in ("web-wasm-fp32", "web-wasm-int8"):
+        assert skipped[name].startswith("not measured in the browser: Chromium (/usr/bin/chromium) exited"), name
+    assert report["recommended"]["browser"]["measured"] is False

@@ -1,0 +1,159 @@
+"""Measuring ONNX files in headless Chromium with onnxruntime-web's wasm build: what a web page really gets.
+
+The validate stage's ``web-wasm-*`` rows (:mod:`pipeline.variants`) come from here. A throwaway folder is laid
+out like the web bundle (classifier.js, preprocess.mjs, preprocessing.json, onnxruntime-web's files under ``ort/``,
+the models) plus a measuring page (``browser_files/bench.html``) and the test images as raw bytes. It is served on
+127.0.0.1 by :mod:`pipeline.demo`'s handler; Chromium opens the page, which runs every test image and times every
+batch size through ``classifier.js`` and posts the raw logits and timings back. Python then judges them like any
+other row (:func:`pipeline.validate.compare`, :func:`runtime.bench.summarize`), so a browser figure means exactly
+what a Python figure means.
+
+No DevTools client or Node package is needed: the page reports by an HTTP POST to the server that served it, and
+Chromium is started with the flags that keep it off the network (it must never reach beyond 127.0.0.1).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .demo import Handler, Server
+from .errors import PipelineError
+
+PAGE_FILES = Path(__file__).parent / "browser_files"
+#: executables tried in order (Debian's package is ``chromium``)
+NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+#: headless, and nothing that reaches the network: background networking, component updates and sync would
+#: otherwise flood a closed network (and leak on an open one)
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-extensions", "--mute-audio")
+#: images per classifier run while collecting test-set logits (the model takes any batch)
+CHUNK = 32
+
+
+def find() -> str | None:
+    """The Chromium (or Chrome) executable on PATH, or None."""
+    return next((p for p in map(shutil.which, NAMES) if p), None)
+
+
+def version(executable: str) -> str:
+    """``Chromium 1xx.0.x.y``: the first two words the executable says (empty when it does not answer)."""
+    try:
+        r = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=30)
+        return " ".join(r.stdout.split()[:2])  # Debian's adds "built on Debian GNU/Linux 12 (bookworm)"
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One model measured in the browser: its test-set logits and the timings (ms) of each batch size."""
+
+    logits: np.ndarray  # (N, classes) float32
+    times_ms: dict[int, list[float]]
+
+
+def _handler(folder: Path, inbox: dict, done: threading.Event):
+
+    class Bench(Handler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def end_headers(self):
+            # cross-origin isolation: performance.now() then ticks in 5 us steps instead of 100 us
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            super().end_headers()
+
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            if self.path != "/result":
+                self.send_error(404)
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(204)
+            self.end_headers()
+            try:
+                inbox.update(json.loads(body))
+            except ValueError:
+                inbox["error"] = "the page posted a result that is not JSON"
+            done.set()
+
+    return Bench
+
+
+def _stage(folder: Path, models: dict[str, dict], pixels: np.ndarray, spec: dict) -> None:
+    """Lay out the measuring folder: the web bundle's JS, onnxruntime-web, the models, the page and the images.
+
+    ``models``: key -> ``{"path": ONNX file, "entry": preprocessing.json entry}``."""
+    from . import ort_web
+    from .bundle_js import WEB_FILES
+
+    ort_web.copy_files(folder / "ort")
+    for dst, src in WEB_FILES.items():
+        shutil.copy2(src, folder / dst)
+    for f in ("bench.html", "bench.js"):
+        shutil.copy2(PAGE_FILES / f, folder / f)
+    (folder / "models").mkdir()
+    for key, m in models.items():
+        shutil.copy2(m["path"], folder / m["entry"]["file"])
+    (folder / "preprocessing.json").write_text(json.dumps({"models": {k: m["entry"] for k, m in models.items()}}))
+    (folder / "bench.json").write_text(json.dumps({**spec, "models": list(models)}))
+    (folder / "test-images.u8").write_bytes(np.ascontiguousarray(pixels, np.uint8).tobytes())
+
+
+def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, batches: tuple[int, ...],
+            warmup: int, iterations: int, max_seconds: float, timeout: float = 600) -> dict:
+    """Run ``models`` in headless Chromium on ``pixels`` (N x 28 x 28 uint8, MNIST's white-on-black bytes).
+
+    Returns ``{"models": {key: Measured}, "user_agent", "webgpu", "cross_origin_isolated"}``. Raises
+    :class:`PipelineError` when the browser cannot start, the page reports an error, or nothing comes back
+    within ``timeout`` seconds (Chromium is killed either way)."""
+    spec = {"batches": list(batches), "warmup": warmup, "iterations": iterations, "max_ms": 1000 * max_seconds,
+            "chunk": CHUNK}
+    with tempfile.TemporaryDirectory(prefix="pipeline-browser.") as tmp:
+        site, profile = Path(tmp) / "site", Path(tmp) / "profile"
+        site.mkdir()
+        _stage(site, models, pixels, spec)
+        inbox: dict = {}
+        done = threading.Event()
+        server = Server(("127.0.0.1", 0), _handler(site, inbox, done))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/bench.html"
+        try:
+            proc = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", url],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as e:
+            server.shutdown()
+            server.server_close()
+            raise PipelineError(f"Chromium ({executable}) could not be started: {e}.") from None
+        try:
+            while not done.wait(0.2):
+                if proc.poll() is not None:
+                    err = (proc.stderr.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+                    raise PipelineError(f"Chromium ({executable}) exited with code {proc.returncode} before the "
+                                        f"measuring page reported ({err}).")
+                timeout -= 0.2
+                if timeout <= 0:
+                    raise PipelineError(f"The measuring page in Chromium ({executable}) reported nothing in time; "
+                                        "the browser may be unable to run onnxruntime-web's wasm build.")
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+            server.shutdown()
+            server.server_close()
+    if "error" in inbox:
+        raise PipelineError(f"The measuring page in Chromium failed: {inbox['error']}.")
+    out = {}
+    for key, r in inbox["results"].items():
+        logits = np.asarray(r["logits"], dtype=np.float64).astype(np.float32).reshape(len(pixels), -1)
+        out[key] = Measured(logits, {int(b): [float(t) for t in ts] for b, ts in r["times"].items()})
+    return {"models": out, "user_agent": inbox.get("userAgent", ""), "webgpu": bool(inbox.get("webgpu")),
+            "cross_origin_isolated": bool(inbox.get("crossOriginIsolated"))}

@@ -1,0 +1,87 @@
+"""pipeline.browser and the report's browser rows: the web-wasm-* variants measured in headless Chromium on all
+10,000 test images through the web bundle's classifier.js, and judged like every other row."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import browser, bundle_js
+from pipeline.errors import PipelineError
+from tests.js.env import require_chromium
+
+
+def _rows(report: dict) -> dict:
+    return {r["name"]: r for r in report["variants"]}
+
+
+def test_quick_run_measures_the_browser_rows_like_any_other(quick_run):
+    require_chromium()
+    rep = quick_run["report"]
+    rows = _rows(rep)
+    fp32, int8, ref = rows["web-wasm-fp32"], rows["web-wasm-int8"], rows["torch-fp32"]
+    # exact parity across languages: onnxruntime-web's wasm kernels on the JS-normalized test images
+    assert fp32["agreement"] == 1.0 and 0 < fp32["max_abs_diff"] <= 1e-4
+    assert fp32["accuracy"] == rows["onnx-fp32"]["accuracy"] == ref["accuracy"]
+    # the int8 row is the CPU INT8 file in the browser, judged against the reference like the Python row
+    assert int8["path"] == rows["onnx-int8-cpu"]["path"] and int8["budget_pp"] == rows["onnx-int8-cpu"]["budget_pp"]
+    assert int8["accuracy_delta"] == pytest.approx(100 * (int8["accuracy"] - ref["accuracy"]), abs=1e-3)
+    for r in (fp32, int8):
+        assert r["backend"] == "onnxruntime-web" and r["provider"] == "wasm"
+        assert "Chromium" in r["measured_in"] and "onnxruntime-web 1.30.0" in r["measured_in"]
+        assert "WebGPU" in r["measured_in"]
+        assert set(r["latency"]) == {"1", "256"}  # the quick budget's first and last batch sizes
+        one = r["latency"]["1"]
+        assert one["iterations"] >= 10 and 0 < one["p50_ms"] <= one["p99_ms"]
+    rec = rep["recommended"]["browser"]
+    assert rec["measured"] is True and rec["variant"] in ("web-wasm-fp32", "web-wasm-int8")
+    md = (quick_run["dir"] / "report.md").read_text()
+    assert "wasm²" in md and "² Measured in headless Chromium" in md
+    assert (quick_run["dir"] / "report" / "pareto-browser.png").is_file()
+
+
+def _model(quick_run, tmp_path, garbage: bool = False) -> dict:
+    from exporters.onnx import read_metadata
+
+    path = quick_run["dir"] / "export" / "model-fp32.onnx"
+    entry = bundle_js.preprocessing(read_metadata(path), "models/model-fp32.onnx", "onnx-fp32", None)
+    if garbage:
+        path = tmp_path / "model-fp32.onnx"
+        path.write_bytes(b"this is not an ONNX file")
+    return {"model-fp32": {"path": path, "entry": entry}}
+
+
+def test_measure_returns_logits_and_timings_for_the_images_given(quick_run, data_root, tmp_path):
+    require_chromium()
+    from pipeline.data import ensure_raw
+
+    raw = ensure_raw(data_root)
+    pixels = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)[:40]
+    got = browser.measure(browser.find(), _model(quick_run, tmp_path), pixels, batches=(1, 3), warmup=1,
+                          iterations=12, max_seconds=0.05)
+    m = got["models"]["model-fp32"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(quick_run["dir"] / "export" / "model-fp32.onnx"))
+    entry = _model(quick_run, tmp_path)["model-fp32"]["entry"]
+    x = ((pixels.astype(np.float32) * np.float32(entry["pixel_scale"]) - np.float32(entry["mean"][0]))
+         / np.float32(entry["std"][0])).reshape(-1, 1, 28, 28)
+    ref = sess.run(None, {"input": x})[0]
+    assert m.logits.shape == (40, 10) and np.abs(m.logits - ref).max() <= 1e-4
+    assert sorted(m.times_ms) == [1, 3] and all(len(t) >= 10 for t in m.times_ms.values())
+    assert "HeadlessChrome" in got["user_agent"] and got["cross_origin_isolated"] is True
+
+
+def test_a_model_the_page_cannot_load_is_one_paragraph(quick_run, tmp_path):
+    require_chromium()
+    with pytest.raises(PipelineError) as e:
+        browser.measure(browser.find(), _model(quick_run, tmp_path, garbage=True), np.zeros((2, 28, 28), np.uint8),
+                        batches=(1,), warmup=0, iterations=1, max_seconds=0.01, timeout=120)
+    assert "The measuring page in Chromium failed" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_browser_that_exits_at_once_is_one_paragraph(quick_run, tmp_path):
+    """An executable that is not a working browser (here /bin/false): a clear error, no hang."""
+    with pytest.raises(PipelineError) as e:
+        browser.measure("/bin/false", _model(quick_run, tmp_path), np.zeros((2, 28, 28), np.uint8), batches=(1,),
+                        warmup=0, iterations=1, max_seconds=0.01, timeout=60)
+    assert "exited with code 1 before the measuring page reported" in str(e.value) and "\n" not in str(e.value)
