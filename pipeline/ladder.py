@@ -32,15 +32,16 @@ LADDERS: dict[str, tuple[Rung, ...]] = {
     "ptq": (
         Rung("torch FP32", variants.REFERENCE),
         Rung("INT8 simulated: the PTQ QDQ ONNX as written (Q/DQ run as float ops, onnxruntime basic)", "onnx-int8-ptq"),
-        Rung("onnxruntime CPU int8 kernels (fused QLinearConv/QGemm; uint8 activations, 7-bit weights, same "
-             "calibration images)", "onnx-int8-cpu"),
+        Rung("onnxruntime CPU int8 kernels (fused QLinearConv/QGemm, first conv in float; uint8 activations, 7-bit "
+             "weights, same calibration images)", "onnx-int8-cpu"),
         Rung("TensorRT INT8 engine of the PTQ QDQ ONNX", tensorrt_of="onnx-int8-ptq"),
     ),
     "qat": (
         Rung("torch FP32", variants.REFERENCE),
         Rung("INT8 simulated in torch: the QAT model before export (fake quantization)", QAT_TORCH),
         Rung("the QAT QDQ ONNX on onnxruntime as written (Q/DQ run as float ops, basic)", "onnx-int8-qat"),
-        Rung("onnxruntime CPU int8 kernels (fused; QAT's learned scales, 7-bit weights)", "onnx-int8-qat-cpu"),
+        Rung("onnxruntime CPU int8 kernels (fused, first conv in float; QAT's learned activation scales, 7-bit "
+             "weights)", "onnx-int8-qat-cpu"),
         Rung("TensorRT INT8 engine of the QAT QDQ ONNX", tensorrt_of="onnx-int8-qat"),
     ),
 }
