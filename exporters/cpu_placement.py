@@ -17,7 +17,8 @@ ReduceMean or Reshape of one) gets uint8 with zero point 0 and QAT's scale, whic
 shifted to uint8. Weights are re-quantized per channel to 7 bits by default, as the PTQ CPU file's are
 (:func:`cpu_form` says why, and keeps QAT's 8-bit weights exactly on request).
 Tensors QAT did not quantize (a Conv's output before its ReLU is folded, the logits) are calibrated on the
-images given, the way the PTQ CPU file is.
+images given, the way the PTQ CPU file is. As in the PTQ CPU file, a narrow conv reading the image stays in
+float (:func:`input_layers` says why).
 
 Only ``onnx``, ``numpy`` and (when called) onnxruntime's quantizer are imported; nothing here trains.
 :func:`exporters.qdq.check_qdq` does not apply to the result: like the PTQ CPU file it is not for TensorRT.
@@ -90,6 +91,9 @@ def split_qdq(proto):
     for n in kept:
         for i, name in enumerate(n.input):
             n.input[i] = rename.get(name, name)
+    for out in g.output:  # a graph output that was a DQ's: the float tensor under the output's name
+        if out.name in rename:
+            kept.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name], name=f"{out.name}_float"))
     g.ClearField("node")
     g.node.extend(kept)
     nonneg = _non_negative(kept)

@@ -48,8 +48,11 @@ LADDERS: dict[str, tuple[Rung, ...]] = {
 
 
 def _tensorrt_row(of: str) -> variants.Variant | None:
-    file = variants.BY_NAME[of].file
-    return next((v for v in variants.VARIANTS if v.backend == "tensorrt" and v.source == file), None)
+    """The TensorRT row built from variant ``of``'s file (None: no such row, or ``of`` is not in the table)."""
+    source = variants.BY_NAME.get(of)
+    if source is None:
+        return None
+    return next((v for v in variants.VARIANTS if v.backend == "tensorrt" and v.source == source.file), None)
 
 
 def build(rows: list[dict], skipped: list[dict], qat_torch: dict | None) -> dict:
@@ -74,11 +77,13 @@ def build(rows: list[dict], skipped: list[dict], qat_torch: dict | None) -> dict
                 acc = (qat_torch or {}).get("test_accuracy")
                 why = None if acc is not None else "QAT did not run"
             elif name is None:
-                acc, why = None, (f"no TensorRT engine is built from {variants.BY_NAME[rung.tensorrt_of].file} in the "
-                                  "variant table")
-            else:
+                source = variants.BY_NAME.get(rung.tensorrt_of)
+                acc, why = None, (f"no TensorRT engine is built from {source.file if source else rung.tensorrt_of} "
+                                  "in the variant table")
+            else:  # a row of the table (a table without it, e.g. a user's edited one: "not in the variant table")
                 acc = by_name[name]["accuracy"] if name in by_name else None
-                why = None if acc is not None else why_skipped.get(name, "not run")
+                why = None if acc is not None else why_skipped.get(
+                    name, "not run" if name in variants.BY_NAME else "not in the variant table")
             if acc is None:
                 entry["not_measured"] = f"not measured here: {why}"
             else:

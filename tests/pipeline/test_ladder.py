@@ -47,3 +47,15 @@ def test_the_quick_runs_report_has_the_ladder(quick_run):
         assert lad["ptq"][-1]["not_measured"].startswith("not measured here: ")
     md = (quick_run["dir"] / "report.md").read_text()
     assert "## Accuracy ladder" in md and "INT8 simulated in torch: the QAT model before export" in md
+
+
+def test_a_table_without_a_rungs_variant_still_gives_a_ladder(monkeypatch):
+    from pipeline import variants
+
+    monkeypatch.setattr(variants, "VARIANTS", tuple(v for v in variants.VARIANTS
+                                                    if v.name not in ("onnx-int8-ptq", "trt-int8")))
+    lad = ladder.build([_row("torch-fp32", 0.98), _row("onnx-int8-cpu", 0.97)], [], None)
+    assert [r["not_measured"] for r in lad["ptq"]] == [
+        None, "not measured here: not in the variant table", None,
+        "not measured here: no TensorRT engine is built from onnx-int8-ptq in the variant table"]
+    assert lad["ptq"][2]["delta_pp"] == -1.0
