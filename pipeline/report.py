@@ -117,7 +117,8 @@ def render_markdown(report: dict) -> str:
     if any(v.get("ort_optimization") == "basic" for v in report["variants"]):
         lines += ["", "¹ TensorRT-targeted INT8 file run with onnxruntime's basic graph optimizations: Q/DQ executed as "
                   "written (what TensorRT computes), because onnxruntime's fused x86 int8 kernels saturate on CPUs "
-                  "without VNNI. Its CPU latency is therefore not a deployment figure; use `onnx-int8-cpu` or `onnx-int8-qat-cpu` on CPUs."]
+                  "without VNNI. Its CPU latency is therefore not a deployment figure; use `onnx-int8-cpu` or "
+                  "`onnx-int8-qat-cpu` on CPUs."]
     lines += ["", "## Latency by batch size", "", "| variant | batch | p50 ms | p90 ms | p99 ms | mean ms | CV | img/s |",
               "|---|---|---|---|---|---|---|---|"]
     for v in report["variants"]:
