@@ -25,6 +25,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: the CPU features that decide how fast onnxruntime's int8 kernels run: x86 VNNI (a u8 x s8 dot product into
+#: 32 bits; without it, 16-bit sums that saturate) and AMX tiles; ARM's dot product and int8 matrix multiply
+INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`INT8_FLAGS` this CPU has (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in INT8_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def capture(threads: int) -> dict:
     """Versions and hardware; ``threads`` is the intra-op thread count the timings used."""
     import torch
@@ -35,6 +53,7 @@ def capture(threads: int) -> dict:
         "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "onnx": _version("onnx"),
         "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "threads": threads or torch.get_num_threads(),
         "platform": platform.platform(),

@@ -273,6 +273,11 @@ class RunDir:
         return self.root / "quantize" / "sqnr.json"
 
     @property
+    def qat_torch_json(self) -> Path:
+        """The QAT model's test accuracy in torch before export (fake quantization): a rung of the ladder."""
+        return self.root / "quantize" / "qat-torch.json"
+
+    @property
     def sqnr_png(self) -> Path:
         return self.root / "quantize" / "sqnr.png"
 

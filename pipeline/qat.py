@@ -66,13 +66,16 @@ def fold_batchnorm(model):
 
 
 def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int, *, batch_size: int, seed: int,
-        tensorrt_rules: bool = True, progress=None) -> Path:
+        tensorrt_rules: bool = True, progress=None, simulated_json: Path | None = None) -> Path:
     """Quantization-aware fine-tuning from the FP32 weights, then QDQ ONNX written to ``final``.
 
     ``batch_size`` and ``seed`` are the training run's (``--batch-size``, ``--seed``): QAT is more training,
     so the options that shape training shape it too. ``cfg`` gives its epochs, learning rate (SGD with
     momentum 0.9, cosine to zero over all steps) and images per epoch. ``tensorrt_rules`` (the variant table's
     ``tensorrt`` column) checks TensorRT's Q/DQ placement rules before the file is written.
+    ``simulated_json``, when given, receives the converted model's test accuracy in torch before export (its
+    quantize/dequantize ops simulate INT8 in float): the accuracy ladder's rung between torch FP32 and the
+    QDQ ONNX, which only exists here, where the model does.
     """
     import torch
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
@@ -108,6 +111,13 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
+    if simulated_json is not None:
+        from .layout import write_json
+
+        with refused_writes(simulated_json):
+            write_json(simulated_json, {"test_accuracy": simulated_accuracy(converted, splits.test_x, splits.test_y),
+                                        "images": len(splits.test_y),
+                                        "what": "the QAT model after convert_pt2e, before ONNX export, in torch"})
     try:
         with warnings.catch_warnings():  # the converted graph keeps training=True; its ops are already eval-mode
             warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
@@ -119,3 +129,14 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
             return write_int8(proto, final, metadata, tensorrt_rules=tensorrt_rules)
     except QuantizationError as e:
         raise PipelineError(str(e)) from None
+
+
+def simulated_accuracy(converted, x, y, batch: int = 1000) -> float:
+    """Accuracy of the converted (fake-quantized) torch model on ``x``/``y``, in batches, without gradients."""
+    import torch
+
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            right += int((converted(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+    return right / len(y)

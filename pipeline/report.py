@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from runtime.bench import METHOD
 
-from . import recommend, variants
+from . import ladder, recommend, variants
 from .layout import atomic_write, strict_json
 
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ def render_markdown(report: dict) -> str:
     if any(v.get("ort_optimization") == "basic" for v in report["variants"]):
         lines += ["", "¹ TensorRT-targeted INT8 file run with onnxruntime's basic graph optimizations: Q/DQ executed as "
                   "written (what TensorRT computes), because onnxruntime's fused x86 int8 kernels saturate on CPUs "
-                  "without VNNI. Its CPU latency is therefore not a deployment figure; use `onnx-int8-cpu` on CPUs."]
+                  "without VNNI. Its CPU latency is therefore not a deployment figure; use `onnx-int8-cpu` or "
+                  "`onnx-int8-qat-cpu` on CPUs."]
     where = sorted({v["measured_in"] for v in report["variants"] if v.get("measured_in")})
     if where:
         lines += ["", "² Measured in " + "; ".join(where) + ": the page ran all 10,000 test images through the web "
@@ -147,6 +148,7 @@ def render_markdown(report: dict) -> str:
         lines += ["", "Speed relative to torch eager, measured in the same run: " + "; ".join(
             f"`{k}` {r['throughput_ratio']:.1f}x throughput at batch {big}, p50 {r['p50_ratio']:.1f}x lower at batch {small}"
             for k, r in ratios.items()) + "."]
+    lines += _int8_speed(report, small, big)
     budgets = [(v["name"], v["accuracy_delta"], v["budget_pp"]) for v in report["variants"] if v.get("budget_pp") is not None]
     if budgets:
         lines += ["", f"Accuracy budgets (drop vs `{variants.REFERENCE}`, percentage points): " + "; ".join(
@@ -165,8 +167,9 @@ def render_markdown(report: dict) -> str:
         for i, row in enumerate(first):
             cells = [_fmt_sqnr(q["variants"][n][i]["sqnr_db"]) if i < len(q["variants"][n]) else "-" for n in names]
             lines.append(f"| {row['layer']} | {row['op']} | " + " | ".join(cells) + " |")
+    lines += [""] + ladder.markdown(report.get("ladder") or {})
     env = report["environment"]
-    lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
+    lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
     lines += ["", f"Timing method: {METHOD}.", ""]
     return "\n".join(lines)
 
@@ -191,14 +194,16 @@ def write(report: dict, json_path: Path, md_path: Path) -> None:
 
 def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], logits: dict, labels, *,
              params: int, macs: int, peak_gflops: float, environment: dict, history: list | None,
-             quantization: dict | None) -> dict:
+             quantization: dict | None, qat_torch: dict | None = None) -> dict:
     """The report dict (the README's "Report contract") from what the validate stage measured.
 
     ``rows`` are the variants' figures (the reference first), ``logits`` each run variant's test-set logits
     (name -> (N, 10)), ``labels`` the test labels; ``ckpt`` is the loaded checkpoint (training summary,
     config, class names). ``peak_gflops`` is the CPU's measured float32 peak (GFLOP/s) and ``environment``
     the machine and versions; ``history`` and ``quantization`` are the training curves and per-layer SQNR
-    (None when absent). Adds to each row its efficiency (GFLOP/s at the largest timed batch, and that as a
+    (None when absent); ``qat_torch`` the QAT model's accuracy before export (the accuracy ladder's simulated
+    rung, :mod:`pipeline.ladder`). Adds to each INT8 row its speed against the FP32 row of its backend and
+    provider (``vs_fp32``), to each row its efficiency (GFLOP/s at the largest timed batch, and that as a
     fraction of the peak); adds speed ratios against the reference, the per-target recommendation
     (:mod:`pipeline.recommend`) and the CPU recommendation's confusion matrix. Measures nothing and writes nothing.
     """
@@ -211,10 +216,11 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
     for row in rows:
         row["efficiency"] = efficiency.achieved(macs, row["latency"][big]["throughput_per_s"], peak_gflops)
     ref = next(r for r in rows if r["name"] == variants.REFERENCE)
-    speed = {r["name"]: {
-        "throughput_ratio": r["latency"][big]["throughput_per_s"] / ref["latency"][big]["throughput_per_s"],
-        "p50_ratio": ref["latency"][small]["p50_ms"] / r["latency"][small]["p50_ms"],
-    } for r in rows if r is not ref}
+    speed = {r["name"]: _ratios(r, ref, small, big) for r in rows if r is not ref}
+    for row in rows:
+        fp32 = _fp32_of(row, rows)
+        if row["precision"] == "int8" and fp32 is not None:
+            row["vs_fp32"] = {"against": fp32["name"], **_ratios(row, fp32, small, big)}
     summary = ckpt.get("summary", {})
     rep = {
         "model": cfg.model,
@@ -231,6 +237,7 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
         "speedup_vs_torch": speed,
         "skipped": skipped,
         "quantization": quantization,
+        "ladder": ladder.build(rows, skipped, qat_torch),
         "quick": cfg.quick,
         "environment": environment,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -244,6 +251,32 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
     np.add.at(matrix, (labels, logits[chosen].argmax(1)), 1)
     rep["confusion"] = {"variant": chosen, "classes": ckpt["classes"], "matrix": matrix.tolist()}
     return rep
+
+
+def _ratios(row: dict, base: dict, small: str, big: str) -> dict:
+    """How many times ``base``'s throughput (at ``big``) and how many times lower than its p50 (at ``small``)."""
+    return {"throughput_ratio": row["latency"][big]["throughput_per_s"] / base["latency"][big]["throughput_per_s"],
+            "p50_ratio": base["latency"][small]["p50_ms"] / row["latency"][small]["p50_ms"]}
+
+
+def _fp32_of(row: dict, rows: list[dict]) -> dict | None:
+    """The FP32 row an INT8 row is timed against: same backend and provider (onnx-fp32 for onnxruntime CPU)."""
+    return next((r for r in rows if r["precision"] == "fp32" and r["backend"] == row["backend"]
+                 and r["provider"] == row["provider"]), None)
+
+
+def _int8_speed(report: dict, small: str, big: str) -> list[str]:
+    """The sentence giving each INT8 row's speed against FP32, naming the CPU's int8 features."""
+    rows = [v for v in report["variants"] if v.get("vs_fp32")]
+    if not rows:
+        return []
+    flags = report["environment"].get("cpu_flags")
+    where = f"{report['environment'].get('cpu', 'this CPU')}" + (f", {', '.join(flags)}" if flags else "")
+    return ["", f"INT8 speed against FP32 on the same backend and provider ({where}): " + "; ".join(
+        f"`{v['name']}` {v['vs_fp32']['throughput_ratio']:.2f}x FP32 throughput at batch {big}, "
+        f"{v['vs_fp32']['p50_ratio']:.2f}x at batch {small} (p50)"
+        + (" (Q/DQ as written, not a deployment figure)" if v.get("ort_optimization") == "basic" else "")
+        for v in rows) + "."]
 
 
 def figures(report: dict, folder: Path) -> dict[str, Path]:

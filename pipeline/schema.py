@@ -68,6 +68,11 @@ def _models():
         tensorrt: Optional[str] = None
         layer_precisions: Optional[LayerPrecisions] = None
 
+    class VsFp32(Strict):
+        against: str
+        throughput_ratio: NonNeg
+        p50_ratio: NonNeg
+
     class VariantRow(Strict):
         name: str
         backend: Literal["torch", "onnxruntime", "tensorrt", "onnxruntime-web"]
@@ -86,6 +91,7 @@ def _models():
         latency: dict[Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}$")], Latency]
         engine: Optional[Engine] = None
         measured_in: Optional[str] = None  # rows measured outside this Python process (the browser's): where
+        vs_fp32: Optional[VsFp32] = None  # INT8 rows: speed against the FP32 row of the same backend and provider
 
     class Epoch(Strict):
         epoch: Positive
@@ -114,6 +120,14 @@ def _models():
         layer: Count
         op: str
         sqnr_db: Optional[Number]  # null: infinite (identical outputs) or undefined (NaN/inf outputs)
+
+    class Rung(Strict):  # one step of the accuracy ladder (pipeline.ladder)
+        step: str
+        source: Optional[str]  # the variant row (or quantize/qat-torch.json) measured; null: none exists
+        accuracy: Optional[Fraction]  # null: not measured here, and not_measured says why
+        delta_pp: Optional[Number]  # change from the rung before that was measured
+        vs_fp32_pp: Optional[Number]
+        not_measured: Optional[str]
 
     class Quantization(Strict):
         images: Count
@@ -152,6 +166,7 @@ def _models():
         speedup_vs_torch: dict[str, Speed]
         skipped: list[Skipped]
         quantization: Optional[Quantization] = None
+        ladder: Optional[dict[str, list[Rung]]] = None  # reports written before it lack it
         environment: dict[str, Any]
         confusion: Optional[Confusion] = None
         recommended: Optional[dict[str, Recommendation]] = None  # reports written before it lack it

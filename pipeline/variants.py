@@ -84,6 +84,9 @@ VARIANTS: tuple[Variant, ...] = (
             ort_optimization="basic", tensorrt=True, bundle=PYTHON_TARGETS),
     Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
             bundle=PYTHON_TARGETS + ("web",)),  # the PTQ budget: the same calibration, another operator placement
+    # the QAT weights and learned scales in onnx-int8-cpu's fused placement (exporters.cpu_placement); QAT's budget
+    Variant("onnx-int8-qat-cpu", "onnxruntime", "cpu", "int8", "model-int8-qat-cpu.onnx", budget_pp=0.05, quant="qat",
+            bundle=PYTHON_TARGETS),
     Variant("web-wasm-fp32", BROWSER, "wasm", "fp32", "model-fp32.onnx", atol=1e-4, requires="browser"),
     Variant("web-wasm-int8", BROWSER, "wasm", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
             requires="browser"),

@@ -1,6 +1,7 @@
-"""Stage ``quantize``: INT8 QDQ ONNX by PTQ (onnxruntime) and QAT (torchao), the CPU INT8 variant, SQNR.
+"""Stage ``quantize``: INT8 QDQ ONNX by PTQ (onnxruntime) and QAT (torchao), the CPU INT8 variants, SQNR.
 
-The ONNX -> ONNX work (PTQ, CPU INT8, SQNR) is :mod:`exporters.precision`; QAT, a torch fine-tuning, is
+The ONNX -> ONNX work (PTQ, CPU INT8, SQNR) is :mod:`exporters.precision`, the QAT file in the CPU form
+:mod:`exporters.cpu_placement`; QAT, a torch fine-tuning, is
 :mod:`pipeline.qat`. This module chooses the calibration images, names the files and words errors.
 """
 from __future__ import annotations
@@ -77,9 +78,15 @@ def run(ctx: Context) -> list[Path]:
         path = qat.qat(model, ctx.splits, q, ctx.rd.export_file(v.file),
                        meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}"), ctx.cfg.export.opset,
                        batch_size=ctx.cfg.train.batch_size, seed=ctx.cfg.train.seed, tensorrt_rules=v.tensorrt,
-                       progress=ctx.progress)
+                       progress=ctx.progress, simulated_json=ctx.rd.qat_torch_json)
         outputs.append(path)
         log.info("quantize: QAT (%d epoch(s), lr %g) -> %s (%s bytes)", q.qat_epochs, q.qat_lr, path,
+                 f"{path.stat().st_size:,}")
+        v = BY_NAME["onnx-int8-qat-cpu"]
+        path = _qat_cpu(path, ctx.rd.export_file(v.file), calib,
+                        meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}/onnxruntime-u8s8"))
+        outputs.append(path)
+        log.info("quantize: CPU INT8 from QAT (its learned scales, fused placement) -> %s (%s bytes)", path,
                  f"{path.stat().st_size:,}")
     if q.cpu_variant:
         v = BY_NAME["onnx-int8-cpu"]
@@ -95,10 +102,20 @@ def run(ctx: Context) -> list[Path]:
         log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", name,
                  " ".join("-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}" for r in sqnr[name]),
                  worst["layer"], worst["op"])
+    if q.qat:
+        outputs.append(ctx.rd.qat_torch_json)
     outputs.append(write_json(ctx.rd.sqnr_json, {"images": len(probe), "source": "training split (calibration set)",
                                                  "variants": sqnr}))
     outputs.append(plots.sqnr(sqnr, ctx.rd.sqnr_png))
     return outputs
+
+
+def _qat_cpu(qdq: Path, final: Path, images, metadata: dict) -> Path:
+    """:func:`exporters.cpu_placement.qat_cpu_int8`, a refused write worded for users."""
+    from exporters.cpu_placement import qat_cpu_int8
+
+    with refused_writes(final):
+        return qat_cpu_int8(qdq, final, images, metadata)
 
 
 def _written(fp32: Path, final: Path, *args, for_tensorrt: bool) -> Path:

@@ -46,7 +46,9 @@ def run(ctx: Context) -> list[Path]:
                           params=models.param_count(model), macs=models.macs_per_image(model),
                           peak_gflops=efficiency.peak_gflops(), environment=environment.capture(vcfg.threads),
                           history=_read_json(ctx.rd.history, {}).get("history"),
-                          quantization=_read_json(ctx.rd.sqnr_json))
+                          quantization=_read_json(ctx.rd.sqnr_json),
+                          # a file left by an earlier run with QAT is not this run's rung
+                          qat_torch=_read_json(ctx.rd.qat_torch_json) if ctx.cfg.quant.qat else None)
     written = report.write_all(rep, ctx.rd.root)
     log.info("report: %s, %s and %s", ctx.rd.report_json, ctx.rd.report_md, ctx.rd.report_html)
     for msg in over_budget(rows):

@@ -64,6 +64,26 @@ def test_report_records_confusion_efficiency_and_ratios(quick_run):
     assert set(rep["variants"][0]["latency"]) == {"1", "8", "64", "256"}
 
 
+def test_int8_rows_state_their_speed_against_fp32_and_the_cpu_flags(quick_run):
+    from pipeline.environment import INT8_FLAGS
+
+    rep = quick_run["report"]
+    rows = {v["name"]: v for v in rep["variants"]}
+    int8 = {n for n, v in rows.items() if v["precision"] == "int8"}
+    assert {n for n, v in rows.items() if v.get("vs_fp32")} == int8 >= {"onnx-int8-cpu", "onnx-int8-qat-cpu"}
+    for name in int8:
+        vs, lat, fp32 = rows[name]["vs_fp32"], rows[name]["latency"], rows["onnx-fp32"]["latency"]
+        assert vs["against"] == "onnx-fp32"  # the FP32 row of its own backend and provider, not torch
+        assert vs["throughput_ratio"] == pytest.approx(lat["256"]["throughput_per_s"] / fp32["256"]["throughput_per_s"])
+        assert vs["p50_ratio"] == pytest.approx(fp32["1"]["p50_ms"] / lat["1"]["p50_ms"])
+    flags = rep["environment"]["cpu_flags"]
+    assert set(flags) <= set(INT8_FLAGS) and "avx2" in flags  # every x86 host this runs on has AVX2
+    line = next(ln for ln in (quick_run["dir"] / "report.md").read_text().splitlines()
+                if ln.startswith("INT8 speed against FP32"))
+    ratio = rows["onnx-int8-qat-cpu"]["vs_fp32"]["throughput_ratio"]
+    assert all(f in line for f in flags) and f"`onnx-int8-qat-cpu` {ratio:.2f}x FP32 throughput" in line
+
+
 def test_report_command_rebuilds_from_json_alone(quick_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

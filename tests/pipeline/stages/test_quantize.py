@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 from exporters.qdq import check_qdq
+from pipeline import variants
 from pipeline.config import QuantConfig
 from pipeline.errors import PipelineError
 from pipeline.stages.quantize import calibration_images
@@ -38,7 +39,7 @@ def test_export_and_quantize_leave_only_the_files_they_record(quick_run):
 
 def test_per_layer_sqnr_is_reported(quick_run):
     q = quick_run["report"]["quantization"]
-    assert set(q["variants"]) == {"onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu"}
+    assert set(q["variants"]) == {"onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu", "onnx-int8-qat-cpu"}
     layers = q["variants"]["onnx-int8-ptq"]
     assert [r["op"] for r in layers] == ["Conv"] * 7 + ["Gemm"]
     assert all(10 < r["sqnr_db"] < 80 for r in layers)
@@ -76,7 +77,85 @@ def test_quant_none_skips_int8_and_says_so(quick_copy, data_root):
     r = invoke("run", "all", "--quick", "--quant", "none", "--artifacts", quick_copy, "--data-root", data_root)
     assert r.exit_code == 0, r.output
     rep = json.loads((quick_copy / "edgenet" / "report.json").read_text())
-    assert {s["name"] for s in rep["skipped"]} >= {"onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu"}
+    assert {s["name"] for s in rep["skipped"]} >= {"onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu",
+                                                   "onnx-int8-qat-cpu"}
+    assert rep["ladder"] == {}  # no INT8 rung was built
     assert not any(v["name"].startswith("onnx-int8") for v in rep["variants"])
 
 
+
+
+# ------------------------------------------------------------------ fusion: every CPU INT8 file runs on int8 kernels
+
+#: float compute onnxruntime may leave in an optimized graph: the plain ops, their fused forms, and NCHWc Conv
+#: (domain com.microsoft.nchwc, op type Conv)
+FLOAT_COMPUTE = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+INTEGER_COMPUTE = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+                   "DynamicQuantizeMatMul"}
+#: read from the table, so a row added there is covered: INT8 files that onnxruntime runs with all optimizations
+CPU_INT8 = [v for v in variants.VARIANTS if v.precision == "int8" and v.backend == "onnxruntime" and v.file
+            and v.ort_optimization == "all"]
+
+
+def _optimized_ops(path, tmp_path) -> list[str]:
+    """Op types of onnxruntime's optimized graph of ``path`` (ORT_ENABLE_ALL, the CPU provider)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    so.log_severity_level = 3  # its warning that the saved graph is specific to this CPU
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def test_cpu_int8_rows_include_both_cpu_files():
+    assert {"onnx-int8-cpu", "onnx-int8-qat-cpu"} <= {v.name for v in CPU_INT8}
+
+
+@pytest.mark.parametrize("v", CPU_INT8, ids=lambda v: v.name)
+def test_every_cpu_int8_file_is_fused_into_integer_kernels(quick_run, tmp_path, v):
+    """No Conv, Gemm or MatMul is left in float in onnxruntime's optimized graph but the one the CPU form keeps
+    in float on purpose, the first conv (it reads the one-channel image; faster in float): every other layer
+    of the FP32 model became one integer kernel (the quick model: 6 QLinearConv and 1 QGemm)."""
+    from exporters.cpu_placement import input_layers
+
+    d = quick_run["dir"] / "export"
+    ops = _optimized_ops(d / v.file, tmp_path)
+    fp32 = onnx.load(str(d / "model-fp32.onnx"))
+    assert input_layers(fp32) == [fp32.graph.node[0].name] and fp32.graph.node[0].op_type == "Conv"
+    assert [op for op in ops if op in FLOAT_COMPUTE] == ["Conv"], v.name
+    layers = [n.op_type for n in fp32.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert sorted(op for op in ops if op in INTEGER_COMPUTE) == sorted(["QLinearConv"] * (layers.count("Conv") - 1)
+                                                                       + ["QGemm"] * layers.count("Gemm"))
+
+
+def test_the_fusion_check_sees_float_layers(quick_run, tmp_path):
+    """The same check on the TensorRT-placed QAT file (Q/DQ on layer inputs only): its convs stay in float."""
+    ops = _optimized_ops(quick_run["dir"] / "export" / "model-int8-qat.onnx", tmp_path)
+    assert sum(op in FLOAT_COMPUTE for op in ops) == 8
+
+
+def test_the_qat_cpu_file_keeps_the_learned_activation_scales(quick_run):
+    """onnx-int8-qat-cpu quantizes each activation QAT quantized with QAT's scale (not a recalibrated one), and
+    the QAT model's accuracy before export is recorded for the ladder."""
+    from onnx import numpy_helper
+
+    d = quick_run["dir"] / "export"
+
+    def scales(path):
+        m = onnx.load(str(path))
+        init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        return {n.input[0]: (float(init[n.input[1]]), int(init[n.input[2]])) for n in m.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[1] in init and init[n.input[1]].ndim == 0}
+
+    qat, cpu = scales(d / "model-int8-qat.onnx"), scales(d / "model-int8-qat-cpu.onnx")
+    # onnxruntime leaves ReduceMean in float; the image is not quantized (the first conv runs in float)
+    assert len(qat) == 13 and set(qat) - set(cpu) == {"mean", "input"}
+    for tensor in set(qat) & set(cpu):
+        assert cpu[tensor][0] == qat[tensor][0], tensor  # QAT's scale, not a recalibrated one
+        assert cpu[tensor][1] == 0, tensor  # QAT's int8 grid from 0 in uint8: ReLU outputs (and pools of them)
+    props = {p.key: p.value for p in onnx.load(str(d / "model-int8-qat-cpu.onnx")).metadata_props}
+    assert props["precision"] == "int8" and props["quantization"].startswith("qat/")
+    sim = json.loads((quick_run["dir"] / "quantize" / "qat-torch.json").read_text())
+    assert sim["images"] == 10000 and 0.9 < sim["test_accuracy"] <= 1

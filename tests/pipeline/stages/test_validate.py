@@ -13,14 +13,14 @@ def test_every_variant_is_validated_like_fp32(quick_run):
 
     rows = _rows(quick_run)
     in_browser = {"web-wasm-fp32", "web-wasm-int8"} if browser.find() else set()  # the quick run asks for --browser
-    assert set(rows) == {"torch-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8-ptq", "onnx-int8-qat",
-                         "onnx-int8-cpu"} | in_browser
+    assert set(rows) == {"torch-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu",
+                         "onnx-int8-qat-cpu"} | in_browser
     for name, row in rows.items():
         assert {"accuracy", "agreement", "max_abs_diff", "accuracy_delta", "flips", "latency"} <= set(row), name
         assert len(row["flips"]) == round((1 - row["agreement"]) * 10000)
     # reduced precision stays close to the reference even after a 2-epoch quick training
     assert rows["onnx-fp16"]["agreement"] > 0.999
-    for name in ("onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu"):
+    for name in ("onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu", "onnx-int8-qat-cpu"):
         assert rows[name]["agreement"] > 0.98, name
 
 
