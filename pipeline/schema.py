@@ -114,9 +114,39 @@ def _models():
         op: str
         sqnr_db: Optional[Number]  # null: infinite (identical outputs) or undefined (NaN/inf outputs)
 
+    class Trial(Strict):  # a file's validation accuracy and logit SQNR against the FP32 ONNX
+        accuracy: Fraction
+        sqnr_db: Optional[Number]
+
+    class SensitiveLayer(Strict):  # one row of the INT8 sensitivity ranking (pipeline.sensitivity)
+        rank: Positive
+        module: Optional[str]  # PyTorch module path; null when the ONNX weight's name gives none
+        nodes: list[str]
+        op: str
+        fp32_only: Trial
+        int8_only: Trial
+        recovered_pp: Number
+        alone_drop_pp: Number
+
+    class Fallback(Strict):  # one PTQ file under --int8-budget
+        budget_pp: NonNeg
+        int8_drop_pp: Number
+        fp32_layers: list[str]
+        onnxruntime_nodes_to_exclude: Optional[list[str]] = None  # absent when the budget was not met
+        tensorrt_layer_precisions: Optional[str] = None
+        torch_modules: Optional[list[str]] = None
+        drop_pp: Optional[Number] = None
+
+    class Sensitivity(Strict):
+        images: Count
+        variant: Optional[str]
+        layers: list[SensitiveLayer]
+        fallback: dict[str, Fallback]
+
     class Quantization(Strict):
         images: Count
         variants: dict[str, list[Sqnr]]
+        sensitivity: Optional[Sensitivity] = None
 
     class Confusion(Strict):
         variant: str
