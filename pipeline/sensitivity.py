@@ -97,8 +97,8 @@ class Sensitivity:
             self.result["fallback"][v.name] = entry
             if int8.drop_pp(fp32) <= budget + 1e-9:
                 entry.update(accuracy=int8.accuracy, drop_pp=entry["int8_drop_pp"], **tool_lists([]))
-                log.info("quantize: %s loses %.2f points of validation accuracy, within --int8-budget %g: all "
-                         "layers INT8", v.name, entry["int8_drop_pp"], budget)
+                log.info("quantize: %s changes validation accuracy by %+.2f points against FP32, within "
+                         "--int8-budget %g: all layers INT8", v.name, -entry["int8_drop_pp"], budget)
                 return []
             try:
                 kept, score, steps = fewest_fp32_layers(study, self.order, budget)

@@ -125,7 +125,7 @@ def test_cli_and_python_api_take_the_same_options():
 
 
 def _shown(value) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or value is None:  # None: an opt-in option (--int8-budget)
         return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
