@@ -71,10 +71,13 @@ def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 
 def _ort_quantize(fp32: Path, out: Path, images: np.ndarray, method: str, *, for_tensorrt: bool,
-                  exclude: tuple[str, ...] = (), prepared: Path | None = None) -> None:
+                  exclude: tuple[str, ...] = (), prepared: Path | None = None,
+                  calibration_cache: Path | None = None) -> None:
     """``exclude``: node names left in float (onnxruntime's ``nodes_to_exclude``: no Q/DQ on their weights or
-    inputs); ``prepared``: ``fp32`` already through :func:`prepare` (the sensitivity analysis quantizes one model
-    many times, and the pre-pass is the slow part)."""
+    inputs). The sensitivity analysis quantizes one model many times, so it passes ``prepared`` (``fp32`` already
+    through :func:`prepare`) and ``calibration_cache`` (onnxruntime's ``calibration_cache_path``: the tensor ranges
+    of the first call are saved there and loaded by the next; the calibrator sees every tensor whatever is
+    excluded, so the ranges, and the files, are the same as a fresh calibration's)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -97,6 +100,7 @@ def _ort_quantize(fp32: Path, out: Path, images: np.ndarray, method: str, *, for
             str(source), str(out), BatchReader(images), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=act, weight_type=QuantType.QInt8, calibrate_method=methods[method],
             reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(exclude),
+            calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
         )
 
     if prepared is not None:

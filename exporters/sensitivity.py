@@ -156,8 +156,8 @@ class Scorer:
 class Study:
     """One model quantized many ways (same calibration images and method), each result scored.
 
-    Use as a context manager: the pre-processed model and each trial file live in scratch files beside
-    ``beside`` and are removed at the end."""
+    Use as a context manager: the pre-processed model, the calibration ranges (measured once) and each trial
+    file live in scratch files beside ``beside`` and are removed at the end."""
 
     def __init__(self, fp32: Path, beside: Path, calibration: np.ndarray, method: str, scorer: Scorer, *,
                  for_tensorrt: bool):
@@ -166,11 +166,14 @@ class Study:
         self.layers = layers(self.fp32)
         self._stack = contextlib.ExitStack()
         self._prepared: Path | None = None
+        self._ranges: Path | None = None
 
     def __enter__(self) -> "Study":
         from .precision import prepare
 
         self._prepared = prepare(self.fp32, self._stack.enter_context(scratch_path(self.beside.with_suffix(".pre"))))
+        self._ranges = self._stack.enter_context(scratch_path(self.beside.with_suffix(".ranges")))
+        self._ranges.unlink()  # onnxruntime calibrates when the cache file is absent, and writes it
         return self
 
     def __exit__(self, *exc) -> None:
@@ -182,7 +185,7 @@ class Study:
 
         with self._trial() as out:
             _ort_quantize(self.fp32, out, self.calibration, self.method, for_tensorrt=self.for_tensorrt,
-                          exclude=nodes_of(fp32_layers), prepared=self._prepared)
+                          exclude=nodes_of(fp32_layers), prepared=self._prepared, calibration_cache=self._ranges)
             return self.scorer.score(out)
 
     @contextlib.contextmanager
