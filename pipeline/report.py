@@ -85,7 +85,7 @@ def _sensitivity(sens: dict) -> list[str]:
     lines = ["", "## INT8 sensitivity per layer", "",
              f"Each layer of `{sens['variant']}` measured on {sens['images']:,} images of the validation split (never "
              "the test set) with only it left in FP32, and with only it quantized; accuracy, and the SQNR of the "
-             "logits against the FP32 ONNX. Ranked " + sens.get("ranking", "most sensitive first") + "."
+             "logits against the FP32 ONNX. Ranked " + sens["ranking"] + "."
              + (f" FP32 {100 * fp32:.2f} %, all layers INT8 {100 * int8:.2f} %." if None not in (fp32, int8) else ""),
              "", "| rank | layer (PyTorch) | ONNX nodes | op | only it FP32: acc | SQNR (dB) | recovered (pp) | "
              "only it INT8: acc | SQNR (dB) | lost (pp) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -98,10 +98,10 @@ def _sensitivity(sens: dict) -> list[str]:
     for name, f in sens.get("fallback", {}).items():
         head = (f"- `{name}`, `--int8-budget {f['budget_pp']:g}`: all layers INT8 lose {f['int8_drop_pp']:.2f} points "
                 "of validation accuracy")
-        if not f["fp32_layers"]:
-            lines.append(head + ", within the budget: every layer stays INT8.")
-        elif f.get("drop_pp") is None:
+        if f.get("drop_pp") is None:
             lines.append(head + "; no mixed-precision file met the budget, so none was written.")
+        elif not f["fp32_layers"]:
+            lines.append(head + ", within the budget: every layer stays INT8.")
         else:
             lines.append(head + f"; keeping {', '.join(f'`{x}`' for x in f['fp32_layers'])} in FP32 brings that to "
                          f"{f['drop_pp']:.2f}. onnxruntime `nodes_to_exclude={f['onnxruntime_nodes_to_exclude']}`; "

@@ -121,7 +121,7 @@ def _models():
     class SensitiveLayer(Strict):  # one row of the INT8 sensitivity ranking (pipeline.sensitivity)
         rank: Positive
         module: Optional[str]  # PyTorch module path; null when the ONNX weight's name gives none
-        nodes: list[str]
+        nodes: Annotated[list[str], Field(min_length=1)]  # ONNX node names
         op: str
         fp32_only: Trial
         int8_only: Trial
@@ -130,16 +130,20 @@ def _models():
 
     class Fallback(Strict):  # one PTQ file under --int8-budget
         budget_pp: NonNeg
-        int8_drop_pp: Number
-        fp32_layers: list[str]
-        onnxruntime_nodes_to_exclude: Optional[list[str]] = None  # absent when the budget was not met
+        int8_drop_pp: Number  # points lost with every layer INT8 (validation split)
+        fp32_layers: list[str]  # PyTorch module paths (ONNX node names where a path is unknown)
+        drop_pp: Optional[Number] = None  # with fp32_layers kept in FP32; absent when no file met the budget
+        onnxruntime_nodes_to_exclude: Optional[list[str]] = None  # absent when no file met the budget
         tensorrt_layer_precisions: Optional[str] = None
         torch_modules: Optional[list[str]] = None
-        drop_pp: Optional[Number] = None
 
     class Sensitivity(Strict):
         images: Count
-        variant: Optional[str]
+        source: str
+        ranking: str  # the ranking rule, in words
+        variant: Optional[str]  # the file ranked (null only when no layer was)
+        fp32_accuracy: Optional[Fraction] = None
+        int8_accuracy: Optional[Fraction] = None
         layers: list[SensitiveLayer]
         fallback: dict[str, Fallback]
 
