@@ -104,6 +104,9 @@ def run(ctx: Context) -> list[Path]:
     if sens.result["layers"]:
         outputs.append(write_json(ctx.rd.sensitivity_json, sens.result))
         outputs.append(plots.sensitivity(sens.result, ctx.rd.sensitivity_png))
+    else:  # an earlier run's ranking would otherwise reach this run's report
+        ctx.rd.sensitivity_json.unlink(missing_ok=True)
+        ctx.rd.sensitivity_png.unlink(missing_ok=True)
     return outputs
 
 
