@@ -58,8 +58,8 @@ class BudgetUnreachable(QuantizationError):
         self.budget_pp, self.steps = budget_pp, steps
         best = min((s["drop_pp"] for s in steps), default=None)
         super().__init__(f"no mixed-precision choice meets an accuracy budget of {budget_pp:g} points: "
-                         + (f"with every layer but one in FP32 the drop is still {best:.2f} points"
-                            if best is not None else "the model has a single quantizable layer")
+                         + (f"the smallest drop measured, with up to every layer but one in FP32, is {best:.2f} "
+                            "points" if best is not None else "the model has a single quantizable layer")
                          + ", so only the FP32 model itself meets it.")
 
 
