@@ -108,3 +108,41 @@ def test_a_single_fragile_layer_leaves_only_fp32(data_root, tmp_path):
         with pytest.raises(S.BudgetUnreachable, match="single quantizable layer"):
             S.fewest_fp32_layers(st, st.layers, BUDGET_PP)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no scratch file left behind
+
+
+class _Measured:
+    """A Study stand-in whose files score as a table says (by the set of layers kept in FP32)."""
+
+    def __init__(self, fp32_accuracy: float, table: dict):
+        self.scorer = type("Scorer", (), {"fp32": S.Score(fp32_accuracy, None)})()
+        self.table, self.asked = table, []
+
+    def score(self, kept=()):
+        key = frozenset(x.module for x in kept)
+        self.asked.append(key)
+        return S.Score(self.table[key], 20.0)
+
+
+LAYERS = [S.Layer(m, (f"node_{m}",), "Conv") for m in "abc"]
+
+
+def test_the_fallback_drops_a_kept_layer_that_turns_out_unneeded():
+    """a alone is not enough, a+b is; then b alone turns out enough: the answer is [b], not [a, b]."""
+    study = _Measured(0.95, {frozenset("a"): 0.93, frozenset("ab"): 0.95, frozenset("b"): 0.948})
+    kept, score, steps = S.fewest_fp32_layers(study, LAYERS, 0.5)
+    assert [x.module for x in kept] == ["b"] and score.accuracy == 0.948
+    assert [s["fp32_layers"] for s in steps] == [["a"], ["a", "b"], ["b"]]
+
+
+def test_the_fallback_stops_at_the_first_choice_within_the_budget():
+    study = _Measured(0.95, {frozenset("a"): 0.949})
+    kept, _, steps = S.fewest_fp32_layers(study, LAYERS, 0.1)
+    assert [x.module for x in kept] == ["a"] and len(steps) == 1  # nothing else was measured
+
+
+def test_a_budget_missed_with_every_layer_but_one_in_fp32_is_unreachable():
+    study = _Measured(0.95, {frozenset("a"): 0.90, frozenset("ab"): 0.94})
+    with pytest.raises(S.BudgetUnreachable, match=r"smallest drop measured.* is 1\.00 points") as e:
+        S.fewest_fp32_layers(study, LAYERS, 0.5)
+    assert frozenset("abc") not in study.asked  # every layer in FP32 is the FP32 model, never tried as a file
+    assert [s["fp32_layers"] for s in e.value.steps] == [["a"], ["a", "b"]]
