@@ -71,9 +71,15 @@ def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.asarray(np.asarray(images)[np.sort(idx)], dtype=np.float32)
 
 
-def _ort_quantize(fp32: Path, out: Path, images: np.ndarray, method: str, *, for_tensorrt: bool) -> None:
+def _ort_quantize(fp32: Path, out: Path, images: np.ndarray, method: str, *, for_tensorrt: bool,
+                  exclude: tuple[str, ...] = (), prepared: Path | None = None,
+                  calibration_cache: Path | None = None) -> None:
+    """``exclude``: node names left in float (onnxruntime's ``nodes_to_exclude``: no Q/DQ on their weights or
+    inputs). The sensitivity analysis quantizes one model many times, so it passes ``prepared`` (``fp32`` already
+    through :func:`prepare`) and ``calibration_cache`` (onnxruntime's ``calibration_cache_path``: the tensor ranges
+    of the first call are saved there and loaded by the next; the calibrator sees every tensor whatever is
+    excluded, so the ranges, and the files, are the same as a fresh calibration's)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -90,18 +96,34 @@ def _ort_quantize(fp32: Path, out: Path, images: np.ndarray, method: str, *, for
         log.warning("--calib-method entropy: onnxruntime's quantize_static runs its entropy calibrator with 128 "
                     "histogram bins and 128 quantized bins, which leaves one candidate range, the full one, so the "
                     "result equals minmax (measured with onnxruntime 1.31); use percentile for clipped ranges")
-    # onnxruntime's recommended pre-pass: shape inference and graph clean-up before calibration
-    prepared = out.with_name(out.name + ".pre.tmp")  # beside the temp file; a killed run's copy is swept
-    try:
-        quant_pre_process(str(fp32), str(prepared))
-        float_layers = [] if for_tensorrt else _input_layers(prepared)  # CPU: the first conv is faster in float
+    def quantize(source: Path) -> None:
+        float_layers = [] if for_tensorrt else _input_layers(source)  # CPU: the first conv is faster in float
         quantize_static(
-            str(prepared), str(out), BatchReader(images), quant_format=QuantFormat.QDQ, per_channel=True,
+            str(source), str(out), BatchReader(images), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=act, weight_type=QuantType.QInt8, calibrate_method=methods[method],
-            reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=float_layers,
+            reduce_range=reduce_range, extra_options=extra,
+            nodes_to_exclude=sorted(set(exclude) | set(float_layers)),
+            calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
         )
+
+    if prepared is not None:
+        quantize(prepared)
+        return
+    # onnxruntime's recommended pre-pass: shape inference and graph clean-up before calibration
+    scratch = out.with_name(out.name + ".pre.tmp")  # beside the temp file; a killed run's copy is swept
+    try:
+        prepare(fp32, scratch)
+        quantize(scratch)
     finally:
-        prepared.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
+
+
+def prepare(fp32: Path, out: Path) -> Path:
+    """onnxruntime's recommended pre-pass before quantization (shape inference, graph clean-up); node names kept."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out))
+    return out
 
 
 def _input_layers(path: Path) -> list[str]:
@@ -134,18 +156,19 @@ def write_int8(proto, final: Path, metadata: dict[str, str], *, tensorrt_rules: 
 
 
 def quantize_file(fp32: Path, final: Path, images: np.ndarray, method: str, metadata: dict[str, str], *,
-                  for_tensorrt: bool) -> Path:
+                  for_tensorrt: bool, exclude: tuple[str, ...] = ()) -> Path:
     """Post-training quantization of an FP32 ONNX file into ``final``, calibrated on ``images`` by ``method``.
 
     ``for_tensorrt`` (the variant table's ``tensorrt`` column) picks the flavour: symmetric int8 activations
     placed as TensorRT's explicit quantization wants (and checked against its Q/DQ rules), or onnxruntime's
-    CPU integer kernels (U8S8, 7-bit weights). :func:`ptq` and :func:`cpu_int8` name the two.
+    CPU integer kernels (U8S8, 7-bit weights). :func:`ptq` and :func:`cpu_int8` name the two. ``exclude``
+    names the nodes kept in float (a mixed-precision file: :mod:`exporters.sensitivity` chooses them).
     """
     import onnx
 
     final = Path(final)
     with scratch_path(final.with_suffix(".raw.onnx")) as raw:  # onnxruntime writes files, not protos
-        _ort_quantize(Path(fp32), raw, images, method, for_tensorrt=for_tensorrt)
+        _ort_quantize(Path(fp32), raw, images, method, for_tensorrt=for_tensorrt, exclude=tuple(exclude))
         proto = onnx.load(str(raw))
     return write_int8(proto, final, metadata, tensorrt_rules=for_tensorrt)
 

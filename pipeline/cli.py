@@ -142,7 +142,7 @@ STAGE_HELP = "Stage to run up to: data, train, export, quantize, engines, valida
 
 def _shown(value) -> str:
     """A default as the help shows it: ``0.003``, ``0.0001``, ``on``/``off`` for switches."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or value is None:  # None: an opt-in option not given (--int8-budget)
         return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -194,6 +194,9 @@ def run(
     calib_method: Optional[str] = typer.Option(None, help=with_default(f"PTQ calibration: {' | '.join(CALIB_METHODS)}.", "calib_method")),
     qat_epochs: Optional[int] = typer.Option(None, help=with_default("QAT fine-tuning epochs.", "qat_epochs")),
     qat_lr: Optional[float] = typer.Option(None, help=with_default("QAT fine-tuning learning rate.", "qat_lr")),
+    int8_budget: Optional[str] = typer.Option(None, "--int8-budget", metavar="PP", help=with_default(
+        "Validation accuracy drop (percentage points) a PTQ INT8 file may lose; beyond it, the fewest layers "
+        "(by sensitivity) are kept in FP32. Off: all layers INT8.", "int8_budget")),
     threads: Optional[int] = typer.Option(None, help=with_default("Intra-op threads for training and timing (0 = all cores).", "threads")),
     browser: Optional[bool] = typer.Option(None, "--browser/--no-browser", help=with_default("Also measure the web-wasm rows in headless Chromium, when installed (off under --quick).", "browser")),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -208,7 +211,7 @@ def run(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         schedule=schedule, label_smoothing=label_smoothing, augment=augment, seed=seed, device=device,
         val_size=val_size, quant=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
-        qat_lr=qat_lr, threads=threads, browser=browser,
+        qat_lr=qat_lr, int8_budget=int8_budget, threads=threads, browser=browser,
     )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -185,8 +185,16 @@ class QuantConfig:
     qat_max_images: int = 0  # cap on training images per QAT epoch (0 = whole split)
     cpu_variant: bool = True  # also write onnx-int8-cpu (uint8 activations, fused by onnxruntime CPU)
     sqnr_images: int = 256  # calibration images used to measure per-layer SQNR
+    sensitivity: bool = True  # rank the PTQ file's layers by validation accuracy (pipeline.sensitivity)
+    # validation accuracy drop (percentage points vs the FP32 ONNX) a PTQ file may lose before layers are kept in
+    # FP32 (greedy by sensitivity, measured). None = no fallback: every layer stays INT8 and the report still ranks
+    # them. Opt-in, because a layer kept in FP32 changes what ships: TensorRT runs it in float, and onnxruntime's
+    # CPU integer kernels cannot fuse it; and the variants' budget_pp (0.15 pp) is 7 images of the validation split,
+    # near its noise, so applying it by default would make files mixed on the strength of a few images.
+    int8_budget: float | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "int8_budget", parse_budget(self.int8_budget))
         _check(self.mode in QUANT_MODES, f"--quant must be one of {', '.join(QUANT_MODES)}; got '{self.mode}'.")
         _check(self.calib_method in CALIB_METHODS,
                f"--calib-method must be one of {', '.join(CALIB_METHODS)}; got '{self.calib_method}'.")
@@ -205,6 +213,25 @@ class QuantConfig:
     @property
     def qat(self) -> bool:
         return self.mode in ("qat", "both")
+
+
+def parse_budget(value) -> float | None:
+    """``--int8-budget`` as a number of percentage points >= 0 (the CLI passes text, :func:`pipeline.run` a number)."""
+    if value is None:
+        return None
+    number = None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    _check(number is not None and math.isfinite(number),
+           f"--int8-budget must be a number of percentage points of validation accuracy (e.g. 0.5), got {value!r}.")
+    _check(number >= 0, f"--int8-budget must be 0 or more percentage points (the accuracy drop allowed), got "
+                        f"{value!r}; a negative budget would ask INT8 to be more accurate than FP32.")
+    return number
 
 
 #: The ``--quick`` budget (``RunConfig(quick=True)``, ``pipeline.run(quick=True)``): per sub-config, the fields it
@@ -236,6 +263,7 @@ RUN_OPTIONS: dict[str, tuple[str, ...]] = {
     "calib_method": ("quant.calib_method",),
     "qat_epochs": ("quant.qat_epochs",),
     "qat_lr": ("quant.qat_lr",),
+    "int8_budget": ("quant.int8_budget",),
     "threads": ("train.threads", "validate.threads"),
     "browser": ("validate.browser",),
 }

@@ -282,6 +282,15 @@ class RunDir:
         return self.root / "quantize" / "sqnr.png"
 
     @property
+    def sensitivity_json(self) -> Path:
+        """Per-layer INT8 sensitivity on validation accuracy, and the layers each PTQ file keeps in FP32."""
+        return self.root / "quantize" / "sensitivity.json"
+
+    @property
+    def sensitivity_png(self) -> Path:
+        return self.root / "quantize" / "sensitivity.png"
+
+    @property
     def engines_status(self) -> Path:
         """Which TensorRT engines were built, or why not."""
         return self.root / "engines" / "status.json"

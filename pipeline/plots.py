@@ -83,6 +83,28 @@ def sqnr(per_variant: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def sensitivity(result: dict, path: Path) -> Path:
+    """Per-layer INT8 sensitivity (quantize/sensitivity.json), most sensitive on top: the validation accuracy a
+    layer recovers when it alone stays FP32, and the accuracy it loses when it alone is quantized (points)."""
+    rows = result["layers"]
+    fig = _figure(figsize=(8, 1.2 + 0.38 * len(rows)))
+    ax = fig.subplots()
+    ys = list(range(len(rows)))[::-1]
+    ax.barh([y + 0.2 for y in ys], [r["recovered_pp"] for r in rows], height=0.4,
+            label="recovered with only this layer in FP32")
+    ax.barh([y - 0.2 for y in ys], [r["alone_drop_pp"] for r in rows], height=0.4,
+            label="lost with only this layer in INT8")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([f"{r['rank']}. {r['module'] or r['nodes'][0]} ({r['op']})" for r in rows], fontsize=8)
+    ax.axvline(0, color="gray", linewidth=0.8)
+    ax.set_xlabel(f"validation accuracy (points, {result['images']:,} images)")
+    ax.set_title(f"INT8 sensitivity per layer ({result['variant']})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def latency_vs_batch(variants: list[dict], path: Path) -> Path:
     """Median latency per image (ms) against batch size, one line per variant (log-log)."""
     fig = _figure(figsize=(10, 3.8))

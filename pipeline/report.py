@@ -79,6 +79,37 @@ def _what_to_ship(report: dict) -> list[str]:
     return lines + [""]
 
 
+def _sensitivity(sens: dict) -> list[str]:
+    """The INT8 sensitivity ranking (pipeline.sensitivity) and, under --int8-budget, the layers kept in FP32."""
+    fp32, int8 = sens.get("fp32_accuracy"), sens.get("int8_accuracy")
+    lines = ["", "## INT8 sensitivity per layer", "",
+             f"Each layer of `{sens['variant']}` measured on {sens['images']:,} images of the validation split (never "
+             "the test set) with only it left in FP32, and with only it quantized; accuracy, and the SQNR of the "
+             "logits against the FP32 ONNX. Ranked " + sens["ranking"] + "."
+             + (f" FP32 {100 * fp32:.2f} %, all layers INT8 {100 * int8:.2f} %." if None not in (fp32, int8) else ""),
+             "", "| rank | layer (PyTorch) | ONNX nodes | op | only it FP32: acc | SQNR (dB) | recovered (pp) | "
+             "only it INT8: acc | SQNR (dB) | lost (pp) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sens["layers"]:
+        a, b = r["fp32_only"], r["int8_only"]
+        lines.append(f"| {r['rank']} | `{r['module'] or '?'}` | " + ", ".join(f"`{n}`" for n in r["nodes"])
+                     + f" | {r['op']} | {100 * a['accuracy']:.2f} % | {_fmt_sqnr(a['sqnr_db'])} | "
+                     f"{r['recovered_pp']:+.2f} | {100 * b['accuracy']:.2f} % | {_fmt_sqnr(b['sqnr_db'])} | "
+                     f"{r['alone_drop_pp']:+.2f} |")
+    for name, f in sens.get("fallback", {}).items():
+        head = (f"- `{name}`, `--int8-budget {f['budget_pp']:g}`: all layers INT8 lose {f['int8_drop_pp']:.2f} points "
+                "of validation accuracy")
+        if f.get("drop_pp") is None:
+            lines.append(head + "; no mixed-precision file met the budget, so none was written.")
+        elif not f["fp32_layers"]:
+            lines.append(head + ", within the budget: every layer stays INT8.")
+        else:
+            lines.append(head + f"; keeping {', '.join(f'`{x}`' for x in f['fp32_layers'])} in FP32 brings that to "
+                         f"{f['drop_pp']:.2f}. onnxruntime `nodes_to_exclude={f['onnxruntime_nodes_to_exclude']}`; "
+                         f"TensorRT `--layerPrecisions={f['tensorrt_layer_precisions']}`; PyTorch modules "
+                         f"{f['torch_modules']}.")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     t = report["train"]
     lines = [
@@ -167,6 +198,8 @@ def render_markdown(report: dict) -> str:
         for i, row in enumerate(first):
             cells = [_fmt_sqnr(q["variants"][n][i]["sqnr_db"]) if i < len(q["variants"][n]) else "-" for n in names]
             lines.append(f"| {row['layer']} | {row['op']} | " + " | ".join(cells) + " |")
+    if q and q.get("sensitivity"):
+        lines += _sensitivity(q["sensitivity"])
     lines += [""] + ladder.markdown(report.get("ladder") or {})
     env = report["environment"]
     lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
@@ -309,6 +342,9 @@ def figures(report: dict, folder: Path) -> dict[str, Path]:
     q = report.get("quantization")
     if q and q.get("variants"):
         figs["Per-layer quantization error (SQNR vs FP32)"] = plots.sqnr(q["variants"], folder / "sqnr.png")
+    if q and (q.get("sensitivity") or {}).get("layers"):
+        figs["INT8 sensitivity per layer (validation accuracy)"] = plots.sensitivity(q["sensitivity"],
+                                                                                     folder / "sensitivity.png")
     return figs
 
 

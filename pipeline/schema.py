@@ -129,9 +129,43 @@ def _models():
         vs_fp32_pp: Optional[Number]
         not_measured: Optional[str]
 
+    class Trial(Strict):  # a file's validation accuracy and logit SQNR against the FP32 ONNX
+        accuracy: Fraction
+        sqnr_db: Optional[Number]
+
+    class SensitiveLayer(Strict):  # one row of the INT8 sensitivity ranking (pipeline.sensitivity)
+        rank: Positive
+        module: Optional[str]  # PyTorch module path; null when the ONNX weight's name gives none
+        nodes: Annotated[list[str], Field(min_length=1)]  # ONNX node names
+        op: str
+        fp32_only: Trial
+        int8_only: Trial
+        recovered_pp: Number
+        alone_drop_pp: Number
+
+    class Fallback(Strict):  # one PTQ file under --int8-budget
+        budget_pp: NonNeg
+        int8_drop_pp: Number  # points lost with every layer INT8 (validation split)
+        fp32_layers: list[str]  # PyTorch module paths (ONNX node names where a path is unknown)
+        drop_pp: Optional[Number] = None  # with fp32_layers kept in FP32; absent when no file met the budget
+        onnxruntime_nodes_to_exclude: Optional[list[str]] = None  # absent when no file met the budget
+        tensorrt_layer_precisions: Optional[str] = None
+        torch_modules: Optional[list[str]] = None
+
+    class Sensitivity(Strict):
+        images: Count
+        source: str
+        ranking: str  # the ranking rule, in words
+        variant: Optional[str]  # the file ranked (null only when no layer was)
+        fp32_accuracy: Optional[Fraction] = None
+        int8_accuracy: Optional[Fraction] = None
+        layers: list[SensitiveLayer]
+        fallback: dict[str, Fallback]
+
     class Quantization(Strict):
         images: Count
         variants: dict[str, list[Sqnr]]
+        sensitivity: Optional[Sensitivity] = None
 
     class Confusion(Strict):
         variant: str

@@ -1,8 +1,9 @@
 """Stage ``quantize``: INT8 QDQ ONNX by PTQ (onnxruntime) and QAT (torchao), the CPU INT8 variants, SQNR.
 
 The ONNX -> ONNX work (PTQ, CPU INT8, SQNR) is :mod:`exporters.precision`, the QAT file in the CPU form
-:mod:`exporters.cpu_placement`; QAT, a torch fine-tuning, is
-:mod:`pipeline.qat`. This module chooses the calibration images, names the files and words errors.
+:mod:`exporters.cpu_placement`; QAT, a torch fine-tuning, is :mod:`pipeline.qat`; the per-layer sensitivity on
+validation accuracy, and the layers a PTQ file keeps in FP32 under ``--int8-budget``, are :mod:`pipeline.sensitivity`.
+This module chooses the calibration images, names the files and words errors.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def run(ctx: Context) -> list[Path]:
     from exporters import precision
 
     from .. import plots, qat
+    from ..sensitivity import Sensitivity
 
     q = ctx.cfg.quant
     if q.mode == "none":
@@ -64,11 +66,12 @@ def run(ctx: Context) -> list[Path]:
                               extra={"quantization": method})
 
     calib = calibration_images(ctx.splits.train_x, q)
+    sens = Sensitivity(fp32, ctx.rd.sensitivity_json, calib, ctx.splits.val_x.numpy(), ctx.splits.val_y.numpy(), q,
+                       ctx.cfg.model)
     outputs, sqnr = [], {}
     if q.ptq:
         v = BY_NAME["onnx-int8-ptq"]
-        path = _written(fp32, ctx.rd.export_file(v.file), calib, q.calib_method,
-                        meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"), for_tensorrt=v.tensorrt)
+        path = _ptq_file(ctx, sens, v, fp32, calib, meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
         outputs.append(path)
         log.info("quantize: PTQ (%s, %d calibration images) -> %s (%s bytes)", q.calib_method, q.calib_size, path,
                  f"{path.stat().st_size:,}")
@@ -90,8 +93,7 @@ def run(ctx: Context) -> list[Path]:
                  f"{path.stat().st_size:,}")
     if q.cpu_variant:
         v = BY_NAME["onnx-int8-cpu"]
-        path = _written(fp32, ctx.rd.export_file(v.file), calib, q.calib_method,
-                        meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"), for_tensorrt=v.tensorrt)
+        path = _ptq_file(ctx, sens, v, fp32, calib, meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
         outputs.append(path)
         log.info("quantize: CPU INT8 (uint8 activations) -> %s (%s bytes)", path, f"{path.stat().st_size:,}")
     probe = calib[: q.sqnr_images]
@@ -107,6 +109,12 @@ def run(ctx: Context) -> list[Path]:
     outputs.append(write_json(ctx.rd.sqnr_json, {"images": len(probe), "source": "training split (calibration set)",
                                                  "variants": sqnr}))
     outputs.append(plots.sqnr(sqnr, ctx.rd.sqnr_png))
+    if sens.result["layers"]:
+        outputs.append(write_json(ctx.rd.sensitivity_json, sens.result))
+        outputs.append(plots.sensitivity(sens.result, ctx.rd.sensitivity_png))
+    else:  # an earlier run's ranking would otherwise reach this run's report
+        ctx.rd.sensitivity_json.unlink(missing_ok=True)
+        ctx.rd.sensitivity_png.unlink(missing_ok=True)
     return outputs
 
 
@@ -118,12 +126,32 @@ def _qat_cpu(qdq: Path, final: Path, images, metadata: dict) -> Path:
         return qat_cpu_int8(qdq, final, images, metadata)
 
 
-def _written(fp32: Path, final: Path, *args, for_tensorrt: bool) -> Path:
+def _ptq_file(ctx: Context, sens, v, fp32: Path, calib, metadata: dict) -> Path:
+    """One PTQ variant's file: its layers ranked (the first PTQ file) and, over ``--int8-budget``, the fewest kept in
+    FP32, named in the file's metadata. A budget no mixed file meets writes nothing but sensitivity.json."""
+    import json
+
+    from exporters.sensitivity import nodes_of
+
+    try:
+        kept = sens.fp32_layers(v)
+    except PipelineError:
+        if sens.result["layers"]:  # what was measured stays readable
+            write_json(ctx.rd.sensitivity_json, sens.result)
+        raise
+    if kept:
+        metadata = {**metadata, "quantization": metadata["quantization"] + "/fp32:" + ",".join(x.label for x in kept),
+                    "int8_fp32_nodes": json.dumps(list(nodes_of(kept)))}
+    return _written(fp32, ctx.rd.export_file(v.file), calib, ctx.cfg.quant.calib_method, metadata,
+                    for_tensorrt=v.tensorrt, exclude=nodes_of(kept))
+
+
+def _written(fp32: Path, final: Path, *args, for_tensorrt: bool, exclude: tuple[str, ...] = ()) -> Path:
     """Run :func:`exporters.precision.quantize_file`, its refusals (the QDQ rules, the disk) worded for users."""
     from exporters.precision import QuantizationError, quantize_file
 
     try:
         with refused_writes(final):
-            return quantize_file(fp32, final, *args, for_tensorrt=for_tensorrt)
+            return quantize_file(fp32, final, *args, for_tensorrt=for_tensorrt, exclude=exclude)
     except QuantizationError as e:
         raise PipelineError(str(e)) from None

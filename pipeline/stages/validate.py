@@ -25,7 +25,9 @@ def key(ctx: Context) -> dict:
     files = {v.name: ctx.sha(ctx.rd.export_file(v.file)) for v in variants.VARIANTS
              if v.file and ctx.cfg.quant.builds(v.quant) and unavailable(v) is None
              and ctx.rd.export_file(v.file).is_file()}
-    return {"checkpoint": ctx.sha(ctx.rd.checkpoint), "files": files, "validate": stamp(ctx.cfg.validate)}
+    sens = ctx.rd.sensitivity_json  # the report carries it: a new ranking redoes the report
+    return {"checkpoint": ctx.sha(ctx.rd.checkpoint), "files": files, "validate": stamp(ctx.cfg.validate),
+            **({"sensitivity": ctx.sha(sens)} if sens.is_file() else {})}
 
 
 def run(ctx: Context) -> list[Path]:
@@ -46,7 +48,7 @@ def run(ctx: Context) -> list[Path]:
                           params=models.param_count(model), macs=models.macs_per_image(model),
                           peak_gflops=efficiency.peak_gflops(), environment=environment.capture(vcfg.threads),
                           history=_read_json(ctx.rd.history, {}).get("history"),
-                          quantization=_read_json(ctx.rd.sqnr_json),
+                          quantization=_quantization(ctx),
                           # a file left by an earlier run with QAT is not this run's rung
                           qat_torch=_read_json(ctx.rd.qat_torch_json) if ctx.cfg.quant.qat else None)
     written = report.write_all(rep, ctx.rd.root)
@@ -165,6 +167,15 @@ def _engine_summary(engine: Path) -> dict:
     side = _read_json(Path(str(engine) + ".json"), {})
     return {k: side[k] for k in ("tensorrt", "layer_precisions", "profile", "dla_core", "gpu_fallback_layers")
             if k in side}
+
+
+def _quantization(ctx: Context) -> dict | None:
+    """sqnr.json, with the quantize stage's sensitivity.json (when it wrote one) under ``sensitivity``."""
+    q = _read_json(ctx.rd.sqnr_json)
+    sens = _read_json(ctx.rd.sensitivity_json)
+    if q is not None and sens is not None:
+        q["sensitivity"] = sens
+    return q
 
 
 def _read_json(path: Path, default=None):

@@ -28,7 +28,8 @@ DEFAULTS = {
     "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "iterations": 200, "max_seconds": 1.5, "golden_atol": 1e-5,
                  "threads": 0},
     "quant": {"mode": "both", "calib_size": 512, "calib_method": "minmax", "calib_seed": 0, "qat_epochs": 1,
-              "qat_lr": 1e-4, "qat_max_images": 0, "cpu_variant": True, "sqnr_images": 256},
+              "qat_lr": 1e-4, "qat_max_images": 0, "cpu_variant": True, "sqnr_images": 256, "sensitivity": True,
+              "int8_budget": None},
 }
 #: ...and today's --quick budget: what differs from the defaults under --quick.
 QUICK_TODAY = {"data": {"val_size": 1000, "max_train": 4000}, "train": {"epochs": 2},
@@ -125,7 +126,7 @@ def test_cli_and_python_api_take_the_same_options():
 
 
 def _shown(value) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or value is None:  # None: an opt-in option (--int8-budget)
         return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
 

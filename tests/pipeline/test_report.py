@@ -39,9 +39,9 @@ def test_html_report_is_self_contained_with_table_and_figures(quick_run):
                 "agreement", "max abs diff"):
         assert col in page.headers
     # latency, accuracy, accuracy vs CPU latency (and vs browser latency, when the quick run measured the browser),
-    # confusion, curves, SQNR
+    # confusion, curves, SQNR, sensitivity
     browser = any(r["name"].startswith("web-wasm") for r in quick_run["report"]["variants"])
-    assert len(page.images) == 6 + browser
+    assert len(page.images) == 7 + browser
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_report_command_rebuilds_from_json_alone(quick_run, tmp_path):
     r = invoke("report", run)
     assert r.exit_code == 0, r.output
     assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
-    assert len(list((run / "report").glob("*.png"))) == 6
+    assert len(list((run / "report").glob("*.png"))) == 7
 
 
 def test_report_command_bad_input(tmp_path):
@@ -113,7 +113,7 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
          "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-500:]
-    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 6
+    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 7
     shot = tmp_path / "page.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     f"--user-data-dir={tmp_path / 'q'}", f"--screenshot={shot}", "--window-size=1200,2400",
