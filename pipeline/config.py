@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda")
 MNIST_TRAIN_IMAGES = 60_000  # the training split before the validation images are held out
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes any 64-bit value; a non-negative int64 is what every RNG here accepts
 MAX_THREADS = 1024  # more intra-op threads than this is a typo (torch and onnxruntime would try to start them)
+MAX_NPROC = 256  # more local worker processes than this is a typo, not a machine (each one loads torch)
 
 
 def default_data_root() -> Path:
@@ -37,7 +38,9 @@ def default_data_root() -> Path:
 
 
 def stamp(cfg) -> dict:
-    """The config as plain JSON types (paths as strings), for hashing and reports."""
+    """The config as plain JSON types (paths as strings), for hashing and reports. A field marked
+    ``stamp=False`` is left out; one marked ``"unless-default"`` only when it differs from its default, so adding
+    such a field keeps the keys of the runs made before it."""
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
@@ -120,7 +123,7 @@ class LaunchConfig:
     monitor_s: float = 0.5  # how often the launcher looks at its workers; one that died stops the others
 
     def __post_init__(self):
-        _check(self.nproc >= 1, f"--nproc must be a whole number of at least 1, got {self.nproc}.")
+        _check(1 <= self.nproc <= MAX_NPROC, f"--nproc must be a whole number from 1 to {MAX_NPROC}, got {self.nproc}.")
         _check(self.timeout_s >= 1 and _finite(self.monitor_s) and self.monitor_s > 0,
                "the launch timeout and monitor interval must be positive.")
 
@@ -134,9 +137,9 @@ def parse_nproc(text: str | int | None) -> int:
         value = int(str(text).strip())
     except ValueError:
         value = None
-    _check(value is not None and value >= 1,
-           f"--nproc must be a whole number of worker processes, at least 1 (1 = one process, no DDP); got "
-           f"'{text}'. Nothing was written.")
+    _check(value is not None and 1 <= value <= MAX_NPROC,
+           f"--nproc must be a whole number of local worker processes from 1 to {MAX_NPROC} (1 = one process, no "
+           f"DDP; more than the machine's cores is allowed, but slow); got '{text}'. Nothing was written.")
     return value
 
 

@@ -221,10 +221,7 @@ def _follow(cfg: RunConfig, group: Group) -> None:
         return
     torch.manual_seed(cfg.train.seed)  # as the train stage does; DDP then copies rank 0's weights anyway
     model = models.build(cfg.model, cfg.model_object)
-    try:
-        train(model, load_splits(cfg.data), cfg.train, group=group)
-    except RuntimeError as e:  # a collective failed: rank 0 stopped (its own error is the one to report) or died
-        log.warning("lost the process group during training (%s)", " ".join(str(e).split())[:300])
+    train(model, load_splits(cfg.data), cfg.train, group=group)
 
 
 # ------------------------------------------------------------------------------------------------ --nproc N
@@ -233,7 +230,9 @@ def _follow(cfg: RunConfig, group: Group) -> None:
 def launch(cfg: RunConfig, until: str, launch_cfg: LaunchConfig, body, verbose: bool) -> None:
     """Start ``launch_cfg.nproc`` local workers with torchrun's engine and wait for them; raise one
     :class:`PipelineError` paragraph if any of them failed (the launcher stops the others at once)."""
+    import tempfile
     import uuid
+    from pathlib import Path
 
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -250,22 +249,51 @@ def launch(cfg: RunConfig, until: str, launch_cfg: LaunchConfig, body, verbose: 
     )
     log.info("starting %d worker processes (DDP, torchrun's launcher; --batch-size %d is the global batch, %s "
              "images per worker per step)", n, cfg.train.batch_size, _share(cfg.train.batch_size, n))
-    try:
-        results = elastic_launch(elastic, _worker)(cfg, until, launch_cfg, body, verbose, os.getpid())
-    except ChildFailedError as e:
-        raise PipelineError(_failure_paragraph(e, n)) from None
-    except SignalException as e:
-        if e.sigval.name == "SIGINT":
-            raise KeyboardInterrupt from None
-        raise PipelineError(f"The run was stopped by {e.sigval.name}; its {n} workers were stopped with it. "
-                            f"{_RERUN}") from None
-    outcome = results.get(0) or {}
-    if "error" in outcome:
-        err = PipelineError(outcome["error"])
-        err.exit_code = outcome.get("exit_code", 2)
-        raise err
-    if outcome.get("interrupted"):
+    with tempfile.TemporaryDirectory(prefix="pipeline-ddp-") as tmp, _quiet_launcher(verbose):
+        said = Path(tmp) / "rank0.json"  # rank 0's own error, if it stopped with one (see _worker)
+        try:
+            results = elastic_launch(elastic, _worker)(cfg, until, launch_cfg, body, verbose, os.getpid(), str(said))
+        except ChildFailedError as e:
+            _raise_rank0_error(said)  # rank 0 stopped first, and another rank failed because it left
+            raise PipelineError(_failure_paragraph(e, n)) from None
+        except SignalException as e:
+            if e.sigval.name == "SIGINT":
+                raise KeyboardInterrupt from None
+            raise PipelineError(f"The run was stopped by {e.sigval.name}; its {n} workers were stopped with it. "
+                                f"{_RERUN}") from None
+        _raise_rank0_error(said)
+    if (results.get(0) or {}).get("interrupted"):
         raise KeyboardInterrupt
+
+
+def _raise_rank0_error(path) -> None:
+    import json
+
+    if path.is_file():
+        said = json.loads(path.read_text())
+        err = PipelineError(said["error"])
+        err.exit_code = said["exit_code"]
+        raise err from None
+
+
+class _quiet_launcher:
+    """torchelastic logs each worker failure with the launcher's own traceback; the user gets our one paragraph
+    instead (``--verbose`` keeps torch's log)."""
+
+    NAMES = ("torch.distributed.elastic", "torch.multiprocessing")
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+
+    def __enter__(self):
+        self.levels = [logging.getLogger(n).level for n in self.NAMES]
+        if not self.verbose:
+            for n in self.NAMES:
+                logging.getLogger(n).setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        for n, level in zip(self.NAMES, self.levels):
+            logging.getLogger(n).setLevel(level)
 
 
 _RERUN = ("Finished stages and the last complete training epoch are kept: rerun the same command to resume "
@@ -284,7 +312,7 @@ def _failure_paragraph(e, n: int) -> str:
     said = ""
     message = failure.message if isinstance(failure.message, str) else (failure.message or {}).get("message", "")
     if message and message != "<N/A>":
-        said = " Its error: " + " ".join(str(message).split())[:500].rstrip(".") + "."
+        said = " It said: " + " ".join(str(message).split())[:500].rstrip(".") + "."
     return (f"Distributed training failed: worker rank {rank} of {n} (pid {failure.pid}) {how}, and the launcher "
             f"stopped the other workers.{said} {_RERUN}")
 
@@ -314,17 +342,24 @@ def _ancestors() -> set[int]:
     return out
 
 
-def _worker(cfg: RunConfig, until: str, launch_cfg: LaunchConfig, body, verbose: bool, parent: int) -> dict:
-    """One ``--nproc`` worker (a spawned process): known errors come back as values, so the launcher's caller
-    prints rank 0's paragraph instead of a worker's traceback; anything else fails the worker, and the launcher
-    reports it (:func:`_failure_paragraph`)."""
+def _worker(cfg: RunConfig, until: str, launch_cfg: LaunchConfig, body, verbose: bool, parent: int,
+            said: str) -> dict:
+    """One ``--nproc`` worker (a spawned process). Rank 0's known error is written to ``said`` (a file of the
+    launching process's, outside the run folder) for the launcher's caller to print as the one paragraph, even if
+    another rank then failed because rank 0 left; anything else fails the worker, and the launcher reports it
+    (:func:`_failure_paragraph`)."""
+    import json
+
     _die_with_parent(parent)
     place = from_env()
     _worker_logging(place, verbose)
     try:
         run_rank(cfg, until, launch_cfg, body)
     except PipelineError as e:
-        return {"error": str(e), "exit_code": e.exit_code} if place.rank == 0 else {}
+        if place.rank == 0:
+            with open(said, "w") as f:
+                json.dump({"error": str(e), "exit_code": e.exit_code}, f)
+        return {}
     except KeyboardInterrupt:
         return {"interrupted": True}
     return {}
