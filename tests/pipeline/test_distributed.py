@@ -99,9 +99,9 @@ def test_two_processes_reach_the_single_process_accuracy(ddp_run, quick_run):
 
 def test_only_rank_zero_wrote_into_the_run_folder(ddp_run):
     rows = ddp_run["audit"]
-    ranks = {rank for _, rank, event, _ in rows if event == "start"}
-    assert {"0", "1"} <= ranks, f"the audit did not reach both workers: {sorted(ranks)}"
-    writers = {(rank, pid) for pid, rank, event, _ in rows if event != "start"}
+    ranks = {rank for _, rank, event, _ in rows if event == "rank"}
+    assert ranks == {"0", "1"}, f"the audit did not reach both workers: {sorted(ranks)}"
+    writers = {(rank, pid) for pid, rank, event, _ in rows if event not in ("start", "rank")}
     assert writers and {rank for rank, _ in writers} == {"0"}, sorted(writers)
     assert len({pid for _, pid in writers}) == 1  # one process, not one per stage
     written = {Path(path).name for _, rank, event, path in rows if event in ("os.replace", "os.rename")}
