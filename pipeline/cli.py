@@ -195,7 +195,7 @@ def run(
     qat_epochs: Optional[int] = typer.Option(None, help=with_default("QAT fine-tuning epochs.", "qat_epochs")),
     qat_lr: Optional[float] = typer.Option(None, help=with_default("QAT fine-tuning learning rate.", "qat_lr")),
     threads: Optional[int] = typer.Option(None, help=with_default("Intra-op threads for training and timing (0 = all cores).", "threads")),
-    nproc: Optional[str] = typer.Option(None, "--nproc", help="Train with N local DDP worker processes (torchrun's launcher; gloo on CPU, NCCL with one GPU each). --batch-size stays the global batch. Rank 0 writes every file and runs the later stages. " + escape("[default: 1]")),
+    nproc: Optional[str] = typer.Option(None, "--nproc", help="Train with N local DDP worker processes (torchrun's launcher; gloo on CPU, NCCL with one GPU each). --batch-size stays the global batch. Rank 0 writes every file and runs the later stages. Not given: one process, no DDP."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the pipeline up to STAGE (default: all), skipping stages whose inputs are unchanged."""

@@ -200,7 +200,7 @@ def _sharded_validation(model, splits: Splits, group) -> tuple[float, float]:
     and BatchNorm statistics, summed over ranks: every rank gets the same figures (and the same best epoch)."""
     group.share_buffers(model)
     x, y = splits.val_x[group.rank::group.world], splits.val_y[group.rank::group.world]
-    loss, acc, _ = evaluate(model, x, y, device=group.device)
+    loss, acc = evaluate(model, x, y, device=group.device)[:2] if len(y) else (0.0, 0.0)  # fewer images than ranks
     loss_sum, hits, count = group.totals(loss * len(y), acc * len(y), len(y))
     return loss_sum / count, hits / count
 

@@ -118,7 +118,8 @@ def test_cli_and_python_api_take_the_same_options():
     from typer.main import get_command
 
     common = {"stage", "model", "artifacts", "data_root", "force", "quick"}
-    cli = {p.name for p in get_command(app).commands["run"].params} - {"verbose"}
+    # --nproc starts worker processes: the CLI's (and torchrun's) job, not a library call inside the caller's process
+    cli = {p.name for p in get_command(app).commands["run"].params} - {"verbose", "nproc"}
     python = set(inspect.signature(api.run).parameters)
     assert cli == python == common | set(RUN_OPTIONS)
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in inspect.signature(api.run).parameters.values())
