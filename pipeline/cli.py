@@ -240,7 +240,7 @@ def _execute(cfg, until: str, group=None) -> None:
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=_console(), transient=True) as progress:
-        stages.run(cfg, until=until, progress=progress, group=group)
+        stages.run(cfg, until=until, progress=progress, **({"group": group} if group is not None else {}))
 
 
 @app.command("models")
