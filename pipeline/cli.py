@@ -14,8 +14,8 @@ from typing import Optional
 
 import typer
 
-from .config import (CALIB_METHODS, DEVICES, OPTIMIZERS, QUANT_MODES, QUICK, RUN_OPTIONS, SCHEDULES, build_config,
-                     default_data_root, default_of)
+from .config import (CALIB_METHODS, DEVICES, OPTIMIZERS, QUANT_MODES, QUICK, RUN_OPTIONS, SCHEDULES, LaunchConfig,
+                     build_config, default_data_root, default_of, parse_nproc)
 from .errors import PipelineError
 from .layout import RUN_ADVICE, WriteAdvice
 
@@ -199,29 +199,52 @@ def run(
         "(by sensitivity) are kept in FP32. Off: all layers INT8.", "int8_budget")),
     threads: Optional[int] = typer.Option(None, help=with_default("Intra-op threads for training and timing (0 = all cores).", "threads")),
     browser: Optional[bool] = typer.Option(None, "--browser/--no-browser", help=with_default("Also measure the web-wasm rows in headless Chromium, when installed (off under --quick).", "browser")),
+    nproc: Optional[str] = typer.Option(None, "--nproc", help="Train with N local DDP worker processes (torchrun's launcher; gloo on CPU, NCCL with one GPU each). --batch-size stays the global batch. Rank 0 writes every file and runs the later stages. Not given: one process, no DDP."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the pipeline up to STAGE (default: all), skipping stages whose inputs are unchanged."""
-    from . import stages
+    from . import distributed, stages
 
-    _setup_logging(verbose)
     until = stages.until(stage)
+    launch = LaunchConfig(nproc=parse_nproc(nproc))
+    place = distributed.from_env()  # started by torchrun (multi-node form) or by our own --nproc launcher
+    if place is not None and nproc is not None:
+        raise PipelineError(f"--nproc {nproc} was given inside a torchrun worker (WORLD_SIZE={place.world}); "
+                            "torchrun already started the workers: drop --nproc and set torchrun's "
+                            "--nproc-per-node instead. Nothing was written.")
+    if place is None or place.rank == 0:
+        _setup_logging(verbose)
+    world = place.world if place is not None else launch.nproc
     cfg = build_config(
-        model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick,
+        model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick, world_size=world,
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         schedule=schedule, label_smoothing=label_smoothing, augment=augment, seed=seed, device=device,
         val_size=val_size, quant=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
         qat_lr=qat_lr, int8_budget=int8_budget, threads=threads, browser=browser,
     )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console(), transient=True) as progress:
-        stages.run(cfg, until=until, progress=progress)
+    if place is not None:  # a torchrun worker: join the group; rank 0 runs the stages
+        distributed.run_rank(cfg, until, launch, _execute)
+        if place.rank != 0:
+            return
+    elif launch.nproc > 1:
+        distributed.launch(cfg, until, launch, _execute, verbose)
+    else:
+        _execute(cfg, until)
     rd = stages.RunDir.for_model(cfg.artifacts, cfg.model)
     if until == "validate":
         _console().print(literal(("done:", "green"), f" report at {rd.report_md}, {rd.report_html} and "
                                  f"{rd.report_json}"), soft_wrap=True)
+
+
+def _execute(cfg, until: str, group=None) -> None:
+    """The stages with progress bars: the single process's whole run, and rank 0's in a DDP run (``group``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import stages
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_console(), transient=True) as progress:
+        stages.run(cfg, until=until, progress=progress, **({"group": group} if group is not None else {}))
 
 
 @app.command("models")

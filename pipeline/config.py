@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda")
 MNIST_TRAIN_IMAGES = 60_000  # the training split before the validation images are held out
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes any 64-bit value; a non-negative int64 is what every RNG here accepts
 MAX_THREADS = 1024  # more intra-op threads than this is a typo (torch and onnxruntime would try to start them)
+MAX_NPROC = 256  # more local worker processes than this is a typo, not a machine (each one loads torch)
 
 
 def default_data_root() -> Path:
@@ -37,11 +38,13 @@ def default_data_root() -> Path:
 
 
 def stamp(cfg) -> dict:
-    """The config as plain JSON types (paths as strings), for hashing and reports."""
+    """The config as plain JSON types (paths as strings), for hashing and reports. A field marked
+    ``stamp=False`` is left out; one marked ``"unless-default"`` only when it differs from its default, so adding
+    such a field keeps the keys of the runs made before it."""
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        if f.metadata.get("stamp") is False:
+        if f.metadata.get("stamp") is False or (f.metadata.get("stamp") == "unless-default" and v == f.default):
             continue
         out[f.name] = str(v) if isinstance(v, Path) else v
     return out
@@ -81,7 +84,11 @@ class TrainConfig:
     augment: bool = True  # small random affine (rotation, scale, shift) on each batch
     seed: int = 0
     device: str = "auto"  # auto picks cuda when available
-    threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores; with --nproc, each rank's share)
+    # processes that share each global batch (DDP). Not an option: the launcher sets it (--nproc, or torchrun's
+    # WORLD_SIZE). Stamped when above 1, so part of the train stage's key (a 2-process result is not the 1-process
+    # one: other augmentation draws, per-rank BatchNorm batches), while a 1-process run keeps the key it had.
+    world_size: int = field(default=1, metadata={"stamp": "unless-default"})
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}.")
@@ -97,6 +104,43 @@ class TrainConfig:
         _check(0 <= self.threads <= MAX_THREADS, f"--threads must be from 0 (all cores) to {MAX_THREADS}, "
                                                  f"got {self.threads}.")
         _check(0 <= self.seed <= MAX_SEED, f"--seed must be from 0 to {MAX_SEED} (2**63 - 1), got {self.seed}.")
+        _check(self.world_size >= 1, f"the world size must be at least 1, got {self.world_size}.")
+        _check(self.batch_size >= self.world_size,
+               f"--batch-size {self.batch_size} is the global batch, split over {self.world_size} processes: "
+               f"it must be at least {self.world_size}.")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How ``--nproc`` local workers are started and watched (:mod:`pipeline.distributed`).
+
+    Not a sub-config of :class:`RunConfig` and never stamped: it changes how processes start and how soon a
+    stuck one is given up on, not what is trained (the world size, which is, lives in :class:`TrainConfig`).
+    """
+
+    nproc: int = 1  # local worker processes; 1 = today's single process, no process group
+    timeout_s: int = 600  # a collective (or the wait for rank 0's earlier stages) longer than this fails the run
+    monitor_s: float = 0.5  # how often the launcher looks at its workers; one that died stops the others
+
+    def __post_init__(self):
+        _check(1 <= self.nproc <= MAX_NPROC, f"--nproc must be a whole number from 1 to {MAX_NPROC}, got {self.nproc}.")
+        _check(self.timeout_s >= 1 and _finite(self.monitor_s) and self.monitor_s > 0,
+               "the launch timeout and monitor interval must be positive.")
+
+
+def parse_nproc(text: str | int | None) -> int:
+    """``--nproc`` as given on the command line (text, so that ``two`` gets this paragraph and not a usage error):
+    a whole number of at least 1; ``None`` (not given) is 1."""
+    if text is None:
+        return 1
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = None
+    _check(value is not None and 1 <= value <= MAX_NPROC,
+           f"--nproc must be a whole number of local worker processes from 1 to {MAX_NPROC} (1 = one process, no "
+           f"DDP; more than the machine's cores is allowed, but slow); got '{text}'. Nothing was written.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -275,8 +319,10 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "train": TrainConfig, "export":
 
 
 def build_config(*, model="edgenet", artifacts: Path | str = "artifacts", data_root: Path | str | None = None,
-                 force: bool = False, quick: bool = False, **options) -> RunConfig:
+                 force: bool = False, quick: bool = False, world_size: int = 1, **options) -> RunConfig:
     """The config of one run: defaults, then the quick budget, then the options given (explicit always wins).
+
+    ``world_size`` is the number of DDP processes (set by the CLI from ``--nproc`` or torchrun's environment).
 
     The CLI and :func:`pipeline.run` both build through here. ``options`` are the keys of :data:`RUN_OPTIONS`;
     ``None`` means "not given". ``model`` may also be an ``nn.Module`` object (see :class:`RunConfig`).
@@ -287,6 +333,8 @@ def build_config(*, model="edgenet", artifacts: Path | str = "artifacts", data_r
     fields = {name: dict(QUICK.get(name, {})) if quick else {} for name in SECTIONS}
     if data_root is not None:
         fields["data"]["root"] = Path(data_root)
+    if world_size != 1:
+        fields["train"]["world_size"] = world_size
     for option, value in options.items():
         if value is not None:
             for target in RUN_OPTIONS[option]:

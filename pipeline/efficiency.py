@@ -114,6 +114,19 @@ def _ort_matmul_gflops(size: int, repeats: int) -> float:
     return 2 * size**3 / best / 1e9
 
 
+#: Training arithmetic per image, in forward passes: the forward, then the backward's two products of the same
+#: size (gradients with respect to the activations and to the weights). The usual rule of thumb; augmentation,
+#: the loss and the optimizer step are left out (small beside the convolutions).
+TRAIN_MACS_FACTOR = 3
+
+
+def training(macs_per_image: int, images_per_s: float, peak: float | None) -> dict:
+    """Training throughput and efficiency: GFLOP/s = 2 x :data:`TRAIN_MACS_FACTOR` x forward MACs x images/s,
+    and that as a fraction of ``peak`` (None: no CPU peak applies, e.g. training on a GPU)."""
+    return {"images_per_s": round(images_per_s, 1), "macs_factor": TRAIN_MACS_FACTOR,
+            **achieved(TRAIN_MACS_FACTOR * macs_per_image, images_per_s, peak)}
+
+
 def achieved(macs_per_image: int, images_per_s: float, peak: float | None) -> dict:
     gflops = 2 * macs_per_image * images_per_s / 1e9
     return {"gflops": round(gflops, 2), "fraction_of_peak": round(gflops / peak, 4) if peak else None}

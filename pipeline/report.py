@@ -110,6 +110,21 @@ def _sensitivity(sens: dict) -> list[str]:
     return lines
 
 
+def _training_throughput(t: dict) -> list[str]:
+    """The training loop's cost, as the variants' table gives inference's (absent in older reports)."""
+    tp = t.get("throughput")
+    if not tp:
+        return []
+    world = t.get("world_size") or 1
+    frac = tp.get("fraction_of_peak")
+    return [f"Training throughput: {tp['images_per_s']:,.0f} images/s"
+            + (f" over {world} DDP processes" if world > 1 else "")
+            + f", {tp['gflops']:.2f} GFLOP/s"
+            + (f" = {100 * frac:.1f} % of the measured CPU peak" if frac is not None else "")
+            + f" (training counted as {tp.get('macs_factor', 3)} x the forward MACs per image: the forward and "
+            "the backward's two products; validation passes excluded)."]
+
+
 def render_markdown(report: dict) -> str:
     t = report["train"]
     lines = [
@@ -121,6 +136,7 @@ def render_markdown(report: dict) -> str:
         f"{t.get('best_epoch', '?')} by validation accuracy {100 * t['val_accuracy']:.2f} % "
         f"(validation split of {t.get('val_images', '?')} images held out of the training set).",
         f"Test accuracy (10,000 images, reported only, never used for selection): **{100 * t['test_accuracy']:.2f} %**.",
+        *_training_throughput(t),
         "",
         *_what_to_ship(report),
         "## Variants",
@@ -265,6 +281,7 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
                   "val_accuracy": summary.get("val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
                   "best_epoch": summary.get("best_epoch"), "device": summary.get("device"),
                   "train_images": summary.get("train_images"), "val_images": summary.get("val_images"),
+                  "world_size": summary.get("world_size", 1), "throughput": summary.get("throughput"),
                   "config": ckpt["train_config"], "history": history},
         "variants": rows,
         "speedup_vs_torch": speed,

@@ -100,6 +100,12 @@ def _models():
         val_loss: Number
         val_accuracy: Fraction
 
+    class TrainThroughput(Strict):
+        images_per_s: NonNeg
+        macs_factor: Positive
+        gflops: NonNeg
+        fraction_of_peak: Optional[NonNeg] = None  # null: trained on a GPU, where the CPU's peak says nothing
+
     class Train(Strict):
         epochs: Positive
         seconds: NonNeg
@@ -107,6 +113,8 @@ def _models():
         test_accuracy: Fraction
         best_epoch: Optional[Positive] = None
         history: Optional[list[Epoch]] = None
+        world_size: Optional[Positive] = None  # DDP processes (reports written before --nproc lack it)
+        throughput: Optional[TrainThroughput] = None
 
     class Speed(Strict):
         throughput_ratio: NonNeg

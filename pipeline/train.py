@@ -83,7 +83,8 @@ def evaluate(model, x, y, batch_size: int = 1000, device=None):
 
 def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epochs: int, what: str, advice: str,
               images: int | None = None, label_smoothing: float = 0.0, background: float | None = None,
-              set_train_mode=None, progress=None, label: str = "") -> tuple[float, int]:
+              set_train_mode=None, progress=None, label: str = "", aug_gen=None, shard: tuple[int, int] = (0, 1),
+              totals=None) -> tuple[float, int]:
     """One epoch of minibatch SGD over ``x``/``y``: shuffle, then per batch augment, forward, loss, NaN check,
     optimizer and scheduler step. Returns (sum of batch loss x batch size, correct predictions) over the
     ``images`` seen (the first ``images`` of the shuffle; all of ``x`` when None).
@@ -94,32 +95,46 @@ def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epoc
     turns augmentation on; ``sched`` may be None. ``set_train_mode`` puts the model in training mode at the
     start (``model.train()`` unless given: a torch.export graph needs torchao's own switch). ``progress``
     (a rich ``Progress``) gets one task per epoch, described as ``<label>epoch e/E loss l``.
+
+    Data-parallel (:mod:`pipeline.distributed`): ``shard`` = (rank, world) takes every world-th image of each
+    global batch of the shared shuffle, augmented from ``aug_gen`` (this rank's own); ``totals`` turns the
+    rank's (loss, logits, labels) into the global batch's (mean loss, images, correct), so every rank checks and
+    counts the same values. A last batch with fewer images than ranks is dropped (no rank gets an empty one).
     """
     import torch
     import torch.nn.functional as F
 
     (set_train_mode or (lambda m: m.train()))(model)
     n = len(x) if images is None else min(images, len(x))
+    rank, world = shard
+    if 0 < n % batch_size < world:
+        n -= n % batch_size
     steps = math.ceil(n / batch_size)
     perm = torch.randperm(len(x), generator=gen)[:n].to(x.device)
     loss_sum, correct = 0.0, 0
     task = progress.add_task(f"{label}epoch {epoch}/{epochs}", total=steps) if progress else None
     for i in range(steps):
         idx = perm[i * batch_size : (i + 1) * batch_size]
+        if world > 1:
+            idx = idx[rank::world]
         xb, yb = x[idx], y[idx]
         if background is not None:
-            xb = augment(xb, background, gen)
+            xb = augment(xb, background, aug_gen or gen)
         out = model(xb)
         loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-        value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
+        if totals is None:
+            value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
+            k, hits = len(idx), None
+        else:
+            value, k, hits = totals(loss, out, yb)
         check_loss(value, what, epoch, epochs, i + 1, steps, advice)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if sched is not None:
             sched.step()
-        loss_sum += value * len(idx)
-        correct += int((out.argmax(1) == yb).sum())
+        loss_sum += value * k
+        correct += int((out.argmax(1) == yb).sum()) if hits is None else hits
         if progress:
             progress.update(task, advance=1, description=f"{label}epoch {epoch}/{epochs} loss {value:.4f}")
     if progress:
@@ -180,6 +195,16 @@ def _load_state(path, key: str):
     return state
 
 
+def _sharded_validation(model, splits: Splits, group) -> tuple[float, float]:
+    """(loss, accuracy) over the validation split, each rank scoring every world-th image with rank 0's weights
+    and BatchNorm statistics, summed over ranks: every rank gets the same figures (and the same best epoch)."""
+    group.share_buffers(model)
+    x, y = splits.val_x[group.rank::group.world], splits.val_y[group.rank::group.world]
+    loss, acc = evaluate(model, x, y, device=group.device)[:2] if len(y) else (0.0, 0.0)  # fewer images than ranks
+    loss_sum, hits, count = group.totals(loss * len(y), acc * len(y), len(y))
+    return loss_sum / count, hits / count
+
+
 @dataclass
 class TrainResult:
     model: object  # best-epoch weights loaded, in eval mode, on CPU
@@ -191,7 +216,8 @@ class TrainResult:
     device: str
 
 
-def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=None, resume_key: str = "") -> TrainResult:
+def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=None, resume_key: str = "",
+          group=None) -> TrainResult | None:
     """Train ``model``; return it with the weights of the best validation epoch.
 
     ``progress`` is an optional rich ``Progress``; each epoch is a task on it.
@@ -200,25 +226,39 @@ def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=No
     epoch, and a run interrupted at any moment continues from the last complete
     epoch if ``resume_key`` (the hash of data + model + config) is unchanged.
     The caller removes the file once the trained model is safely written.
+
+    With ``group`` (a :class:`pipeline.distributed.Group`), this is one rank of a data-parallel run: rank 0
+    passes ``resume_path`` and gets the result; the other ranks pass none, train beside it and get None.
     """
     import torch
 
     before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or (group.threads if group is not None else 0)
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        return _train(model, splits, cfg, progress, resume_path, resume_key)
+        return _train(model, splits, cfg, progress, resume_path, resume_key, group)
     finally:
         torch.set_num_threads(before)  # a thread count is process-wide: don't leak it to later work
 
 
-def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resume_key: str) -> TrainResult:
+def _aug_generator(seed: int, rank: int, epoch: int):
+    """A data-parallel rank's augmentation generator for one epoch: its own draws (ranks augmenting alike would
+    waste half the augmentation), seeded from (seed, rank, epoch) so a resumed epoch draws what it first drew."""
+    import torch
+
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 4099 + rank + 1) % (2**63 - 1))
+
+
+def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resume_key: str,
+           group=None) -> TrainResult | None:
     import torch
 
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    model = model.to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the shuffle: the same on every rank
+    device = pick_device(cfg.device) if group is None else group.device
+    lead = group is None or group.rank == 0  # the one process that validates into the log, saves and tests
+    model = core = model.to(device)
     x_train, y_train = splits.train_x.to(device), splits.train_y.to(device)
     background = (0.0 - splits.mean) / splits.std
     n = len(x_train)
@@ -226,7 +266,9 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
     sched = _scheduler(opt, cfg, math.ceil(n / cfg.batch_size))
 
     history, best, best_state, first, offset = [], (-1.0, 0), None, 1, 0.0
-    state = _load_state(resume_path, resume_key)
+    state = _load_state(resume_path, resume_key) if lead else None
+    if group is not None:
+        state = group.start_training(state)  # rank 0's state (or None) to every rank
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -235,14 +277,25 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
         gen.set_state(state["generator"])
         history, best, best_state = state["history"], (state["best_acc"], state["best_epoch"]), state["best_state"]
         first, offset = state["epoch"] + 1, history[-1]["seconds"]
-        log.info("resuming after epoch %d of %d (state in %s)", state["epoch"], cfg.epochs, resume_path)
+        if lead:
+            log.info("resuming after epoch %d of %d (state in %s)", state["epoch"], cfg.epochs, resume_path)
+    if group is not None:
+        model = group.wrap(core)
     start = time.perf_counter() - offset
     for epoch in range(first, cfg.epochs + 1):
+        t0 = time.perf_counter()
         loss_sum, correct = run_epoch(
             model, x_train, y_train, opt, sched, gen, batch_size=cfg.batch_size, epoch=epoch, epochs=cfg.epochs,
             what="Training", advice=f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})",
-            label_smoothing=cfg.label_smoothing, background=background if cfg.augment else None, progress=progress)
-        val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, device=device)
+            label_smoothing=cfg.label_smoothing, background=background if cfg.augment else None,
+            progress=progress if lead else None,
+            **({} if group is None else {"aug_gen": _aug_generator(cfg.seed, group.rank, epoch),
+                                         "shard": (group.rank, group.world), "totals": group.step_totals}))
+        train_seconds = time.perf_counter() - t0
+        if group is None:
+            val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, device=device)
+        else:
+            val_loss, val_acc = _sharded_validation(core, splits, group)
         if not math.isfinite(val_loss):
             raise PipelineError(
                 f"Training stopped after epoch {epoch} of {cfg.epochs}: the training loss stayed finite but the "
@@ -257,22 +310,29 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
             "val_accuracy": val_acc,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
+            "train_seconds": train_seconds,  # the training loop alone (no validation): the throughput's time
+            "images": n - (n % cfg.batch_size if 0 < n % cfg.batch_size < cfg.world_size else 0),
         }
         history.append(row)
+        if not lead:
+            continue
         log.info(
             "epoch %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  (%.0f s)",
             epoch, cfg.epochs, row["train_loss"], 100 * row["train_accuracy"], val_loss, 100 * val_acc, row["seconds"],
         )
         if val_acc > best[0]:
             best = (val_acc, epoch)
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(core.state_dict())
         if resume_path is not None:
             _save_state(resume_path, {
-                "key": resume_key, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "key": resume_key, "epoch": epoch, "model": core.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else {}, "generator": gen.get_state(),
                 "history": history, "best_acc": best[0], "best_epoch": best[1], "best_state": best_state,
             })
     seconds = time.perf_counter() - start
+    if not lead:
+        return None
+    model = core
     model.load_state_dict(best_state)
     model = model.cpu().eval()
     _, test_acc, _ = evaluate(model, splits.test_x, splits.test_y)

@@ -284,6 +284,7 @@ def cases() -> list[Case]:
         "--device": ["tpu", "", "cuda:99"],
         "--quant": ["all", ""],
         "--calib-method": ["kl", ""],
+        "--nproc": ["0", "-1", "two", "1.5", "", str(10 ** 6)],
     }
     for opt, values in bad_values.items():
         for v in values:

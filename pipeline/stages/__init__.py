@@ -63,11 +63,14 @@ def until(stage: str) -> str:
     return last
 
 
-def run(cfg: RunConfig, until: str = "validate", progress=None) -> dict[str, str]:
-    """Run the stages up to and including ``until``; return what each did, in order: ``"ran"`` or ``"skipped"``."""
+def run(cfg: RunConfig, until: str = "validate", progress=None, group=None) -> dict[str, str]:
+    """Run the stages up to and including ``until``; return what each did, in order: ``"ran"`` or ``"skipped"``.
+
+    ``group`` (rank 0 of a DDP run, :mod:`pipeline.distributed`) is handed to the train stage; the stages run
+    and write here, on rank 0, exactly as in one process."""
     if until not in STAGE_NAMES:
         raise PipelineError(f"Unknown stage '{until}'. Stages: {', '.join(STAGE_NAMES)}, or all.")
-    ctx = Context(cfg, progress)
+    ctx = Context(cfg, progress, group)
     try:
         models.build(cfg.model, cfg.model_object)  # fail on a bad --model before anything is written
     except PipelineError:

@@ -11,10 +11,11 @@ from ..layout import RunDir, sha256_file
 class Context:
     """Per-run state shared by the stages: config, layout, lazily loaded data."""
 
-    def __init__(self, cfg: RunConfig, progress=None):
+    def __init__(self, cfg: RunConfig, progress=None, group=None):
         self.cfg = cfg
         self.rd = RunDir.for_model(cfg.artifacts, cfg.model)
         self.progress = progress
+        self.group = group  # rank 0's pipeline.distributed.Group in a DDP run (the train stage trains with it)
         self._splits = None
 
     @property

@@ -1,4 +1,5 @@
-"""Stage ``train``: seed, build, train (resumable), and write the self-describing checkpoint and curves."""
+"""Stage ``train``: seed, build, train (resumable; data-parallel with ``--nproc``), and write the self-describing
+checkpoint, the curves and the training summary with its throughput (images/s, GFLOP/s against the CPU's peak)."""
 from __future__ import annotations
 
 import hashlib
@@ -40,12 +41,15 @@ def run(ctx: Context) -> list[Path]:
     resume_key = hashlib.sha256(json.dumps(key(ctx), sort_keys=True).encode()).hexdigest()
     if cfg.force:
         ctx.rd.train_state.unlink(missing_ok=True)  # --force means from scratch
-    result = train(model, s, cfg.train, progress=ctx.progress, resume_path=ctx.rd.train_state, resume_key=resume_key)
+    result = train(model, s, cfg.train, progress=ctx.progress, resume_path=ctx.rd.train_state, resume_key=resume_key,
+                   group=ctx.group)
+    throughput = _throughput(result, models.macs_per_image(result.model))
     summary = {
         "model": cfg.model, "epochs": cfg.train.epochs, "best_epoch": result.best_epoch,
         "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
         "seconds": result.seconds, "device": result.device, "train_images": len(s.train_y),
-        "val_images": len(s.val_y), "history": result.history,
+        "val_images": len(s.val_y), "world_size": cfg.train.world_size, "throughput": throughput,
+        "history": result.history,
     }
     ckpt = checkpoint.save(ctx.rd.checkpoint, {
         "model": cfg.model,
@@ -59,3 +63,20 @@ def run(ctx: Context) -> list[Path]:
     })
     return [ckpt, write_json(ctx.rd.history, summary),
             plots.training_curves(result.history, ctx.rd.curves_png, result.best_epoch)]
+
+
+def _throughput(result, macs: int) -> dict | None:
+    """Training images/s over the epochs' training loops (validation excluded; every rank's images in a DDP
+    run) and what that achieves against the CPU's measured peak (:func:`pipeline.efficiency.training`)."""
+    from .. import efficiency
+
+    rows = [h for h in result.history if h.get("train_seconds")]  # states saved before it existed lack it
+    if not rows:
+        return None
+    images, seconds = sum(h["images"] for h in rows), sum(h["train_seconds"] for h in rows)
+    peak = efficiency.peak_gflops() if result.device == "cpu" else None  # the CPU's peak says nothing of a GPU
+    out = efficiency.training(macs, images / seconds, peak)
+    log.info("train: %s images/s, %.2f GFLOP/s at %d x %s forward MACs per image%s", f"{out['images_per_s']:,.0f}",
+             out["gflops"], efficiency.TRAIN_MACS_FACTOR, f"{macs / 1e6:.2f} M",
+             f" = {100 * out['fraction_of_peak']:.1f} % of the measured CPU peak ({peak:.0f} GFLOP/s)" if peak else "")
+    return out

@@ -119,7 +119,8 @@ def test_cli_and_python_api_take_the_same_options():
     from typer.main import get_command
 
     common = {"stage", "model", "artifacts", "data_root", "force", "quick"}
-    cli = {p.name for p in get_command(app).commands["run"].params} - {"verbose"}
+    # --nproc starts worker processes: the CLI's (and torchrun's) job, not a library call inside the caller's process
+    cli = {p.name for p in get_command(app).commands["run"].params} - {"verbose", "nproc"}
     python = set(inspect.signature(api.run).parameters)
     assert cli == python == common | set(RUN_OPTIONS)
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in inspect.signature(api.run).parameters.values())
@@ -246,3 +247,23 @@ def test_no_float_option_accepts_nan_or_inf(field, value):
         assert f"--{field.replace('_', '-')} must be" in str(e)
         return
     assert math.isfinite(getattr(cfg, field))
+
+
+def test_world_size_joins_the_train_key_only_above_one():
+    """A --nproc 2 result must not be taken for the single-process one (a different key), while a 1-process
+    run keeps the key it had before the field existed (no world_size in its stamp)."""
+    from pipeline.config import TrainConfig, build_config, stamp
+    from pipeline.errors import PipelineError
+
+    assert "world_size" not in stamp(TrainConfig())
+    assert stamp(TrainConfig(world_size=2)) == {**stamp(TrainConfig()), "world_size": 2}
+    assert build_config(world_size=2).train.world_size == 2 and build_config().train.world_size == 1
+    with pytest.raises(PipelineError, match="global batch, split over 4 processes"):
+        TrainConfig(batch_size=3, world_size=4)
+
+
+@pytest.mark.parametrize("text,value", [(None, 1), ("1", 1), ("2", 2), (" 3 ", 3), (4, 4)])
+def test_nproc_parses_whole_numbers(text, value):
+    from pipeline.config import parse_nproc
+
+    assert parse_nproc(text) == value

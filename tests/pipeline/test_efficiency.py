@@ -18,3 +18,13 @@ def test_macs_from_onnx_match_torch_for_every_zoo_model(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     onnx.save(torch_to_onnx_proto(model, 18), str(path))
     assert onnx_macs_per_image(path) == macs_per_image(model)
+
+
+def test_training_counts_three_forward_passes_per_image():
+    """8 M MACs x 3 (forward + the backward's two products) x 2 FLOP x 100 images/s = 4.8 GFLOP/s: a tenth of
+    a 48 GFLOP/s peak; no peak (a GPU run) gives no fraction."""
+    from pipeline.efficiency import training
+
+    assert training(8_000_000, 100.0, 48.0) == {"images_per_s": 100.0, "macs_factor": 3, "gflops": 4.8,
+                                               "fraction_of_peak": 0.1}
+    assert training(8_000_000, 100.0, None)["fraction_of_peak"] is None
