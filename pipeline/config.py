@@ -79,6 +79,8 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 2/3) | none
     label_smoothing: float = 0.05
     augment: bool = True  # small random affine (rotation, scale, shift) on each batch
+    ema: float = 0.0  # decay of the weight EMA that is validated and kept (0 = off, keep the raw weights)
+    channels_last: bool = True  # train convs in NHWC memory layout (faster on CPU; same arithmetic)
     seed: int = 0
     device: str = "auto"  # auto picks cuda when available
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
@@ -93,6 +95,7 @@ class TrainConfig:
                f"--weight-decay must be a number from 0 to 1, got {self.weight_decay}.")
         _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
+        _check(_finite(self.ema) and 0 <= self.ema < 1, f"--ema must be in [0, 1) (0 = off), got {self.ema}.")
         _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}; got '{self.device}'.")
         _check(0 <= self.threads <= MAX_THREADS, f"--threads must be from 0 (all cores) to {MAX_THREADS}, "
                                                  f"got {self.threads}.")
@@ -225,6 +228,7 @@ RUN_OPTIONS: dict[str, tuple[str, ...]] = {
     "schedule": ("train.schedule",),
     "label_smoothing": ("train.label_smoothing",),
     "augment": ("train.augment",),
+    "ema": ("train.ema",),
     "seed": ("train.seed",),
     "device": ("train.device",),
     "val_size": ("data.val_size",),
