@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print each run as one JSON object instead")
     args = ap.parse_args(argv)
 
+    import logging
+
     import torch
 
     from pipeline import models
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     from pipeline.data import load_splits
     from pipeline.train import train
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # the per-epoch lines
     options = {}
     for item in args.set:
         name, _, value = item.partition("=")
