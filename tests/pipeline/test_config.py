@@ -161,11 +161,11 @@ def test_help_shows_every_default_from_the_config():
     assert shown.pop("stage") == inspect.signature(api.run).parameters["stage"].default == "all"
     for option, text in shown.items():
         assert text == _expected(option), option
-    assert shown["epochs"] == "7 (--quick: 2)" and shown["lr"] == "0.003"  # the formatting itself, once
+    assert shown["epochs"] == "6 (--quick: 2)" and shown["lr"] == "0.003"  # the formatting itself, once
 
 
 def test_changing_a_default_in_config_changes_the_help():
-    """A help text that restated "7" or "both" (or --quick's "2") would keep showing it after the change."""
+    """A help text that restated "6" or "both" (or --quick's "2") would keep showing it after the change."""
     import pipeline.cli
 
     epochs = next(f for f in fields(TrainConfig) if f.name == "epochs")
@@ -180,7 +180,7 @@ def test_changing_a_default_in_config_changes_the_help():
     finally:
         importlib.reload(pipeline.cli)
     assert shown["epochs"] == "9 (--quick: 1)" and shown["quant"] == "ptq"
-    assert _help_defaults()["epochs"] == "7 (--quick: 2)"
+    assert _help_defaults()["epochs"] == "6 (--quick: 2)"
 
 
 # ---------------------------------------------------------------------------- values no config accepts
