@@ -59,8 +59,11 @@ def main(argv=None) -> int:
         model = models.build(cfg.model)
         macs = models.macs_per_image(model)
         r = train(model, splits, cfg.train)
-        with open("/proc/loadavg") as f:
-            load = f.read().split()[0]
+        try:
+            with open("/proc/loadavg") as f:  # Linux; elsewhere the line says n/a
+                load = f.read().split()[0]
+        except OSError:
+            load = "n/a"
         row = {"model": args.model, "macs": macs, "seed": seed, "options": options, "epochs": cfg.train.epochs,
                "seconds": round(r.seconds, 1), "epoch_seconds": [round(h["seconds"], 1) for h in r.history],
                "val": [round(100 * h["val_accuracy"], 2) for h in r.history], "best_epoch": r.best_epoch,
