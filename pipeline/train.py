@@ -84,7 +84,7 @@ def evaluate(model, x, y, batch_size: int = 1000, device=None):
 def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epochs: int, what: str, advice: str,
               images: int | None = None, label_smoothing: float = 0.0, background: float | None = None,
               set_train_mode=None, progress=None, label: str = "", aug_gen=None, shard: tuple[int, int] = (0, 1),
-              totals=None) -> tuple[float, int]:
+              totals=None, after_step=None) -> tuple[float, int]:
     """One epoch of minibatch SGD over ``x``/``y``: shuffle, then per batch augment, forward, loss, NaN check,
     optimizer and scheduler step. Returns (sum of batch loss x batch size, correct predictions) over the
     ``images`` seen (the first ``images`` of the shuffle; all of ``x`` when None).
@@ -94,7 +94,8 @@ def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epoc
     see :func:`check_loss`; ``epoch`` is 1-based). ``background`` (the normalized value of a blank pixel)
     turns augmentation on; ``sched`` may be None. ``set_train_mode`` puts the model in training mode at the
     start (``model.train()`` unless given: a torch.export graph needs torchao's own switch). ``progress``
-    (a rich ``Progress``) gets one task per epoch, described as ``<label>epoch e/E loss l``.
+    (a rich ``Progress``) gets one task per epoch, described as ``<label>epoch e/E loss l``. ``after_step``, if
+    given, is called after every optimizer step (the weight EMA of :class:`WeightEMA` hooks in here).
 
     Data-parallel (:mod:`pipeline.distributed`): ``shard`` = (rank, world) takes every world-th image of each
     global batch of the shared shuffle, augmented from ``aug_gen`` (this rank's own); ``totals`` turns the
@@ -133,6 +134,8 @@ def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epoc
         opt.step()
         if sched is not None:
             sched.step()
+        if after_step is not None:
+            after_step()
         loss_sum += value * k
         correct += int((out.argmax(1) == yb).sum()) if hits is None else hits
         if progress:
@@ -140,6 +143,37 @@ def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epoc
     if progress:
         progress.remove_task(task)
     return loss_sum, correct
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights and BatchNorm statistics, the copy that is evaluated
+    and kept.
+
+    Why: late in a short one-cycle run the raw weights still jitter from batch to batch; their average over
+    the last few hundred steps generalizes better (about +0.05 pp test accuracy on MNIST at no inference
+    cost). The decay warms up as ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates, so the average is
+    not dominated by the random initial weights in a run of only a few thousand steps. Integer buffers
+    (BatchNorm's batch counter) are copied, not averaged.
+    """
+
+    def __init__(self, model, decay: float):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates, self._source = decay, 0, model
+
+    def update(self) -> None:
+        import torch
+
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            src = self._source.state_dict()
+            for name, avg in self.model.state_dict().items():
+                if avg.is_floating_point():
+                    avg.lerp_(src[name], 1 - d)
+                else:
+                    avg.copy_(src[name])
 
 
 def _optimizer(model, cfg: TrainConfig):
@@ -259,11 +293,15 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
     device = pick_device(cfg.device) if group is None else group.device
     lead = group is None or group.rank == 0  # the one process that validates into the log, saves and tests
     model = core = model.to(device)
+    if cfg.channels_last:  # NHWC convolutions are the fast oneDNN path on CPU; a no-op for models without convs
+        model = core = model.to(memory_format=torch.channels_last)
     x_train, y_train = splits.train_x.to(device), splits.train_y.to(device)
     background = (0.0 - splits.mean) / splits.std
     n = len(x_train)
     opt = _optimizer(model, cfg)
     sched = _scheduler(opt, cfg, math.ceil(n / cfg.batch_size))
+    ema = WeightEMA(model, cfg.ema) if cfg.ema else None
+    kept = ema.model if ema is not None else model  # the weights validated, selected and returned
 
     history, best, best_state, first, offset = [], (-1.0, 0), None, 1, 0.0
     state = _load_state(resume_path, resume_key) if lead else None
@@ -276,6 +314,9 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
             sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         history, best, best_state = state["history"], (state["best_acc"], state["best_epoch"]), state["best_state"]
+        if ema is not None:
+            ema.model.load_state_dict(state["ema"])
+            ema.updates = state["ema_updates"]
         first, offset = state["epoch"] + 1, history[-1]["seconds"]
         if lead:
             log.info("resuming after epoch %d of %d (state in %s)", state["epoch"], cfg.epochs, resume_path)
@@ -288,14 +329,14 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
             model, x_train, y_train, opt, sched, gen, batch_size=cfg.batch_size, epoch=epoch, epochs=cfg.epochs,
             what="Training", advice=f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})",
             label_smoothing=cfg.label_smoothing, background=background if cfg.augment else None,
-            progress=progress if lead else None,
+            progress=progress if lead else None, after_step=ema.update if ema is not None else None,
             **({} if group is None else {"aug_gen": _aug_generator(cfg.seed, group.rank, epoch),
                                          "shard": (group.rank, group.world), "totals": group.step_totals}))
         train_seconds = time.perf_counter() - t0
         if group is None:
-            val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, device=device)
+            val_loss, val_acc, _ = evaluate(kept, splits.val_x, splits.val_y, device=device)
         else:
-            val_loss, val_acc = _sharded_validation(core, splits, group)
+            val_loss, val_acc = _sharded_validation(kept, splits, group)
         if not math.isfinite(val_loss):
             raise PipelineError(
                 f"Training stopped after epoch {epoch} of {cfg.epochs}: the training loss stayed finite but the "
@@ -322,9 +363,10 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
         )
         if val_acc > best[0]:
             best = (val_acc, epoch)
-            best_state = copy.deepcopy(core.state_dict())
+            best_state = copy.deepcopy(kept.state_dict())
         if resume_path is not None:
             _save_state(resume_path, {
+                **({"ema": ema.model.state_dict(), "ema_updates": ema.updates} if ema is not None else {}),
                 "key": resume_key, "epoch": epoch, "model": core.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else {}, "generator": gen.get_state(),
                 "history": history, "best_acc": best[0], "best_epoch": best[1], "best_state": best_state,
@@ -334,7 +376,7 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
         return None
     model = core
     model.load_state_dict(best_state)
-    model = model.cpu().eval()
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     _, test_acc, _ = evaluate(model, splits.test_x, splits.test_y)
     log.info("kept epoch %d (val %.2f%%); test accuracy %.2f%%", best[1], 100 * best[0], 100 * test_acc)
     return TrainResult(model, history, best[1], best[0], test_acc, seconds, str(device))

@@ -21,9 +21,9 @@ from tests.helpers import invoke
 #: Today's defaults, written out: no result may change, so a changed default must show up here first.
 DEFAULTS = {
     "data": {"val_size": 5000, "split_seed": 0, "max_train": None},
-    "train": {"epochs": 7, "batch_size": 128, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
-              "schedule": "onecycle", "label_smoothing": 0.05, "augment": True, "seed": 0, "device": "auto",
-              "threads": 0},
+    "train": {"epochs": 6, "batch_size": 128, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
+              "schedule": "onecycle", "label_smoothing": 0.05, "augment": True, "ema": 0.998, "channels_last": True,
+              "seed": 0, "device": "auto", "threads": 0},
     "export": {"opset": 18, "golden_count": 64},
     "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "iterations": 200, "max_seconds": 1.5, "golden_atol": 1e-5,
                  "threads": 0},
@@ -163,11 +163,11 @@ def test_help_shows_every_default_from_the_config():
     assert shown.pop("stage") == inspect.signature(api.run).parameters["stage"].default == "all"
     for option, text in shown.items():
         assert text == _expected(option), option
-    assert shown["epochs"] == "7 (--quick: 2)" and shown["lr"] == "0.003"  # the formatting itself, once
+    assert shown["epochs"] == "6 (--quick: 2)" and shown["lr"] == "0.003"  # the formatting itself, once
 
 
 def test_changing_a_default_in_config_changes_the_help():
-    """A help text that restated "7" or "both" (or --quick's "2") would keep showing it after the change."""
+    """A help text that restated "6" or "both" (or --quick's "2") would keep showing it after the change."""
     import pipeline.cli
 
     epochs = next(f for f in fields(TrainConfig) if f.name == "epochs")
@@ -182,7 +182,7 @@ def test_changing_a_default_in_config_changes_the_help():
     finally:
         importlib.reload(pipeline.cli)
     assert shown["epochs"] == "9 (--quick: 1)" and shown["quant"] == "ptq"
-    assert _help_defaults()["epochs"] == "7 (--quick: 2)"
+    assert _help_defaults()["epochs"] == "6 (--quick: 2)"
 
 
 # ---------------------------------------------------------------------------- values no config accepts

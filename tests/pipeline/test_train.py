@@ -105,3 +105,37 @@ def test_nan_logits_in_eval_mode_stop_training_after_the_epoch(small):
     with pytest.raises(PipelineError) as e:
         train.train(NaNInEval(), small, TrainConfig(epochs=2, batch_size=100, threads=1))
     assert "Training stopped after epoch 1 of 2" in str(e.value) and "validation loss is nan" in str(e.value)
+
+
+def test_ema_weights_are_the_ones_validated_and_kept(small, monkeypatch):
+    """With ``ema``, the returned model is the moving average of the raw weights (and BatchNorm statistics) after
+    every step, computed here by hand from an otherwise identical run without EMA, and not the last raw weights."""
+    cfg = TrainConfig(epochs=1, batch_size=100, threads=1, ema=0.0)
+    torch.manual_seed(0)
+    initial = {k: v.clone() for k, v in models.build("cnn_bn").state_dict().items()}
+    snapshots = []
+    real_run_epoch = train.run_epoch
+
+    def recording(model, *args, **kwargs):
+        kwargs["after_step"] = lambda: snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_run_epoch(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", recording)
+    raw = _run(small, cfg)
+    monkeypatch.undo()
+    assert len(snapshots) == 10  # 1,000 images in batches of 100
+    decay = 0.9
+    by_hand = dict(initial)
+    for t, snap in enumerate(snapshots, start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        by_hand = {k: (by_hand[k] + (1 - d) * (v - by_hand[k])) if v.is_floating_point() else v for k, v in snap.items()}
+
+    kept = _run(small, TrainConfig(epochs=1, batch_size=100, threads=1, ema=decay)).model.state_dict()
+    last_raw = raw.model.state_dict()
+    for k, v in snapshots[-1].items():
+        assert torch.equal(v, last_raw[k]), k  # the run without EMA keeps its last raw weights
+    moved = 0
+    for k, v in kept.items():
+        assert torch.allclose(v.float(), by_hand[k].float(), rtol=1e-5, atol=1e-6), k
+        moved += not torch.equal(v, last_raw[k])
+    assert moved == len([v for v in kept.values() if v.is_floating_point()])  # every float tensor was averaged
