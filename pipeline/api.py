@@ -69,7 +69,7 @@ def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifac
         device: Optional[str] = None, val_size: Optional[int] = None, quant: Optional[str] = None,
         calib_size: Optional[int] = None, calib_method: Optional[str] = None, qat_epochs: Optional[int] = None,
         qat_lr: Optional[float] = None, int8_budget: Optional[float] = None,
-        threads: Optional[int] = None) -> RunResult:
+        threads: Optional[int] = None, browser: Optional[bool] = None) -> RunResult:
     """Run the pipeline up to ``stage`` (default: all), skipping stages whose inputs are unchanged.
 
     The keywords are ``pipeline run``'s options (``--batch-size`` is ``batch_size``); ``None`` means the default,
@@ -89,7 +89,7 @@ def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifac
                            weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
                            augment=augment, ema=ema, seed=seed, device=device, val_size=val_size, quant=quant,
                            calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                           int8_budget=int8_budget, threads=threads)
+                           int8_budget=int8_budget, threads=threads, browser=browser)
         with _torch_state_kept():
             done = stages.run(cfg, until=until)
         rd = RunDir.for_model(cfg.artifacts, cfg.model)

@@ -115,7 +115,6 @@ def markdown(ladders: dict) -> list[str]:
             if r["accuracy"] is None:
                 lines.append(f"| {i} | {r['step']} | {src} | {r['not_measured']} | - | - |")
                 continue
-            delta = "-" if r["delta_pp"] is None else f"{r['delta_pp']:+.2f}"
-            lines.append(f"| {i} | {r['step']} | {src} | {100 * r['accuracy']:.2f} % | {delta} | "
-                         f"{r['vs_fp32_pp']:+.2f} |")
+            delta, vs = ("-" if r[k] is None else f"{r[k]:+.2f}" for k in ("delta_pp", "vs_fp32_pp"))
+            lines.append(f"| {i} | {r['step']} | {src} | {100 * r['accuracy']:.2f} % | {delta} | {vs} |")
     return lines + [""]

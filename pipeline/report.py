@@ -321,7 +321,8 @@ def _int8_speed(report: dict, small: str, big: str) -> list[str]:
     if not rows:
         return []
     flags = report["environment"].get("cpu_flags")
-    where = f"{report['environment'].get('cpu', 'this CPU')}" + (f", {', '.join(flags)}" if flags else "")
+    flags = ", ".join(map(str, flags)) if isinstance(flags, list) else flags  # free-form, like all of environment
+    where = f"{report['environment'].get('cpu', 'this CPU')}" + (f", {flags}" if flags else "")
     return ["", f"INT8 speed against FP32 on the same backend and provider ({where}): " + "; ".join(
         f"`{v['name']}` {v['vs_fp32']['throughput_ratio']:.2f}x FP32 throughput at batch {big}, "
         f"{v['vs_fp32']['p50_ratio']:.2f}x at batch {small} (p50)"

@@ -26,14 +26,14 @@ DEFAULTS = {
               "seed": 0, "device": "auto", "threads": 0},
     "export": {"opset": 18, "golden_count": 64},
     "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "iterations": 200, "max_seconds": 1.5, "golden_atol": 1e-5,
-                 "threads": 0},
+                 "threads": 0, "browser": True},
     "quant": {"mode": "both", "calib_size": 512, "calib_method": "minmax", "calib_seed": 0, "qat_epochs": 1,
               "qat_lr": 1e-4, "qat_max_images": 0, "cpu_variant": True, "sqnr_images": 256, "sensitivity": True,
               "int8_budget": None},
 }
 #: ...and today's --quick budget: what differs from the defaults under --quick.
 QUICK_TODAY = {"data": {"val_size": 1000, "max_train": 4000}, "train": {"epochs": 2},
-               "validate": {"warmup": 3, "iterations": 20, "max_seconds": 0.1},
+               "validate": {"warmup": 3, "iterations": 20, "max_seconds": 0.1, "browser": False},
                "quant": {"calib_size": 128, "qat_max_images": 1024, "sqnr_images": 64}}
 
 
