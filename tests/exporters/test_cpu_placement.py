@@ -19,7 +19,7 @@ def test_split_qdq_gives_the_float_graph_and_the_learned_grids(quick_run):
     init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     floats = {t.name: numpy_helper.to_array(t) for t in fl.graph.initializer}
     weights = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init]
-    assert len(weights) == 8
+    assert len(weights) == 6  # edgenet: 5 convs and the classifier
     for n in weights:  # the learned int8 weights times their per-channel scales, exactly
         q, scale = init[n.input[0]].astype(np.float32), init[n.input[1]]
         want = q * scale.reshape([-1] + [1] * (q.ndim - 1))
@@ -27,7 +27,8 @@ def test_split_qdq_gives_the_float_graph_and_the_learned_grids(quick_run):
         assert [o["scale"] for o in overrides[n.output[0]]] == list(scale) and overrides[n.output[0]][0]["axis"] == 0
     # activations: QAT's symmetric int8 grid as uint8; zero point 0 where the tensor cannot be negative
     assert int(overrides["input"][0]["zero_point"]) == 128
-    assert all(int(overrides[t][0]["zero_point"]) == 0 for t in ("relu", "max_pool2d", "relu_6", "view"))
+    relus = [t for t in overrides if t.startswith("relu")]
+    assert relus and all(int(overrides[t][0]["zero_point"]) == 0 for t in relus + ["max_pool2d", "view"])
     q_input = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
     assert float(overrides["input"][0]["scale"]) == float(init[q_input.input[1]])
 
@@ -41,7 +42,7 @@ def test_the_cpu_form_keeps_only_the_layer_reading_the_image_in_float(quick_run)
     producers = {o: n.op_type for n in cpu.graph.node for o in n.output}
     assert first.input[0] == "input" and producers.get(first.input[1]) is None  # float image, float weight
     later = [n for n in cpu.graph.node if n.op_type == "Conv"][1:]
-    assert len(later) == 6 and all(producers[n.input[0]] == "DequantizeLinear" for n in later)
+    assert len(later) == 4 and all(producers[n.input[0]] == "DequantizeLinear" for n in later)  # edgenet's 5 convs
 
 
 def _one_layer(op, weight_shape):

@@ -63,7 +63,7 @@ def test_quick_run_artifacts_describe_themselves(quick_run):
 
 def test_rerun_skips_finished_stages_and_force_redoes_them(quick_copy, data_root):
     before = snapshot(quick_copy)
-    r = invoke("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root)
+    r = invoke("run", "all", "--quick", "--browser", "--artifacts", quick_copy, "--data-root", data_root)  # as made
     assert r.exit_code == 0, r.output
     assert r.output.count("up to date, skipped") == 6  # data, train, export, quantize, engines, validate
     assert snapshot(quick_copy) == before

@@ -75,8 +75,10 @@ def test_int8_rows_state_their_speed_against_fp32_and_the_cpu_flags(quick_run):
     int8 = {n for n, v in rows.items() if v["precision"] == "int8"}
     assert {n for n, v in rows.items() if v.get("vs_fp32")} == int8 >= {"onnx-int8-cpu", "onnx-int8-qat-cpu"}
     for name in int8:
-        vs, lat, fp32 = rows[name]["vs_fp32"], rows[name]["latency"], rows["onnx-fp32"]["latency"]
-        assert vs["against"] == "onnx-fp32"  # the FP32 row of its own backend and provider, not torch
+        # the FP32 row of its own backend and provider, not torch: onnx-fp32 on the CPU, web-wasm-fp32 in the browser
+        against = "web-wasm-fp32" if rows[name]["backend"] == "onnxruntime-web" else "onnx-fp32"
+        vs, lat, fp32 = rows[name]["vs_fp32"], rows[name]["latency"], rows[against]["latency"]
+        assert vs["against"] == against
         assert vs["throughput_ratio"] == pytest.approx(lat["256"]["throughput_per_s"] / fp32["256"]["throughput_per_s"])
         assert vs["p50_ratio"] == pytest.approx(fp32["1"]["p50_ms"] / lat["1"]["p50_ms"])
     flags = rep["environment"]["cpu_flags"]
@@ -94,7 +96,8 @@ def test_report_command_rebuilds_from_json_alone(quick_run, tmp_path):
     r = invoke("report", run)
     assert r.exit_code == 0, r.output
     assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
-    assert len(list((run / "report").glob("*.png"))) == 7
+    browser = any(r["name"].startswith("web-wasm") for r in quick_run["report"]["variants"])
+    assert len(list((run / "report").glob("*.png"))) == 7 + browser  # + the browser's accuracy-vs-latency figure
 
 
 def test_report_command_bad_input(tmp_path):
@@ -113,7 +116,8 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
          "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-500:]
-    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 7
+    browser = any(r["name"].startswith("web-wasm") for r in quick_run["report"]["variants"])
+    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 7 + browser
     shot = tmp_path / "page.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     f"--user-data-dir={tmp_path / 'q'}", f"--screenshot={shot}", "--window-size=1200,2400",
