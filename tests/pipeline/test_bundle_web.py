@@ -198,7 +198,14 @@ def test_demo_builds_the_bundle_serves_it_and_stops_on_ctrl_c(quick_copy, data_r
         assert (quick_copy / "bundles" / "edgenet-web-bundle" / "index.html").is_file()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # say what was still running, and leave nothing behind
+            ps = subprocess.run(["ps", "-o", "pid,ppid,stat,args", "--ppid", str(proc.pid), "-p", str(proc.pid)],
+                                capture_output=True, text=True).stdout
+            proc.kill()
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"no exit 30 s after SIGINT; processes:\n{ps}\nstdout:\n{out}\nstderr:\n{err}")
     assert proc.returncode == 0, err
     assert "Traceback" not in out + err
 
