@@ -20,6 +20,7 @@ import pytest
 from pipeline import demo, ort_web
 from pipeline.bundle_js import NODE_FILES, WEB_FILES
 from tests.helpers import invoke, quick_bundle
+from tests.kill_resume import default_sigint
 from tests.js.env import JS_DIR, require_chromium
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,7 +181,8 @@ def test_demo_builds_the_bundle_serves_it_and_stops_on_ctrl_c(quick_copy, data_r
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", "from pipeline.cli import main; main()", "demo", "--port", str(port),
                              "--artifacts", str(quick_copy), "--data-root", str(data_root)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # Ctrl-C as a terminal sends it, even when pytest runs in the background
     try:
         line, seen = "", []
         while "serving:" not in line:  # the CLI's messages go to stderr
