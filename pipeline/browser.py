@@ -153,7 +153,10 @@ def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, bat
         raise PipelineError(f"The measuring page in Chromium failed: {inbox['error']}.")
     out = {}
     for key, r in inbox["results"].items():
-        logits = np.asarray(r["logits"], dtype=np.float64).astype(np.float32).reshape(len(pixels), -1)
+        # JSON has no NaN or infinity: the page's JSON.stringify wrote null for them, and they come back as NaN, so
+        # compare() counts those images as non-finite (as it does for any other runtime)
+        logits = np.array([np.nan if v is None else v for v in r["logits"]], np.float64)
+        logits = logits.astype(np.float32).reshape(len(pixels), -1)
         out[key] = Measured(logits, {int(b): [float(t) for t in ts] for b, ts in r["times"].items()})
     return {"models": out, "user_agent": inbox.get("userAgent", ""), "webgpu": bool(inbox.get("webgpu")),
             "cross_origin_isolated": bool(inbox.get("crossOriginIsolated"))}
