@@ -31,6 +31,63 @@ def invoke(*args: str):
     return result
 
 
+class Child:
+    """``pipeline ARGS`` in a child process (the leader of its own process group), its merged output read line
+    by line on a thread: for tests that signal, kill or time a real run. SIGINT has its default handler in it,
+    as a terminal's Ctrl-C would find (a suite started in the background passes it on ignored, and Python then
+    installs no KeyboardInterrupt handler). ``env`` adds variables; ``preexec_fn`` runs in the child before it
+    starts (limits, signal dispositions)."""
+
+    def __init__(self, *args, env: dict | None = None, preexec_fn=None):
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        from tests.kill_resume import default_sigint
+
+        def setup():
+            default_sigint()
+            if preexec_fn:
+                preexec_fn()
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT,
+                                     env={**os.environ, "COLUMNS": "200", **(env or {})}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=setup)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, cond, timeout: float = 240) -> None:
+        """Until ``cond()`` holds; the test fails if the child exits first or ``timeout`` seconds pass."""
+        import time
+
+        end = time.monotonic() + timeout
+        while not cond():
+            assert self.proc.poll() is None, f"exited with {self.proc.returncode} before the kill point:\n{self.output}"
+            assert time.monotonic() < end, f"kill point not reached in {timeout} s:\n{self.output}"
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 420) -> int:
+        """The exit code; a child still running after ``timeout`` s is a hang: its whole group is killed and the
+        test fails with its output."""
+        import os
+        import signal
+        import subprocess
+
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # leave nothing running
+            raise AssertionError(f"no exit within {timeout} s (a hang):\n{self.output}") from None
+        self.reader.join(10)
+        return rc
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes, to prove nothing was lost or changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -13,16 +13,13 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import manifest
-from tests.helpers import invoke, snapshot
-from tests.kill_resume import default_sigint
+from tests.helpers import Child, invoke, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,40 +29,6 @@ def started(stage: str) -> str:
     from pipeline.stages import STAGES
 
     return next(f"{s.name}: {s.doc}" for s in STAGES if s.name == stage)
-
-
-class Pipeline:
-    """``pipeline ...`` in a child process, its merged output read line by line on a thread."""
-
-    def __init__(self, *args, preexec_fn=None):
-        def setup():
-            default_sigint()
-            if preexec_fn:
-                preexec_fn()
-
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.cli import main; main()", *map(str, args)], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=setup,
-            env={**os.environ, "COLUMNS": "200"})
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self.reader.start()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, cond, timeout: float = 240) -> None:
-        end = time.monotonic() + timeout
-        while not cond():
-            assert self.proc.poll() is None, f"exited with {self.proc.returncode} before the kill point:\n{self.output}"
-            assert time.monotonic() < end, f"kill point not reached in {timeout} s:\n{self.output}"
-            time.sleep(0.02)
-
-    def finish(self, timeout: float = 300) -> int:
-        rc = self.proc.wait(timeout)
-        self.reader.join(10)
-        return rc
 
 
 def _recorded(run: Path) -> dict[str, bytes]:
@@ -95,7 +58,7 @@ def test_killed_in_each_working_stage_resumes_to_the_same_result(tmp_path, data_
     ]
     for i, (stage, cond, delay, sig) in enumerate(kills):
         before = _recorded(run) if run.exists() else {}
-        p = Pipeline(*args)
+        p = Child(*args)
         p.wait_for(lambda: cond(p))
         if i == 1:  # a second run on the same folder meanwhile is refused and changes nothing
             r = invoke(*args)
@@ -114,7 +77,7 @@ def test_killed_in_each_working_stage_resumes_to_the_same_result(tmp_path, data_
         if (run / "stages.json").is_file():
             problems = manifest.check(run, manifest.load(run / "stages.json"))
             assert problems == [], [str(x) for x in problems]
-    p = Pipeline(*args)
+    p = Child(*args)
     assert p.finish() == 0, p.output
     for stage in ("data", "train", "export", "quantize"):
         assert f"{stage}: up to date, skipped" in p.output, p.output
@@ -139,7 +102,7 @@ def test_file_size_limit_fails_cleanly_and_keeps_everything(quick_copy, data_roo
     run = quick_copy / "edgenet"
     (run / "export" / "model-fp16.onnx").unlink()  # the export stage must run again
     before = snapshot(quick_copy)
-    p = Pipeline("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root,
+    p = Child("run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root,
                  preexec_fn=_limit_file_size(64 * 1024))
     assert p.finish() == 2, p.output
     out = " ".join(p.output.split())
@@ -166,7 +129,7 @@ def tiny_fs(tmp_path):
 
 
 def test_full_filesystem_stops_in_train_and_keeps_the_data_stage(tiny_fs, data_root):
-    p = Pipeline("run", "all", "--quick", "--artifacts", tiny_fs, "--data-root", data_root)
+    p = Child("run", "all", "--quick", "--artifacts", tiny_fs, "--data-root", data_root)
     assert p.finish() == 2, p.output
     out = " ".join(p.output.split())
     assert "Could not write" in out and "No space left on device (ENOSPC)" in out and "Traceback" not in out

@@ -12,16 +12,13 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import manifest
-from tests.helpers import ROOT, invoke, one_paragraph
+from tests.helpers import ROOT, Child, invoke, one_paragraph
 
 #: |test accuracy of 2 processes - that of 1 process| on the --quick budget, in percentage points. Two ranks draw
 #: other augmentations and normalize BatchNorm over half batches, so the two runs are not the same run; on the
@@ -31,35 +28,15 @@ BAND_PP = 1.0
 AUDIT = ROOT / "tests" / "fixtures" / "write_audit"
 
 
-class Run:
-    """``pipeline ARGS`` in a child process (its own process group), output read on a thread; every Python
-    process it starts records its writes under ``under`` into ``audit`` (see tests/fixtures/write_audit)."""
-
-    def __init__(self, *args, audit: Path | None = None, under: Path | None = None, preexec_fn=None):
-        env = {**os.environ, "COLUMNS": "200"}
-        if audit is not None:
-            audit.mkdir(parents=True, exist_ok=True)
-            env.update(PYTHONPATH=os.pathsep.join([str(AUDIT), str(ROOT), env.get("PYTHONPATH", "")]),
-                       WRITE_AUDIT_DIR=str(audit), WRITE_AUDIT_UNDER=str(under))
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, preexec_fn=preexec_fn)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self.reader.start()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def finish(self, timeout: float = 420) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # a hang is the failure under test: leave nothing running
-            raise AssertionError(f"no exit within {timeout} s (a hang):\n{self.output}") from None
-        self.reader.join(10)
-        return rc
+def audited(*args, audit: Path | None = None, under: Path | None = None, preexec_fn=None) -> Child:
+    """``pipeline ARGS`` as a :class:`tests.helpers.Child`; every Python process it starts records its writes under
+    ``under`` into ``audit`` (see tests/fixtures/write_audit)."""
+    env = {}
+    if audit is not None:
+        audit.mkdir(parents=True, exist_ok=True)
+        env = {"PYTHONPATH": os.pathsep.join([str(AUDIT), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "WRITE_AUDIT_DIR": str(audit), "WRITE_AUDIT_UNDER": str(under)}
+    return Child(*args, env=env, preexec_fn=preexec_fn)
 
 
 def _audit(folder: Path) -> list[tuple[int, str, str, str]]:
@@ -76,7 +53,7 @@ def ddp_run(tmp_path_factory, data_root):
     """`pipeline run all --quick --nproc 2` once, every process's writes recorded."""
     base = tmp_path_factory.mktemp("ddp")
     art, audit = base / "artifacts", base / "audit"
-    p = Run("run", "all", "--quick", "--nproc", "2", "--artifacts", art, "--data-root", data_root,
+    p = audited("run", "all", "--quick", "--nproc", "2", "--artifacts", art, "--data-root", data_root,
             audit=audit, under=art)
     rc = p.finish()
     assert rc == 0, p.output
@@ -124,7 +101,7 @@ def test_later_stages_run_once_on_rank_zero_and_the_run_verifies(ddp_run):
 
 def test_rerun_skips_every_stage_and_the_waiting_rank_ends(ddp_run, data_root):
     """Rank 0 finds everything up to date; rank 1, waiting for training that never comes, is released."""
-    p = Run("run", "all", "--quick", "--nproc", "2", "--artifacts", ddp_run["artifacts"], "--data-root", data_root)
+    p = audited("run", "all", "--quick", "--nproc", "2", "--artifacts", ddp_run["artifacts"], "--data-root", data_root)
     assert p.finish(timeout=180) == 0, p.output
     for stage in ("data", "train", "export", "quantize", "validate"):
         assert f"{stage}: up to date, skipped" in p.output, p.output
@@ -150,7 +127,7 @@ def test_killed_two_process_run_resumes_to_the_same_model(ddp_run, tmp_path, dat
     art = tmp_path / "artifacts"
     run = art / "edgenet"
     args = ("run", "train", "--quick", "--nproc", "2", "--artifacts", art, "--data-root", data_root)
-    p = Run(*args)
+    p = audited(*args)
     end = time.monotonic() + 300
     while not (run / "train" / "resume.pt").is_file():
         assert p.proc.poll() is None, p.output
@@ -163,7 +140,7 @@ def test_killed_two_process_run_resumes_to_the_same_model(ddp_run, tmp_path, dat
         assert time.monotonic() < end, "a worker outlived the killed pipeline process and keeps the folder locked"
         time.sleep(0.1)
     assert "train" not in manifest.load(run / "stages.json")
-    p = Run(*args)
+    p = audited(*args)
     assert p.finish() == 0, p.output
     assert "resuming after epoch 1 of 2" in p.output, p.output
     resumed = json.loads((run / "train" / "history.json").read_text())
@@ -178,7 +155,7 @@ def test_a_crashing_worker_ends_the_run_with_one_paragraph(tmp_path, data_root):
     """Rank 1 raises in its first training step (a bug in user code): the launcher stops rank 0, which was
     waiting for it in a collective, and the user gets one paragraph naming rank 1, exit 2, no hang."""
     art = tmp_path / "artifacts"
-    p = Run("run", "train", "--quick", "--nproc", "2", "--model", "tests.fixtures.user_models:CrashesOnRank1",
+    p = audited("run", "train", "--quick", "--nproc", "2", "--model", "tests.fixtures.user_models:CrashesOnRank1",
             "--artifacts", art, "--data-root", data_root)
     rc = p.finish(timeout=240)
     out = " ".join(p.output.split())
@@ -201,7 +178,7 @@ def test_more_workers_than_cores_is_a_warning_not_a_refusal(tmp_path, data_root)
     """Two workers pinned to one core: warned, then started; rank 0 runs the data stage, rank 1 is released."""
     core = min(os.sched_getaffinity(0))
     art = tmp_path / "artifacts"
-    p = Run("run", "data", "--quick", "--nproc", "2", "--artifacts", art, "--data-root", data_root,
+    p = audited("run", "data", "--quick", "--nproc", "2", "--artifacts", art, "--data-root", data_root,
             preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     assert p.finish(timeout=180) == 0, p.output
     out = " ".join(p.output.split())
