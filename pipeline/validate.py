@@ -102,8 +102,7 @@ def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], im
         logits = run_logits(runner, images)
         figures = compare(logits, logits if reference is None else reference, labels)
         lat = latency(runner, images, cfg)
-    row = {"name": variant.name, "backend": variant.backend, "provider": variant.provider,
-           "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat}
+    row = _row(variant, figures, lat)
     if variant.backend == "onnxruntime":
         row["ort_optimization"] = variant.ort_optimization
     if figures["nonfinite"]:
@@ -113,6 +112,12 @@ def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], im
              variant.name, 100 * figures["accuracy"], figures["agreement"], _diff(figures["max_abs_diff"]),
              lat[str(cfg.batches[0])]["p50_ms"], lat[str(cfg.batches[-1])]["throughput_per_s"], cfg.batches[-1])
     return row, logits
+
+
+def _row(variant: Variant, figures: dict, lat: dict) -> dict:
+    """The report row's common fields, wherever the variant was run."""
+    return {"name": variant.name, "backend": variant.backend, "provider": variant.provider,
+            "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat}
 
 
 def browser_row(variant: Variant, logits: np.ndarray, times_ms: dict[int, list[float]], reference: np.ndarray,
@@ -126,9 +131,7 @@ def browser_row(variant: Variant, logits: np.ndarray, times_ms: dict[int, list[f
     lat = {str(b): {**summarize(np.asarray(t, np.float64), b).as_dict(),
                     "includes": "one awaited classifier run (onnxruntime-web session.run) in the page, performance.now()"}
            for b, t in sorted(times_ms.items())}
-    row = {"name": variant.name, "backend": variant.backend, "provider": variant.provider,
-           "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat,
-           "measured_in": measured_in}
+    row = {**_row(variant, figures, lat), "measured_in": measured_in}
     small, big = str(min(times_ms)), str(max(times_ms))
     log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %s  p50@%s %.3f ms  %.0f img/s @%s (%s)",
              variant.name, 100 * figures["accuracy"], figures["agreement"], _diff(figures["max_abs_diff"]), small,

@@ -138,7 +138,8 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
     exe = browser.find()
     pixels = ctx.splits.test_u8.numpy().astype(np.uint8)
     batches = (vcfg.batches[0], vcfg.batches[-1])  # what the report's columns and recommendation read
-    log.info("validate: %s in headless %s", ", ".join(v.name for v in todo), browser.version(exe) or exe)
+    name = browser.version(exe) or "Chromium"  # asked once: each call starts the executable
+    log.info("validate: %s in headless %s (%s)", ", ".join(v.name for v in todo), name, exe)
     try:
         models = {v.name: {"path": ctx.rd.export_file(v.file),
                            "entry": bundle_js.preprocessing(read_metadata(ctx.rd.export_file(v.file)),
@@ -148,7 +149,7 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
     except PipelineError as e:
         log.warning("validate: the browser rows were not measured: %s", e)
         return [], [{"name": v.name, "reason": f"not measured in the browser: {e}"} for v in todo]
-    where = (f"headless {browser.version(exe) or 'Chromium'} on this host, onnxruntime-web {ort_web.VERSION} wasm "
+    where = (f"headless {name} on this host, onnxruntime-web {ort_web.VERSION} wasm "
              f"(SIMD, 1 thread, as classifier.js runs it; WebGPU "
              + ("offered but not measured: the web bundle carries the wasm build only)" if got["webgpu"]
                 else "absent: the browser offers no adapter here)"))
