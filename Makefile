@@ -1,15 +1,16 @@
 # Two entry points, each sets everything up first (idempotent):
 #   make run   -> virtualenv + install + `pipeline run all`
-#   make test  -> virtualenv + install + the test suite (what CI runs)
+#   make test  -> virtualenv + install + the pinned Node packages (when npm is present) + the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= cpu,dev
 ARGS ?=
+JS ?= tests/js
 
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup run test clean
+.PHONY: setup js-setup run test clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -17,10 +18,25 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $@
 
+# The JS tests (Node bundle, JS preprocessing parity, the web bundle in Chromium) need the Node packages pinned in
+# tests/js/package-lock.json. They are installed when npm is present and a package of tests/js/package.json is
+# missing from tests/js/node_modules (one added since the last install, too), and left alone otherwise.
+# --ignore-scripts: onnxruntime-node's install script downloads GPU binaries from outside the registry (its package
+# already holds the CPU build). Without node and npm the JS tests skip, saying so.
+js-setup:
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  echo "note: node/npm are missing; the JS tests will be skipped (Debian: apt-get install nodejs npm)" >&2; \
+	elif ! node -e 'const fs = require("fs"); \
+	    const deps = Object.keys(JSON.parse(fs.readFileSync("$(JS)/package.json", "utf8")).dependencies || {}); \
+	    process.exit(deps.every((d) => fs.existsSync("$(JS)/node_modules/" + d + "/package.json")) ? 0 : 1);'; then \
+	  echo "npm ci --ignore-scripts --no-audit --no-fund --prefix $(JS)"; \
+	  npm ci --ignore-scripts --no-audit --no-fund --prefix $(JS); \
+	fi
+
 run: setup
 	$(VENV)/bin/pipeline run all $(ARGS)
 
-test: setup
+test: setup js-setup
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
 clean:
