@@ -22,16 +22,23 @@ $(STAMP): pyproject.toml
 # tests/js/package-lock.json. They are installed when npm is present and a package of tests/js/package.json is
 # missing from tests/js/node_modules (one added since the last install, too), and left alone otherwise.
 # --ignore-scripts: onnxruntime-node's install script downloads GPU binaries from outside the registry (its package
-# already holds the CPU build). Without node and npm the JS tests skip, saying so.
+# already holds the CPU build). Without node and npm the JS tests skip, saying so. A node_modules that is a symbolic
+# link (packages shared between checkouts) is never installed into: `npm ci` first empties node_modules, following
+# the link into the shared folder, then replaces the link by a folder of its own.
+NPM_CI := npm ci --ignore-scripts --no-audit --no-fund --prefix $(JS)
+# exit 0 when every dependency of tests/js/package.json has its package.json under tests/js/node_modules
+JS_INSTALLED := const fs = require("fs"); \
+  const deps = Object.keys(JSON.parse(fs.readFileSync("$(JS)/package.json", "utf8")).dependencies || {}); \
+  process.exit(deps.every((d) => fs.existsSync("$(JS)/node_modules/" + d + "/package.json")) ? 0 : 1);
+
 js-setup:
 	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
 	  echo "note: node/npm are missing; the JS tests will be skipped (Debian: apt-get install nodejs npm)" >&2; \
-	elif ! node -e 'const fs = require("fs"); \
-	    const deps = Object.keys(JSON.parse(fs.readFileSync("$(JS)/package.json", "utf8")).dependencies || {}); \
-	    process.exit(deps.every((d) => fs.existsSync("$(JS)/node_modules/" + d + "/package.json")) ? 0 : 1);'; then \
-	  echo "npm ci --ignore-scripts --no-audit --no-fund --prefix $(JS)"; \
-	  npm ci --ignore-scripts --no-audit --no-fund --prefix $(JS); \
-	fi
+	elif node -e '$(JS_INSTALLED)'; then :; \
+	elif [ -L $(JS)/node_modules ]; then \
+	  echo "note: a pinned Node package is missing from $(JS)/node_modules, a link to $$(readlink $(JS)/node_modules);" \
+	       "not installing through it (npm ci would empty the shared folder); the JS tests that need it will be skipped" >&2; \
+	else echo "$(NPM_CI)"; $(NPM_CI); fi
 
 run: setup
 	$(VENV)/bin/pipeline run all $(ARGS)
