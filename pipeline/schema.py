@@ -293,7 +293,7 @@ def check_report(data: Any, where) -> dict:
     try:
         _models()["report"].model_validate(data)
     except ValidationError as e:
-        raise SchemaError(f"{where} is not a pipeline report: it does not match the report contract (README, "
+        raise SchemaError(f"{where} is not a pipeline report: it does not match the report contract (docs/report.md, "
                           f"\"Report contract\"): {_explain(e)}.") from None
     return data
 
