@@ -160,6 +160,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.command not in ("GET", "HEAD", "POST"):
             self.send_error(HTTPStatus.METHOD_NOT_ALLOWED)
             return False
+        if self.headers.defects:  # a header line without a colon, a continuation line first...
+            self.send_error(HTTPStatus.BAD_REQUEST, "malformed header")
+            return False
         hosts = self.headers.get_all("Host") or []
         if len(hosts) != 1 or hosts[0].lower() not in self.server.hosts:
             self.send_error(HTTPStatus.BAD_REQUEST, "Host must name this server (127.0.0.1:PORT or localhost:PORT)")

@@ -75,12 +75,14 @@ def test_nul_and_control_bytes_in_the_url_are_refused(server, target):
                                  b"GET\r\n\r\n", b"GET / HTTP/1.0 extra\r\nHost: H\r\n\r\n", b"\xff\xfe / HTTP/1.0\r\n\r\n",
                                  b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n",
                                  b"GET / HTTP/1.0\r\n" + b"X-A: b\r\n" * 200 + b"\r\n",
-                                 b"GET / HTTP/1.0\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", b"\r\n\r\n"],
+                                 b"GET / HTTP/1.0\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", b"\r\n\r\n",
+                                 b"GET / HTTP/1.0\r\nHost: H\r\nnocolon\r\n\r\n"],
                          ids=["raw NUL", "TLS hello", "no target", "four words", "binary method", "70 kB URL",
-                              "200 headers", "70 kB header", "empty lines"])
+                              "200 headers", "70 kB header", "empty lines", "header without colon"])
 def test_odd_bytes_in_the_request_are_4xx(server, raw):
     status, head, body = request(server.port, raw.replace(b"Host: H", f"Host: 127.0.0.1:{server.port}".encode()))
     assert status is None or 400 <= status < 500, head  # None: the server closed an empty request
+    assert INDEX not in body
     assert serves_the_real_page(server.port)
 
 
