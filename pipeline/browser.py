@@ -3,10 +3,10 @@
 The validate stage's ``web-wasm-*`` rows (:mod:`pipeline.variants`) come from here. A throwaway folder is laid
 out like the web bundle (classifier.js, preprocess.mjs, preprocessing.json, onnxruntime-web's files under ``ort/``,
 the models) plus a measuring page (``browser_files/bench.html``) and the test images as raw bytes. It is served on
-127.0.0.1 by :mod:`pipeline.serve` (the server of ``pipeline demo`` too); Chromium opens the page, which runs every test image and times every
-batch size through ``classifier.js`` and posts the raw logits and timings back. Python then judges them like any
-other row (:func:`pipeline.validate.compare`, :func:`runtime.bench.summarize`), so a browser figure means exactly
-what a Python figure means.
+127.0.0.1 by :mod:`pipeline.serve` (the server of ``pipeline demo`` too); Chromium opens the page, which runs every
+test image and times every batch size through ``classifier.js`` and posts the raw logits and timings back. Python
+then judges them like any other row (:func:`pipeline.validate.compare`, :func:`runtime.bench.summarize`), so a
+browser figure means exactly what a Python figure means.
 
 The port is open to every local process, so the POST is not trusted: it must carry this run's secret token
 (:mod:`pipeline.serve` answers 403 without it), which only the page knows. Chromium is not given the page's URL on

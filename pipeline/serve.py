@@ -9,7 +9,9 @@ through DNS rebinding, to every web page the user's browser visits, so the serve
   and a race that swaps a folder for a link all end in 404; fifos, devices and sockets are never opened;
 * **no hidden files, no leftovers, no listings**: a component starting with ``.`` (``.git``, the ``.<name>.<random>.tmp``
   of an unfinished write) or ending in ``.tmp`` or ``~`` is 404, and so is a folder (``/`` serves ``index.html``);
-* **a per-run secret** (:func:`secrets.token_urlsafe`) in the ``X-Pipeline-Token`` header for every POST (403 without);
+* **a per-run secret** (:func:`secrets.token_urlsafe`) in the ``X-Pipeline-Token`` header for every POST (403
+  without); a custom header also keeps other web pages out: a browser sends it cross-origin only after a CORS
+  preflight (``OPTIONS``), which is answered 405;
 * **the Host header must name the bound address** (``127.0.0.1:PORT`` or ``localhost:PORT``), which stops DNS
   rebinding: a page of ``evil.example`` that rebinds its name to 127.0.0.1 still sends ``Host: evil.example``;
 * **bounded time and size**: each connection has a deadline to deliver its request (:attr:`Limits.read_s`) and

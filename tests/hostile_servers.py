@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from tests.hostile_sweep import Case, Env
-from tests.servers import SECRET, make_site, make_web_bundle, request, serves_the_real_page
+from tests.servers import HIDDEN, ODD, SECRET, TRAVERSALS, make_site, make_web_bundle, request, serves_the_real_page
 
 SITE = "srv"
 
@@ -197,8 +197,6 @@ def _bundle_signal(sig):
 
 
 def cases() -> list[Case]:
-    from tests.pipeline.test_serve import HIDDEN, ODD, TRAVERSALS
-
     out: list[Case] = []
     add = out.append
     site = lambda env: make_site(env.ws / SITE)  # noqa: E731

@@ -13,6 +13,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 INDEX = b"<!doctype html><title>the real page</title>\n"
 SECRET = b"root:x:0:0:outside-the-folder secret\n"
+#: request targets that reach outside the folder in some encoding, things in it never served, odd bytes in the URL
+TRAVERSALS = ["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+              "/..%2f..%2f..%2fetc/passwd", "/models/..%2f..%2f..%2f..%2fetc/passwd", "/%252e%252e/%252e%252e/etc/passwd",
+              "/.%2e/.%2e/etc/passwd", "//etc/passwd", "/..\\..\\etc\\passwd", "/%5c..%5c..%5cetc%5cpasswd",
+              "/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd", "/models/../../outside/secret.txt", "/../outside/secret.txt",
+              "http://127.0.0.1/etc/passwd", "*"]
+HIDDEN = ["/out.txt", "/linkdir/secret.txt", "/inside.html", "/models/passwd.onnx", "/.secret", "/.git/config",
+          "/.index.html.x1y2z3.tmp", "/notes.tmp", "/index.html~", "/.edgenet-web-bundle.ab12cd.tmp/index.html",
+          "/models/", "/models", "/pipe", "/nothing.html"]
+ODD = ["/index.html%00", "/ind%00ex.html", "/%ff%fe", "/index.html%0d%0aSet-Cookie:%20x=1", "/%01", "/a%7f"]
 
 
 def make_site(root: Path) -> Path:

@@ -15,19 +15,8 @@ import pytest
 
 from pipeline.layout import RunDir
 from tests.helpers import invoke
-from tests.servers import (INDEX, REPO, SECRET, ServeChild, get, make_site, make_web_bundle, post, request,
-                           serves_the_real_page)
-
-TRAVERSALS = ["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
-              "/..%2f..%2f..%2fetc/passwd", "/models/..%2f..%2f..%2f..%2fetc/passwd", "/%252e%252e/%252e%252e/etc/passwd",
-              "/.%2e/.%2e/etc/passwd", "//etc/passwd", "/..\\..\\etc\\passwd", "/%5c..%5c..%5cetc%5cpasswd",
-              "/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd", "/models/../../outside/secret.txt", "/../outside/secret.txt",
-              "http://127.0.0.1/etc/passwd", "*"]
-HIDDEN = ["/out.txt", "/linkdir/secret.txt", "/inside.html", "/models/passwd.onnx", "/.secret", "/.git/config",
-          "/.index.html.x1y2z3.tmp", "/notes.tmp", "/index.html~", "/.edgenet-web-bundle.ab12cd.tmp/index.html",
-          "/models/", "/models", "/pipe", "/nothing.html"]
-ODD = ["/index.html%00", "/ind%00ex.html", "/%ff%fe", "/index.html%0d%0aSet-Cookie:%20x=1", "/%01", "/a%7f"]
-
+from tests.servers import (HIDDEN, INDEX, ODD, REPO, SECRET, TRAVERSALS, ServeChild, get, make_site,
+                           make_web_bundle, post, request, serves_the_real_page)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
