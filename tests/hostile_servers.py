@@ -179,7 +179,11 @@ def _bundle_signal(sig):
                                  str(env.art), "--out", str(out), "--data-root", str(env.data)], cwd=repo,
                                 env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        while not (out.exists() and any(p.name.endswith(".tmp") for p in out.iterdir())):
+        def temps():
+            return [p.name for p in out.iterdir() if p.name.endswith(".tmp")] if out.exists() else []
+
+        # mid-build: a file is already inside the staging folder (the harness also sees leftover files)
+        while not any(f.is_file() for t in temps() for f in (out / t).rglob("*")):
             if proc.poll() is not None:
                 raise RuntimeError(f"the build ended before its temp folder was seen: {proc.communicate()}")
             time.sleep(0.005)
@@ -187,8 +191,11 @@ def _bundle_signal(sig):
         stdout, stderr = proc.communicate(timeout=100)
         if "Traceback" in stdout + stderr:
             raise RuntimeError(stderr[-1500:])
-        if sig == signal.SIGKILL:  # the next build sweeps what the killed one left; the harness checks for .tmp
+        if sig == signal.SIGKILL:  # the next build sweeps what the killed one left
             make_bundle(RunDir.for_model(env.art, "edgenet"), "cpu", out, env.data)
+        if temps():
+            raise RuntimeError(f"temp folders left in --out: {temps()}")  # counted by the sweep as a failure
+        if sig == signal.SIGKILL:
             return
         if proc.returncode == 0:
             return  # a signal that did not stop the build would be wrong
