@@ -3,10 +3,16 @@
 The validate stage's ``web-wasm-*`` rows (:mod:`pipeline.variants`) come from here. A throwaway folder is laid
 out like the web bundle (classifier.js, preprocess.mjs, preprocessing.json, onnxruntime-web's files under ``ort/``,
 the models) plus a measuring page (``browser_files/bench.html``) and the test images as raw bytes. It is served on
-127.0.0.1 by :mod:`pipeline.demo`'s handler; Chromium opens the page, which runs every test image and times every
-batch size through ``classifier.js`` and posts the raw logits and timings back. Python then judges them like any
-other row (:func:`pipeline.validate.compare`, :func:`runtime.bench.summarize`), so a browser figure means exactly
-what a Python figure means.
+127.0.0.1 by :mod:`pipeline.serve` (the server of ``pipeline demo`` too); Chromium opens the page, which runs every
+test image and times every batch size through ``classifier.js`` and posts the raw logits and timings back. Python
+then judges them like any other row (:func:`pipeline.validate.compare`, :func:`runtime.bench.summarize`), so a
+browser figure means exactly what a Python figure means.
+
+The port is open to every local process, so the POST is not trusted: it must carry this run's secret token
+(:mod:`pipeline.serve` answers 403 without it), which only the page knows. Chromium is not given the page's URL on
+its command line (``/proc/PID/cmdline`` is readable by every local user): it opens a file in the private (0700) temp
+folder that forwards to ``bench.html#TOKEN``; the fragment is never sent in a request. A posted result is checked for
+shape and size before use (:func:`check_result`): a malformed one is a 400 and a one-paragraph reason, never a crash.
 
 No DevTools client or Node package is needed: the page reports by an HTTP POST to the server that served it, and
 Chromium is started with the flags that keep it off the network (it must never reach beyond 127.0.0.1).
@@ -14,6 +20,7 @@ Chromium is started with the flags that keep it off the network (it must never r
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import Handler, Server
+from . import serve
 from .errors import PipelineError
 
 PAGE_FILES = Path(__file__).parent / "browser_files"
@@ -59,32 +66,94 @@ class Measured:
     times_ms: dict[int, list[float]]
 
 
-def _handler(folder: Path, inbox: dict, done: threading.Event):
+#: cross-origin isolation: performance.now() then ticks in 5 us steps instead of 100 us
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+#: the longest error text a page may post (it is quoted in one paragraph)
+ERROR_CHARS = 2000
 
-    class Bench(Handler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(folder), **kwargs)
 
-        def end_headers(self):
-            # cross-origin isolation: performance.now() then ticks in 5 us steps instead of 100 us
-            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-            super().end_headers()
+def _finite(v) -> bool:
+    """A JSON number (not a bool) that is finite as a float."""
+    try:
+        return type(v) in (int, float) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
 
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            if self.path != "/result":
-                self.send_error(404)
-                return
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(204)
-            self.end_headers()
+
+def _timings_ok(v, depth: int = 0) -> bool:
+    """A non-empty list of finite, non-negative milliseconds (nested lists allowed: rounds of timed runs)."""
+    if not isinstance(v, list) or not v or depth > 3:
+        return False
+    return all(_timings_ok(t, depth + 1) if isinstance(t, list) else _finite(t) and t >= 0 for t in v)
+
+
+def check_result(data, models: dict[str, int], images: int, batches) -> str | None:
+    """Why a posted measurement is malformed (None when its shape is right).
+
+    ``models``: key -> number of classes. The page posts ``{"error": text}`` or ``{"results": {key: {"logits": [N x
+    classes numbers or null], "times": {batch: [ms, ...]}}}, "userAgent", "webgpu", "crossOriginIsolated"}``."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if "error" in data:
+        return None if isinstance(data["error"], str) else "its error is not text"
+    results = data.get("results")
+    if not isinstance(results, dict) or set(results) != set(models):
+        return f"results must name exactly the models {sorted(models)}"
+    want = {str(b) for b in batches}
+    for key, r in results.items():
+        if not isinstance(r, dict) or not isinstance(r.get("logits"), list) or not isinstance(r.get("times"), dict):
+            return f"{key}: logits must be a list and times an object"
+        if len(r["logits"]) != images * models[key]:
+            return f"{key}: {len(r['logits'])} logits, expected {images} images x {models[key]} classes"
+        if not all(v is None or _finite(v) for v in r["logits"]):
+            return f"{key}: a logit is neither a finite number nor null"
+        if set(r["times"]) != want or not all(_timings_ok(t) for t in r["times"].values()):
+            return f"{key}: times must hold finite non-negative milliseconds for exactly the batch sizes {sorted(want)}"
+    if not isinstance(data.get("userAgent", ""), str):
+        return "userAgent is not text"
+    return None
+
+
+class Inbox:
+    """The one result the measuring page posts (``POST /result``), checked before it is kept.
+
+    Only a POST with the run's token reaches :meth:`accept` (:mod:`pipeline.serve`). The first well-formed post ends
+    the wait; a malformed one (our page misbehaving) is answered 400 and ends it with the reason; any later post is
+    answered 409 and changes nothing."""
+
+    def __init__(self, models: dict[str, int], images: int, batches, iterations: int) -> None:
+        self.models, self.images, self.batches = models, images, tuple(batches)
+        self.done = threading.Event()
+        self.data: dict | None = None
+        self.problem: str | None = None
+        self._lock = threading.Lock()
+        # every number as at most 32 characters, plus 1 MiB for the rest (timings in rounds included)
+        self.max_bytes = (1 << 20) + 32 * images * sum(models.values()) + \
+            64 * max(1, iterations) * len(self.batches) * len(models) * 16
+
+    def route(self) -> serve.Route:
+        return serve.Route(self.accept, self.max_bytes)
+
+    def accept(self, body: bytes) -> tuple[int, str]:
+        with self._lock:
+            if self.done.is_set():
+                return 409, "a result was already received"
             try:
-                inbox.update(json.loads(body))
-            except ValueError:
-                inbox["error"] = "the page posted a result that is not JSON"
-            done.set()
+                data = json.loads(body, parse_constant=_no_constant)
+            except (ValueError, RecursionError) as e:  # UnicodeDecodeError included; RecursionError: [[[[...
+                problem = f"not JSON ({type(e).__name__})"
+            else:
+                problem = check_result(data, self.models, self.images, self.batches)
+            if problem:
+                self.problem = f"the page posted a malformed result ({problem})"
+            else:
+                self.data = data
+            self.done.set()
+            return (400, problem) if problem else (204, "")
 
-    return Bench
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def _stage(folder: Path, models: dict[str, dict], pixels: np.ndarray, spec: dict) -> None:
@@ -120,21 +189,24 @@ def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, bat
         site, profile = Path(tmp) / "site", Path(tmp) / "profile"
         site.mkdir()
         _stage(site, models, pixels, spec)
-        inbox: dict = {}
-        done = threading.Event()
-        server = Server(("127.0.0.1", 0), _handler(site, inbox, done))
+        inbox = Inbox({k: len(m["entry"]["classes"]) for k, m in models.items()}, len(pixels), batches, iterations)
+        server = serve.Server(site, 0, routes={"/result": inbox.route()}, extra_headers=ISOLATION)
+        server.open_folder()
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/bench.html"
+        # the token reaches the page through a private file, never the command line (see the module's docstring)
+        launch = Path(tmp) / "launch.html"
+        launch.write_text(f'<!doctype html><script>location.replace({json.dumps(server.url + "bench.html#" + server.token)})'
+                          "</script>\n")
         try:
-            proc = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", url],
+            proc = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", launch.as_uri()],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as e:
             server.shutdown()
             server.server_close()
             raise PipelineError(f"Chromium ({executable}) could not be started: {e}.") from None
         try:
-            while not done.wait(0.2):
+            while not inbox.done.wait(0.2):
                 if proc.poll() is not None:
                     err = (proc.stderr.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
                     raise PipelineError(f"Chromium ({executable}) exited with code {proc.returncode} before the "
@@ -149,8 +221,12 @@ def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, bat
             proc.stderr.close()
             server.shutdown()
             server.server_close()
-    if "error" in inbox:
-        raise PipelineError(f"The measuring page in Chromium failed: {inbox['error']}.")
+    if inbox.problem:
+        raise PipelineError(f"The measuring page in Chromium failed: {inbox.problem}.")
+    if "error" in inbox.data:
+        error = " ".join(inbox.data["error"].split())[:ERROR_CHARS]
+        raise PipelineError(f"The measuring page in Chromium failed: {error}.")
+    inbox = inbox.data
     out = {}
     for key, r in inbox["results"].items():
         # JSON has no NaN or infinity: the page's JSON.stringify wrote null for them, and they come back as NaN, so

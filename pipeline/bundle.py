@@ -17,10 +17,12 @@ the Python runtime.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -141,10 +143,85 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path, ort_we
                                      "pipeline bundle")
 
     out_dir = Path(out_dir)
-    folder = out_dir / f"{run.root.name}-{target}-bundle"
+    folder = run.bundle(out_dir, target)
     tar_path = folder.with_name(folder.name + ".tar.gz")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PipelineError(f"Cannot write the bundle into {out_dir} ({e.strerror or e}); choose another --out.") from None
+    with building(out_dir):
+        _build(run, target, report, rows, packed, record, data_root, ort_web, folder, tar_path)
+    log.info("bundle: %s and %s", folder, tar_path)
+    return folder, tar_path
+
+
+#: the temp names a bundle build makes in its --out folder: the staging folder (``.<bundle>.<random>.tmp``), the old
+#: folder set aside by :func:`_swap_in` (``.<bundle>.<random>.old.tmp``) and the tarball's atomic write
+#: (``.<bundle>.tar.gz.<random>.tmp``); nothing else in --out is ever swept
+LEFTOVER = re.compile(r"\.[^/]+-(?:" + "|".join(map(re.escape, TARGETS)) + r")-bundle(?:\.tar\.gz)?\.[A-Za-z0-9_]+(?:\.old)?\.tmp")
+
+
+@contextlib.contextmanager
+def building(out_dir: Path):
+    """Hold ``out_dir`` while a bundle is built in it, sweeping temp leftovers of killed builds first.
+
+    A SIGKILL (or a power cut) runs no cleanup, so its staging folder stays. The next build removes such leftovers,
+    but never a concurrent build's live staging folder: every build holds a shared ``flock`` on the --out folder
+    itself (no lock file is added to it) from before it makes its temp names until after it removes them, and the
+    sweep runs only under an exclusive one, taken without waiting. The kernel drops a killed process's lock (as for
+    the run lock, :func:`pipeline.stages.run_lock`), so a leftover is swept exactly when no build that could own it
+    is alive. A file system without ``flock`` on folders skips the sweep."""
+    import fcntl
+
+    try:
+        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise PipelineError(f"Cannot write the bundle into {out_dir} ({e.strerror or e}); choose another --out.") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sweep_leftovers(out_dir)
+        except OSError:  # another build is running (BlockingIOError), or no flock here: no sweep this time
+            pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def sweep_leftovers(out_dir: Path) -> list[str]:
+    """Remove the temp folders and files of killed bundle builds in ``out_dir`` (only :data:`LEFTOVER` names);
+    call it only while no other build runs there (:func:`building`). Returns the names removed."""
+    import stat
+
+    removed = []
+    for entry in os.scandir(out_dir):
+        if not LEFTOVER.fullmatch(entry.name):
+            continue
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(entry.path)
+            elif stat.S_ISREG(mode):
+                os.unlink(entry.path)
+            else:
+                continue  # a link or anything else with our name is not ours
+        except OSError:
+            continue
+        removed.append(entry.name)
+    if removed:
+        log.info("removed %d temp leftover(s) of an interrupted bundle build in %s: %s", len(removed), out_dir,
+                 ", ".join(sorted(removed)))
+    return removed
+
+
+def _build(run: RunDir, target: str, report: dict, rows: dict, packed, record, data_root: Path, ort_web,
+           folder: Path, tar_path: Path) -> None:
+    out_dir = folder.parent
+    try:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=out_dir))
     except OSError as e:
         raise PipelineError(f"Cannot write the bundle into {out_dir} ({e.strerror or e}); choose another --out.") from None
@@ -163,8 +240,6 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path, ort_we
             _swap_in(staging, folder)  # the tarball follows when this block exits (atomic_path renames it)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("bundle: %s (%d files) and %s", folder, len(files) + 1, tar_path)
-    return folder, tar_path
 
 
 def _rel(run: RunDir, path: Path) -> str:

@@ -125,7 +125,13 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
         except (RuntimeInputError, BackendUnavailable) as e:
             _error(e)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            from .signals import Terminated
+
+            if isinstance(e, Terminated):  # SIGTERM or SIGHUP (pipeline.signals): the same cleanup ran
+                _error("the command was stopped; its temp files were removed, and finished stages and files are "
+                       "kept; rerun to continue.", prefix=f"terminated by {e.name}:")
+                raise typer.Exit(128 + e.signum) from None
             _error("finished stages and files are kept; rerun to continue.", prefix="interrupted:")
             raise typer.Exit(130) from None
         except OSError as e:  # a write outside atomic_path (a library's temp file, the lock file) was refused
@@ -358,12 +364,14 @@ def bundle_cmd(
     """Folder + .tar.gz with the ONNX variants, test data, reference outputs, build and bench scripts."""
     from . import bundle
     from .layout import RunDir, check_output_dir
+    from .signals import as_interrupt
 
     _setup_logging()
     run_dir = RunDir.for_model(artifacts, model)
     out = out or artifacts / "bundles"
     check_output_dir(out, "--out")  # before reading 10,000 test images and running the model on them
-    folder, tar = bundle.make_bundle(run_dir, target, out, data_root or default_data_root(), ort_web)
+    with as_interrupt():  # SIGTERM/SIGHUP clean up like Ctrl-C
+        folder, tar = bundle.make_bundle(run_dir, target, out, data_root or default_data_root(), ort_web)
     _console().print(literal(("bundle:", "green"), f" {folder} and {tar}"), soft_wrap=True)
 
 
@@ -376,29 +384,34 @@ def demo(
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="As for `pipeline bundle --target web`."),
 ) -> None:
-    """Serve the web bundle (built first if missing) on 127.0.0.1 and print its URL; Ctrl-C stops it."""
+    """Serve the web bundle (built first if missing, checked like `pipeline verify`) on 127.0.0.1 and print its URL;
+    Ctrl-C stops it."""
     from . import bundle, demo as demo_mod
     from .layout import RunDir
+    from .signals import as_interrupt
 
     _setup_logging()
-    folder = artifacts / "bundles" / f"{model}-web-bundle"
-    server = demo_mod.serve(folder, port)  # binds first: a busy port is refused before minutes of bundling
-    try:
-        if not (folder / "index.html").is_file():
-            bundle.make_bundle(RunDir.for_model(artifacts, model), "web", artifacts / "bundles",
-                               data_root or default_data_root(), ort_web)
-    except BaseException:
-        server.server_close()
-        raise
-    host, bound = server.server_address[:2]
-    _console().print(literal(("serving:", "green"), f" {folder} at http://{host}:{bound}/ (Ctrl-C stops it)"),
-                     soft_wrap=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        _console().print(literal("stopped."))
-    finally:
-        server.server_close()
+    run = RunDir.for_model(artifacts, model)
+    out = artifacts / "bundles"
+    folder = run.bundle(out, "web")  # the very name make_bundle writes (a pkg.mod:Class model included)
+    with as_interrupt():  # SIGTERM/SIGHUP: the build cleans up like Ctrl-C, serving stops like Ctrl-C
+        server = demo_mod.serve(folder, port)  # binds first: a busy port is refused before minutes of bundling
+        try:
+            if not (folder / "index.html").is_file():
+                bundle.make_bundle(run, "web", out, data_root or default_data_root(), ort_web)
+            demo_mod.check_bundle(folder)  # nothing is served from a bundle that `pipeline verify` fails
+            server.open_folder()
+        except BaseException:
+            server.server_close()
+            raise
+        _console().print(literal(("serving:", "green"), f" {folder} at {server.url} (Ctrl-C stops it)"),
+                         soft_wrap=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            _console().print(literal("stopped."))
+        finally:
+            server.server_close()
 
 
 @app.command()
@@ -512,6 +525,7 @@ def bench(
     out.print(f"Timing method: {METHOD}; warm-up {warmup} calls and {warmup_seconds} s; up to {iterations} calls or "
               f"{duration} s per batch size.", highlight=False)
     if json_out:
+        check_output_file(json_out, "--json")  # again: the path may have been replaced while the benchmark ran
         write_json(json_out, {"model": str(model), "provider": provider, "image_shape": list(image_shape),
                               "macs_per_image": macs, "peak_gflops": peak, "peak_method": efficiency.PEAK_METHOD,
                               "method": METHOD, "results": rows, "environment": environment.capture(threads)})

@@ -1,52 +1,30 @@
-"""``pipeline demo``: the web bundle served on 127.0.0.1 by the standard library's http.server.
+"""``pipeline demo``: the web bundle served on 127.0.0.1 by the project's one local server (:mod:`pipeline.serve`).
 
-Only what a static server must get right for the page is added: the MIME types browsers insist on for ES modules
-(``.mjs``/``.js``: text/javascript) and for streaming WebAssembly compilation (``.wasm``: application/wasm), which
-``mimetypes`` does not always know, and a quiet log (one line per request would bury the URL).
+The bundle is checked like ``pipeline verify`` checks it before a single file is served: a bundle with an altered,
+extra or missing file, or a symlink, is refused in one paragraph (the page would otherwise run whatever the folder
+holds). The server itself serves only the bundle's regular files, no hidden or temp files, no listings, and only to
+requests whose Host is the bound address (:mod:`pipeline.serve`).
 """
 from __future__ import annotations
 
-import errno
-import functools
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .errors import PipelineError
-
-HOST = "127.0.0.1"
-TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
-         ".onnx": "application/octet-stream", ".html": "text/html"}
+from .serve import HOST, TYPES, Server  # noqa: F401  (HOST and TYPES: the names this module always exported)
 
 
-class Handler(SimpleHTTPRequestHandler):
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **TYPES}
-
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
-        pass
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        """A browser that drops a connection mid-response (a reload, a closed tab) is normal for a page server; the
-        base class would print a traceback for it. Anything else is still reported."""
-        import sys
-
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
+def serve(folder: Path, port: int) -> Server:
+    """A server bound to ``HOST:port`` for ``folder`` (not yet serving: call ``serve_forever``). The folder is opened
+    when serving starts, so it may be built after the port is taken."""
+    return Server(folder, port)
 
 
-def serve(folder: Path, port: int) -> ThreadingHTTPServer:
-    """A server bound to ``HOST:port`` for ``folder`` (not yet serving: call ``serve_forever``). The folder is read
-    per request, so it may be built after the port is taken."""
-    folder = Path(folder).resolve()
-    handler = functools.partial(Handler, directory=str(folder))
-    try:
-        return Server((HOST, port), handler)
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise PipelineError(f"Port {port} on {HOST} is already in use (another `pipeline demo` or web server?); "
-                                "stop that one or choose another with `--port N` (`--port 0` picks a free one).") from None
-        raise PipelineError(f"Cannot listen on {HOST}:{port} ({e.strerror or e}); choose another `--port`.") from None
+def check_bundle(folder: Path) -> None:
+    """Refuse a web bundle that ``pipeline verify`` would fail, naming every problem, in one paragraph."""
+    from . import bundle
+
+    problems = bundle.verify(folder) if (folder / "MANIFEST.json").is_file() else ["MANIFEST.json is missing"]
+    if problems:
+        raise PipelineError(f"{folder} is not an intact web bundle, so it is not served: {'; '.join(problems)}. "
+                            "Rebuild it with `pipeline bundle --target web` (or remove the folder and rerun "
+                            "`pipeline demo`, which builds it).")

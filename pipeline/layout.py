@@ -185,12 +185,47 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+def _kind_of(mode: int) -> str | None:
+    """What a non-regular file is, in words (None for a regular file)."""
+    import stat
+
+    for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a fifo (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def check_output_file(path: Path, option: str) -> None:
-    """Refuse, before any work starts, an output file that cannot be written (a folder, a path under a
-    file, a read-only or permission-denied folder), so that no result is computed only to be lost."""
+    """Refuse, before any work starts, an output file that is not a new file or an existing regular file, or that
+    cannot be written, so that no result is computed only to be lost and nothing that is not ours is destroyed.
+
+    Every option that names an output file calls this (``bench --json``). Writes are atomic (a temp file renamed
+    onto the path), and a rename replaces whatever the path is: a symlink (even one to ``/proc/self/fd/1``) would
+    become a regular file, and as root ``/dev/null`` would stop being a device. So a symlink, a fifo, a device, a
+    socket and a folder are refused, whatever they point to. The parent folder may be a symlink (the user's own
+    layout); only the last component is the file we would replace."""
     path = Path(path)
-    why = (f"it is a folder; give a file name such as {path / 'results.json'}" if path.is_dir()
-           else _unwritable(path.parent))
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:  # ENAMETOOLONG, ENOTDIR (a path under a file), ELOOP, EACCES
+        if e.errno == errno.ENOTDIR:
+            mode = None  # worded below, by the parent check
+        else:
+            raise PipelineError(f"{option} {path} cannot be used: {_refusal(e, 'the path')}. Choose another {option}; "
+                                "nothing was run or written.") from None
+    kind = None if mode is None else _kind_of(mode)
+    if kind is not None:
+        target = f" to {os.readlink(path)}" if kind == "a symbolic link" else ""
+        hint = (f"; give a file name such as {path / 'results.json'}" if kind == "a folder"
+                else ", not a regular file, and writing would replace it with one; give a new file or an existing "
+                     "regular file")
+        raise PipelineError(f"{option} {path} is not writable: it is {kind}{target}{hint}. Choose another "
+                            f"{option}; nothing was run or written.")
+    why = _unwritable(path.parent)
     if why:
         raise PipelineError(f"{option} {path} is not writable: {why}. Choose another {option}; nothing was run "
                             "or written.")
@@ -230,6 +265,11 @@ class RunDir:
     def for_model(cls, artifacts: Path, model: str) -> "RunDir":
         safe = model.replace(":", "__").replace("/", "_")
         return cls(Path(artifacts) / safe)
+
+    def bundle(self, out_dir: Path, target: str) -> Path:
+        """The bundle folder for ``target`` under ``out_dir``: named after this run's folder, so a module-named model
+        (``pkg.mod:Class``, folder ``pkg.mod__Class``) is built and served under one name."""
+        return Path(out_dir) / f"{self.root.name}-{target}-bundle"
 
     # data stage
     @property

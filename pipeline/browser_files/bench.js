@@ -39,8 +39,9 @@ async function measure(key, spec, pixels) {
   return { logits, times };
 }
 
-async function post(body) {
-  await fetch("/result", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+async function post(body) { // the run's token came in the URL's fragment (never sent in a request): the server wants it
+  await fetch("/result", { method: "POST", body: JSON.stringify(body),
+    headers: { "Content-Type": "application/json", "X-Pipeline-Token": location.hash.slice(1) } });
 }
 
 try {

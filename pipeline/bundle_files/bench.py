@@ -205,6 +205,23 @@ def check_reference(ref, labels, expected):
     return []
 
 
+def check_output_file(path):
+    """--json must be a new file or an existing regular file: writing would otherwise replace (or block on, or
+    write through) a symlink, a fifo or a device that is not ours. The same rule as the pipeline's own options
+    (pipeline.layout.check_output_file), restated because this script runs without the pipeline."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        sys.exit(f"error: --json {path} cannot be used ({e.strerror or e}); choose another --json.")
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        sys.exit(f"error: --json {path} is {kind}; give a new file or an existing regular file. Nothing was run.")
+
+
 def strict_json(obj):
     """``obj`` with every NaN or infinity replaced by None, so json.dumps(allow_nan=False) accepts it."""
     if isinstance(obj, dict):
@@ -231,6 +248,8 @@ def main(argv=None):
                     help="--engines: exit 1 when an engine's accuracy differs from its ONNX model's reported "
                          "accuracy by more than this many percentage points, or its sidecar does not match")
     args = ap.parse_args(argv)
+    if args.json:
+        check_output_file(args.json)
 
     manifest = json.loads((HERE / "MANIFEST.json").read_text())
     test = np.load(HERE / "data" / "mnist-test.npz")

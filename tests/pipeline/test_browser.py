@@ -85,3 +85,63 @@ def test_a_browser_that_exits_at_once_is_one_paragraph(quick_run, tmp_path):
         browser.measure("/bin/false", _model(quick_run, tmp_path), np.zeros((2, 28, 28), np.uint8), batches=(1,),
                         warmup=0, iterations=1, max_seconds=0.01, timeout=60)
     assert "exited with code 1 before the measuring page reported" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_fake_timings_posted_by_another_local_process_are_refused(quick_run, data_root, tmp_path):
+    """A local process that finds the measuring server's port and keeps posting well-formed fake results (every run
+    0.001 ms) is answered 403 every time: it lacks the run's token. The figures are the page's own: its logits match
+    onnxruntime's, and its timings are not the fake ones."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from pipeline.data import ensure_raw
+    from tests.servers import REPO
+
+    require_chromium()
+    raw = ensure_raw(data_root)
+    pixels = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)[:40]
+    stop, seen = tmp_path / "stop", tmp_path / "seen.json"
+    attacker = subprocess.Popen([sys.executable, "-m", "tests.fixtures.fake_timings", str(os.getpid()), "40", "10",
+                                 "1,3", str(stop), str(seen)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        got = browser.measure(browser.find(), _model(quick_run, tmp_path), pixels, batches=(1, 3), warmup=1,
+                              iterations=12, max_seconds=0.05)
+    finally:
+        stop.write_text("")
+        attacker.wait(timeout=60)
+    statuses = json.loads(seen.read_text())
+    assert statuses and set(statuses) == {403}, statuses  # it found the port, and was refused every time
+    m = got["models"]["model-fp32"]
+    entry = _model(quick_run, tmp_path)["model-fp32"]["entry"]
+    x = ((pixels.astype(np.float32) * np.float32(entry["pixel_scale"]) - np.float32(entry["mean"][0]))
+         / np.float32(entry["std"][0])).reshape(-1, 1, 28, 28)
+    ref = ort.InferenceSession(str(quick_run["dir"] / "export" / "model-fp32.onnx")).run(None, {"input": x})[0]
+    assert np.abs(m.logits - ref).max() <= 1e-4  # the page's logits, not the attacker's zeros
+    assert "attacker" not in got["user_agent"]
+    assert any(t != 0.001 for ts in m.times_ms.values() for t in ts)
+
+
+def test_a_malformed_result_is_a_400_and_one_paragraph_never_a_crash():
+    """What a page posts is checked for shape and size before use (browser.Inbox): `{}`, wrong-length logits, a
+    string logit, NaN literals, deep nesting, not JSON. Each is refused; the first well-formed post would be kept."""
+    bad = [b"{}", b"[]", b"null", b'{"results": {}}', b'{"error": 5}',
+           b'{"results": {"m": {"logits": [0, 0, 0], "times": {"1": [1.0]}}}}',
+           b'{"results": {"m": {"logits": [0, 0, "x", 0], "times": {"1": [1.0]}}}}',
+           b'{"results": {"m": {"logits": [0, 0, NaN, 0], "times": {"1": [1.0]}}}}',
+           b'{"results": {"m": {"logits": [0, 0, 0, 0], "times": {"1": [-1.0]}}}}',
+           b'{"results": {"m": {"logits": [0, 0, 0, 0], "times": {"2": [1.0]}}}}',
+           b'{"results": {"m": {"logits": [0, 0, 0, 0], "times": {"1": []}}}}',
+           b'{"results": {"m": {"logits": [0, 0, 1' + b"0" * 400 + b', 0], "times": {"1": [1]}}}}',
+           b"[" * 100000, b"\xff\xfe not json", b'{"results": {"m": {"logits": [true, 0, 0, 0], "times": {"1": [1]}}}}']
+    for body in bad:
+        inbox = browser.Inbox({"m": 2}, 2, (1,), 10)
+        status, why = inbox.accept(body)
+        assert status == 400 and inbox.problem and "\n" not in inbox.problem and inbox.data is None, body[:80]
+    inbox = browser.Inbox({"m": 2}, 2, (1,), 10)
+    good = b'{"results": {"m": {"logits": [0, 0.5, null, 1], "times": {"1": [0.2, 0.3]}}}, "userAgent": "x"}'
+    assert inbox.accept(good) == (204, "") and inbox.data["userAgent"] == "x"
+    assert inbox.accept(good)[0] == 409  # only the first is kept
