@@ -187,7 +187,7 @@ def run(
     label_smoothing: Optional[float] = typer.Option(None, help=with_default("Label smoothing.", "label_smoothing")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=with_default("Random affine augmentation.", "augment")),
     ema: Optional[float] = typer.Option(None, help=with_default("Decay of the weight moving average that is validated and kept (0 = off).", "ema")),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help=with_default("Train convolutions in NHWC memory layout (faster on CPU; PyTorch's CPU BatchNorm then sums its statistics in float32, not float64: docs/distributed.md).", "channels_last")),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help=with_default("Train convolutions in NHWC memory layout (faster on CPU, but PyTorch's CPU BatchNorm rounds more: docs/distributed.md).", "channels_last")),
     seed: Optional[int] = typer.Option(None, help=with_default("Seed of training and QAT fine-tuning (shuffling, augmentation, initial weights).", "seed")),
     device: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(DEVICES)}.", "device")),
     val_size: Optional[int] = typer.Option(None, help=with_default("Validation images held out of the 60,000 training images.", "val_size")),
