@@ -65,7 +65,7 @@ def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifac
         epochs: Optional[int] = None, batch_size: Optional[int] = None, optimizer: Optional[str] = None,
         lr: Optional[float] = None, weight_decay: Optional[float] = None, schedule: Optional[str] = None,
         label_smoothing: Optional[float] = None, augment: Optional[bool] = None, ema: Optional[float] = None,
-        seed: Optional[int] = None,
+        channels_last: Optional[bool] = None, seed: Optional[int] = None,
         device: Optional[str] = None, val_size: Optional[int] = None, quant: Optional[str] = None,
         calib_size: Optional[int] = None, calib_method: Optional[str] = None, qat_epochs: Optional[int] = None,
         qat_lr: Optional[float] = None, int8_budget: Optional[float] = None,
@@ -87,7 +87,8 @@ def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifac
         cfg = build_config(model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick,
                            epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                            weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
-                           augment=augment, ema=ema, seed=seed, device=device, val_size=val_size, quant=quant,
+                           augment=augment, ema=ema, channels_last=channels_last, seed=seed, device=device,
+                           val_size=val_size, quant=quant,
                            calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs, qat_lr=qat_lr,
                            int8_budget=int8_budget, threads=threads, browser=browser)
         with _torch_state_kept():

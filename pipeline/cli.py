@@ -193,6 +193,7 @@ def run(
     label_smoothing: Optional[float] = typer.Option(None, help=with_default("Label smoothing.", "label_smoothing")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=with_default("Random affine augmentation.", "augment")),
     ema: Optional[float] = typer.Option(None, help=with_default("Decay of the weight moving average that is validated and kept (0 = off).", "ema")),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help=with_default("Train convolutions in NHWC memory layout (faster on CPU, but PyTorch's CPU BatchNorm rounds more: docs/distributed.md).", "channels_last")),
     seed: Optional[int] = typer.Option(None, help=with_default("Seed of training and QAT fine-tuning (shuffling, augmentation, initial weights).", "seed")),
     device: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(DEVICES)}.", "device")),
     val_size: Optional[int] = typer.Option(None, help=with_default("Validation images held out of the 60,000 training images.", "val_size")),
@@ -225,7 +226,8 @@ def run(
     cfg = build_config(
         model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick, world_size=world,
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, label_smoothing=label_smoothing, augment=augment, ema=ema, seed=seed, device=device,
+        schedule=schedule, label_smoothing=label_smoothing, augment=augment, ema=ema, channels_last=channels_last,
+        seed=seed, device=device,
         val_size=val_size, quant=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
         qat_lr=qat_lr, int8_budget=int8_budget, threads=threads, browser=browser,
     )

@@ -88,8 +88,8 @@ class TrainConfig:
     device: str = "auto"  # auto picks cuda when available
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores; with --nproc, each rank's share)
     # processes that share each global batch (DDP). Not an option: the launcher sets it (--nproc, or torchrun's
-    # WORLD_SIZE). Stamped when above 1, so part of the train stage's key (a 2-process result is not the 1-process
-    # one: other augmentation draws, per-rank BatchNorm batches), while a 1-process run keeps the key it had.
+    # WORLD_SIZE). Stamped when above 1, so part of the train stage's key (a 2-process result equals the 1-process
+    # one only up to the order of float additions, not bit for bit), while a 1-process run keeps the key it had.
     world_size: int = field(default=1, metadata={"stamp": "unless-default"})
 
     def __post_init__(self):
@@ -303,6 +303,7 @@ RUN_OPTIONS: dict[str, tuple[str, ...]] = {
     "label_smoothing": ("train.label_smoothing",),
     "augment": ("train.augment",),
     "ema": ("train.ema",),
+    "channels_last": ("train.channels_last",),
     "seed": ("train.seed",),
     "device": ("train.device",),
     "val_size": ("data.val_size",),

@@ -10,15 +10,18 @@ Why this shape:
   lock, checkpoints, the later stages); the other ranks write nothing: they wait for rank 0's word
   (:meth:`Group.wait`), train beside it if the train stage runs, and end when training ends, or at once when it
   is skipped or rank 0 stopped before it.
-- Every decision that could split the ranks is taken on values all of them share: the shuffle and split come
-  from one seeded generator, the NaN check reads the loss summed over ranks, the best epoch the validation
-  accuracy summed over ranks. So a user error (a diverged loss) stops every rank at the same step with the
+- Every decision that could split the ranks is taken on values all of them share: the shuffle, split and
+  augmentation come from one seeded generator, the NaN check reads the loss summed over ranks, the best epoch
+  the validation accuracy summed over ranks. So a user error (a diverged loss) stops every rank at the same step with the
   same paragraph, and a crashed rank is found by the launcher's monitor or a collective's timeout
   (:class:`pipeline.config.LaunchConfig`) rather than left hanging.
 
-``--batch-size`` stays the *global* batch: each step takes one batch of the same shuffled order as a single
-process and splits it over the ranks (rank r takes every W-th image of it), so the learning rate and schedule
-need no change and results stay comparable with the single-process run.
+``--batch-size`` stays the *global* batch, and N processes take the single process's optimizer steps, up to
+the order of float additions (docs/distributed.md says how that is tested): each step takes one batch of the
+same shuffled order as a single process and splits it over the ranks (rank r takes every N-th image of it); every
+rank draws the whole batch's augmentation from the shared generator, as one process does, and warps its share;
+BatchNorm layers normalize over the global batch (:mod:`pipeline.batchnorm`); the loss is the global batch's
+mean even when the shares differ by an image. So the learning rate and schedule need no change.
 """
 from __future__ import annotations
 
@@ -73,10 +76,11 @@ def warn_if_oversubscribed(nproc: int) -> None:
 class Group:
     """The process group of one run, and rank 0's word to the others (one broadcast: train, or done)."""
 
-    def __init__(self, place: Place, backend: str, device):
+    def __init__(self, place: Place, backend: str, device, timeout_s: int = 600):
         self.place = place
         self.backend = backend
         self.device = device  # this rank's device: cuda:<local rank> with NCCL, else cpu
+        self.timeout_s = timeout_s
         self._spoken = False
         self.state = None  # the training state rank 0 resumed from (followers: as received)
 
@@ -132,27 +136,37 @@ class Group:
         dist.all_reduce(t)
         return t.tolist()
 
-    def step_totals(self, loss, out, yb) -> tuple[float, int, int]:
-        """(mean loss, images, correct) of one global batch from this rank's share: the one host sync per step,
-        so every rank checks the same loss for NaN and stops at the same step."""
+    def step_totals(self, share, out, yb) -> tuple[float, int, int]:
+        """(mean loss, images, correct) of one global batch from this rank's ``share`` (its loss summed over its
+        images), logits and labels: the one host sync per step, so every rank checks the same loss for NaN and
+        stops at the same step."""
         import torch
         import torch.distributed as dist
 
-        k = len(yb)
-        t = torch.stack([loss.detach().double() * k, (out.argmax(1) == yb).sum().double(),
-                         torch.tensor(float(k), dtype=torch.float64, device=loss.device)])
+        t = torch.stack([share.detach().double(), (out.argmax(1) == yb).sum().double(),
+                         torch.tensor(float(len(yb)), dtype=torch.float64, device=share.device)])
         dist.all_reduce(t)
         s, hits, n = t.tolist()
         return s / n, int(n), int(hits)
 
     def wrap(self, model):
-        """``model`` in DistributedDataParallel: gradients averaged over the ranks at every step; rank 0's
-        initial weights and BatchNorm buffers are broadcast to the others."""
+        """``model`` for training in DistributedDataParallel: gradients averaged over the ranks at every step;
+        rank 0's initial weights and BatchNorm buffers are broadcast to the others. Its BatchNorm layers normalize
+        over the global batch (:func:`pipeline.batchnorm.training_view`: a tree that shares ``model``'s tensors,
+        so ``model`` itself keeps its class and state dict). On CPU their all-reduces go through a process group
+        of their own, so they never interleave with DDP's gradient buckets."""
+        from datetime import timedelta
+
+        import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
-        if self.backend == "nccl":
-            return DistributedDataParallel(model, device_ids=[self.device.index], output_device=self.device.index)
-        return DistributedDataParallel(model)
+        from .batchnorm import training_view
+
+        if self.backend == "nccl":  # PyTorch's recipe: nn.SyncBatchNorm on the default group
+            return DistributedDataParallel(training_view(model, "nccl"), device_ids=[self.device.index],
+                                           output_device=self.device.index)
+        bn_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.timeout_s))
+        return DistributedDataParallel(training_view(model, "gloo", bn_group))
 
     def share_buffers(self, model) -> None:
         """Rank 0's BatchNorm running statistics to every rank (each rank updated its own copy from its own
@@ -196,7 +210,7 @@ def run_rank(cfg: RunConfig, until: str, launch: LaunchConfig, body) -> None:
     backend, device = _backend_and_device(cfg, place)
     dist.init_process_group(backend, timeout=timedelta(seconds=launch.timeout_s),
                             device_id=device if backend == "nccl" else None)
-    group = Group(place, backend, device)
+    group = Group(place, backend, device, launch.timeout_s)
     try:
         if place.rank == 0:
             try:

@@ -50,17 +50,29 @@ def pick_device(name: str):
 
 def augment(x, background: float, gen):
     """Random affine per image: rotation +-10 deg, scale 0.9-1.1, shift +-2 px; fills with the background."""
-    import torch
-    import torch.nn.functional as F
+    return warp(x, affine_draws(x.shape[0], gen), background)
 
-    n = x.shape[0]
-    dev = x.device
+
+def affine_draws(n: int, gen):
+    """The random affine matrices (n, 2, 3) of :func:`augment` for a batch of ``n`` images, drawn from ``gen``.
+
+    Apart from :func:`warp` so that data-parallel ranks can draw a global batch's matrices exactly as one process
+    does (same draws, same order: the shared generator stays in step on every rank) and warp only their share.
+    """
+    import torch
+
     ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
     scale = 0.9 + torch.rand(n, generator=gen) * 0.2
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 / 14)  # normalized coords: 14 px = 1.0
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+def warp(x, theta, background: float):
+    """Each image of ``x`` warped by its matrix of ``theta`` (see :func:`affine_draws`), filled with ``background``."""
+    import torch.nn.functional as F
+
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
 
 
@@ -83,7 +95,7 @@ def evaluate(model, x, y, batch_size: int = 1000, device=None):
 
 def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epochs: int, what: str, advice: str,
               images: int | None = None, label_smoothing: float = 0.0, background: float | None = None,
-              set_train_mode=None, progress=None, label: str = "", aug_gen=None, shard: tuple[int, int] = (0, 1),
+              set_train_mode=None, progress=None, label: str = "", shard: tuple[int, int] = (0, 1),
               totals=None, after_step=None) -> tuple[float, int]:
     """One epoch of minibatch SGD over ``x``/``y``: shuffle, then per batch augment, forward, loss, NaN check,
     optimizer and scheduler step. Returns (sum of batch loss x batch size, correct predictions) over the
@@ -97,10 +109,13 @@ def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epoc
     (a rich ``Progress``) gets one task per epoch, described as ``<label>epoch e/E loss l``. ``after_step``, if
     given, is called after every optimizer step (the weight EMA of :class:`WeightEMA` hooks in here).
 
-    Data-parallel (:mod:`pipeline.distributed`): ``shard`` = (rank, world) takes every world-th image of each
-    global batch of the shared shuffle, augmented from ``aug_gen`` (this rank's own); ``totals`` turns the
-    rank's (loss, logits, labels) into the global batch's (mean loss, images, correct), so every rank checks and
-    counts the same values. A last batch with fewer images than ranks is dropped (no rank gets an empty one).
+    Data-parallel (:mod:`pipeline.distributed`, docs/distributed.md): ``shard`` = (rank, world) takes every
+    world-th image of each global batch of the shared shuffle. Every rank draws the whole global batch's
+    augmentation from ``gen``, as one process does, and warps its own share; its loss is the sum over its share
+    divided by the global batch and multiplied by ``world`` (DDP averages the ranks' gradients), so the step is the
+    global batch's mean even when the shares differ by an image. ``totals`` turns the rank's (loss sum, logits,
+    labels) into the global batch's (mean loss, images, correct), so every rank checks and counts the same values.
+    A last batch with fewer images than ranks is dropped (no rank gets an empty one).
     """
     import torch
     import torch.nn.functional as F
@@ -116,18 +131,23 @@ def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epoc
     task = progress.add_task(f"{label}epoch {epoch}/{epochs}", total=steps) if progress else None
     for i in range(steps):
         idx = perm[i * batch_size : (i + 1) * batch_size]
-        if world > 1:
-            idx = idx[rank::world]
-        xb, yb = x[idx], y[idx]
-        if background is not None:
-            xb = augment(xb, background, aug_gen or gen)
-        out = model(xb)
-        loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-        if totals is None:
+        if world == 1:
+            xb, yb = x[idx], y[idx]
+            if background is not None:
+                xb = augment(xb, background, gen)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
             value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
             k, hits = len(idx), None
         else:
-            value, k, hits = totals(loss, out, yb)
+            mine = idx[rank::world]
+            xb, yb = x[mine], y[mine]
+            if background is not None:  # the global batch's draws, in one process's order; this rank's share
+                xb = warp(xb, affine_draws(len(idx), gen)[rank::world], background)
+            out = model(xb)
+            share = F.cross_entropy(out, yb, label_smoothing=label_smoothing, reduction="sum")
+            loss = share * (world / len(idx))
+            value, k, hits = totals(share, out, yb)
         check_loss(value, what, epoch, epochs, i + 1, steps, advice)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,6 +212,11 @@ def _scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
 
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
+        if total < 5:  # OneCycleLR's warm-up (25 % of the steps) must span more than one step, or it divides by zero
+            raise PipelineError(
+                f"--schedule onecycle needs at least 5 optimizer steps, and this run has {total} (--epochs "
+                f"{cfg.epochs} x {steps_per_epoch} batches of --batch-size {cfg.batch_size}): use more --epochs, a "
+                f"smaller --batch-size, or --schedule cosine, step or none. {_KEPT}")
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -276,14 +301,6 @@ def train(model, splits: Splits, cfg: TrainConfig, progress=None, resume_path=No
         torch.set_num_threads(before)  # a thread count is process-wide: don't leak it to later work
 
 
-def _aug_generator(seed: int, rank: int, epoch: int):
-    """A data-parallel rank's augmentation generator for one epoch: its own draws (ranks augmenting alike would
-    waste half the augmentation), seeded from (seed, rank, epoch) so a resumed epoch draws what it first drew."""
-    import torch
-
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 4099 + rank + 1) % (2**63 - 1))
-
-
 def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resume_key: str,
            group=None) -> TrainResult | None:
     import torch
@@ -330,8 +347,7 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
             what="Training", advice=f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})",
             label_smoothing=cfg.label_smoothing, background=background if cfg.augment else None,
             progress=progress if lead else None, after_step=ema.update if ema is not None else None,
-            **({} if group is None else {"aug_gen": _aug_generator(cfg.seed, group.rank, epoch),
-                                         "shard": (group.rank, group.world), "totals": group.step_totals}))
+            **({} if group is None else {"shard": (group.rank, group.world), "totals": group.step_totals}))
         train_seconds = time.perf_counter() - t0
         if group is None:
             val_loss, val_acc, _ = evaluate(kept, splits.val_x, splits.val_y, device=device)

@@ -139,3 +139,28 @@ def test_ema_weights_are_the_ones_validated_and_kept(small, monkeypatch):
         assert torch.allclose(v.float(), by_hand[k].float(), rtol=1e-5, atol=1e-6), k
         moved += not torch.equal(v, last_raw[k])
     assert moved == len([v for v in kept.values() if v.is_floating_point()])  # every float tensor was averaged
+
+
+def test_onecycle_with_fewer_than_five_steps_is_one_paragraph_not_a_traceback(small):
+    """1,000 images in one batch of 1,000 is one step: OneCycleLR would divide by zero in its first step."""
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=r"onecycle needs at least 5 optimizer steps, and this run has 1"):
+        _run(small, TrainConfig(epochs=1, batch_size=1000, threads=1))
+    assert _run(small, TrainConfig(epochs=1, batch_size=1000, schedule="none", threads=1)).history
+
+
+def test_a_rank_warps_its_share_with_the_single_process_draws(small):
+    """What a data-parallel rank does (draw the global batch's matrices, warp its share, rank::world) gives each
+    image the warp one process gives it, and leaves the shared generator where one process leaves it."""
+    x, background = small.train_x[:101], (0.0 - small.mean) / small.std
+    one = torch.Generator().manual_seed(3)
+    whole = train.augment(x, background, one)
+    for world in (2, 3):
+        for rank in range(world):
+            shared = torch.Generator().manual_seed(3)
+            share = train.warp(x[rank::world], train.affine_draws(len(x), shared)[rank::world], background)
+            assert torch.equal(shared.get_state(), one.get_state())
+            assert torch.allclose(share, whole[rank::world], rtol=0, atol=1e-5)  # the same warp per image
+    other = train.augment(x, background, torch.Generator().manual_seed(4))
+    assert not torch.allclose(other, whole, rtol=0, atol=1e-2)  # the check above can tell draws apart
