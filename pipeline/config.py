@@ -410,6 +410,11 @@ def build_config(*, model="edgenet", artifacts: Path | str = "artifacts", data_r
               if v is not None and not isinstance(v, (str, os.PathLike))]
     if wrong:
         raise PipelineError("; ".join(wrong) + ". Nothing was run.")
+    from runtime.modelfile import path_problem
+
+    for n, v in (("artifacts", artifacts), ("data_root", data_root)):
+        if v is not None and (problem := path_problem(v)):
+            raise PipelineError(f"The {n} path {problem}. Nothing was run.")
     fields = {name: dict(QUICK.get(name, {})) if quick else {} for name in SECTIONS}
     if data_root is not None:
         fields["data"]["root"] = Path(data_root)
