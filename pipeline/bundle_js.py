@@ -126,7 +126,8 @@ def preprocessing(meta: dict[str, str], file_rel: str, variant: str, accuracy: f
                             "reads; re-export it with `pipeline run export --force`.")
     return {"file": file_rel, "variant": variant, "accuracy": accuracy, "input_name": m.input_name,
             "output_name": meta.get(md.OUTPUT_NAME), "input_shape": list(m.input_shape), "layout": m.layout,
-            "pixel_scale": m.pixel_scale, "mean": list(m.mean), "std": list(m.std), "classes": list(m.classes)}
+            "pixel_scale": m.pixel_scale, "mean": list(m.mean), "std": list(m.std), "classes": list(m.classes),
+            "output_kind": m.output_kind}
 
 
 def _golden_from_raw(folder: Path, models: dict, raw: Path) -> None:
