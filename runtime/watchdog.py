@@ -25,6 +25,11 @@ import time
 from .errors import RuntimeInputError
 
 
+#: the signals that stop a run: Ctrl-C, and what docker stop, systemd, CI timeouts and a closed terminal send. Others
+#: with a Python handler (SIGALRM, SIGCHLD...) only wake the watcher; the run goes on.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
 class RunTimeout(RuntimeInputError):
     """A model did not return within the time it was given and was stopped."""
 
@@ -90,7 +95,7 @@ class _Watcher:
                 data = b""
             except OSError:
                 return  # the pipe was closed (after a fork): nothing left to watch
-            signums = [b for b in data if b]
+            signums = [b for b in data if b in STOP_SIGNALS]
             now = time.monotonic()
             with self.lock:
                 for run in self.runs.values():

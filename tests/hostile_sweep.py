@@ -523,6 +523,7 @@ def cases() -> list[Case]:
         add(Case("Classifier()", name, lambda env, kw=kwargs: _classify(env.fp32, 1, **kw)))
     for name, path in {"missing": "{ws}/none.onnx", "folder": "{ws}", "markup [/x]": "{ws}/[/x].onnx"}.items():
         add(Case("Classifier()", f"path {name}", lambda env, p=path: _classify(Path(env.fill(p)), 1)))
+    out += __import__("tests.hostile_trust", fromlist=["cases"]).cases()  # issue 21, sections 3, 4, 6 and 7
     return out
 
 
