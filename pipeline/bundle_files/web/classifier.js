@@ -69,21 +69,25 @@ export async function createClassifier(options = {}) {
 
   let queue = Promise.resolve(); // one session.run at a time: a session does not take concurrent runs
 
-  /** The model's scores (Float32Array, batch x classes) for a normalized input tensor of `batch` images; an output
-   * that is not [batch, classes] or holds NaN/inf throws ModelError. */
-  async function run(tensor, batch = 1) {
+  /** The output tensor ({data, dims}) for a normalized input tensor of `batch` images, as the model gave it. */
+  async function runTensor(tensor, batch) {
     const shape = [batch, ...dims.slice(1)];
     const next = queue.then(() => session.run({ [params.input_name]: new ort.Tensor("float32", tensor, shape) }));
     queue = next.catch(() => {});
     const out = await next;
-    const output = params.output_name ? out[params.output_name] : Object.values(out)[0];
-    scoreRows(output, batch, params, params.file);
-    return output.data;
+    return params.output_name ? out[params.output_name] : Object.values(out)[0];
   }
 
-  /** 784 MNIST-style grey levels (white digit on black, as toMnistPixels returns) -> the result. */
+  /** The model's raw scores (Float32Array, batch x classes), unchecked: NaN stays NaN, for a caller that counts it
+   * (the validate stage's browser measurement). classify/classifyPixels check them before giving a label. */
+  async function run(tensor, batch = 1) {
+    return (await runTensor(tensor, batch)).data;
+  }
+
+  /** 784 MNIST-style grey levels (white digit on black, as toMnistPixels returns) -> the result; NaN scores, or
+   * scores that are not one per label, throw ModelError (Classifier.predict's refusals). */
   async function classifyPixels(pixels) {
-    const logits = Array.from(await run(normalize(pixels, params)));
+    const [logits] = scoreRows(await runTensor(normalize(pixels, params), 1), 1, params, params.file);
     const probabilities = toProbabilities(logits, params.output_kind, params.file); // softmax for logits only
     const best = argmax(logits);
     return { label: params.classes[best], index: best, probabilities, logits, pixels };
