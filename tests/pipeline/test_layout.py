@@ -1,6 +1,6 @@
 """Paths the OS cannot name (layout.path_error, the CLI checks), cache variables, deep folders (layout.walk_tree),
 symlinks to altered artifacts, and the Python API's option types (issue 21, sections 6 and 7): each a one-paragraph
-option types (issue 21, sections 6 and 7): each a one-paragraph refusal, never a traceback."""
+refusal, never a traceback."""
 from __future__ import annotations
 
 import dataclasses
