@@ -123,13 +123,15 @@ def _library_errors():
     runtime's input errors, a missing backend, and a write the file system refused outside an atomic write."""
     from runtime.errors import BackendUnavailable, RuntimeInputError
 
-    from .layout import DISK_ERRNOS, disk_error
+    from .layout import DISK_ERRNOS, PATH_ERRNOS, disk_error, path_error
 
     try:
         yield
     except (RuntimeInputError, BackendUnavailable) as e:
         raise PipelineError(str(e)) from None
     except OSError as e:
+        if e.errno in PATH_ERRNOS:  # a name too long for the OS, a symlink loop: the path's fault, not the disk's
+            raise PipelineError(path_error(e)) from None
         if e.errno not in DISK_ERRNOS:
             raise
         raise disk_error(e.filename or "a file", e) from None

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import bundle_js, manifest, variants
 from .errors import PipelineError
-from .layout import RunDir, _umask, atomic_path, atomic_write, sha256_file, write_json
+from .layout import RunDir, _umask, atomic_path, atomic_write, sha256_file, walk_tree, write_json
 from .variants import JS_TARGETS, REFERENCE, TARGETS
 
 log = logging.getLogger(__name__)
@@ -407,18 +407,14 @@ def _verify_folder(root: Path) -> list[str]:
     import stat
 
     problems, hashes = [], {}
-    for parent, dirs, names in os.walk(root):  # does not follow symlinked folders; they are listed in ``dirs``
-        for name in sorted(dirs + names):
-            p = Path(parent) / name
-            rel = str(p.relative_to(root))
-            mode = p.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                problems.append(f"symbolic link (only regular files and folders are allowed): {rel}")
-            elif stat.S_ISREG(mode):
-                hashes[rel] = sha256_file(p)
-            elif not stat.S_ISDIR(mode):
-                problems.append(f"not a regular file ({_kind(mode)}): {rel}")
-        dirs[:] = [d for d in dirs if stat.S_ISDIR((Path(parent) / d).lstat().st_mode)]
+    for p, mode in walk_tree(root):  # iterative (a folder 1,100 levels deep), never into a symlinked folder
+        rel = str(p.relative_to(root))
+        if stat.S_ISLNK(mode):
+            problems.append(f"symbolic link (only regular files and folders are allowed): {rel}")
+        elif stat.S_ISREG(mode):
+            hashes[rel] = sha256_file(p)
+        elif not stat.S_ISDIR(mode):
+            problems.append(f"not a regular file ({_kind(mode)}): {rel}")
     if "MANIFEST.json" not in hashes:
         return problems + ["MANIFEST.json is not a regular file"]
     if (root / "MANIFEST.json").stat().st_size > MANIFEST_MAX_BYTES:

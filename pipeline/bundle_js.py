@@ -120,13 +120,18 @@ def preprocessing(meta: dict[str, str], file_rel: str, variant: str, accuracy: f
     """One model's entry of ``preprocessing.json``, from its ONNX ``metadata_props`` (:mod:`runtime.metadata`)."""
     from runtime import metadata as md
 
-    m = md.ModelMetadata.from_props(meta)
+    try:
+        m = md.ModelMetadata.from_props(meta)
+    except (ValueError, TypeError) as e:  # the runtime's own rules (std a list of numbers...): never bundled
+        raise PipelineError(f"{file_rel} has malformed preprocessing metadata ({e}); re-export it with "
+                            "`pipeline run export --force`.") from None
     if m.missing():
         raise PipelineError(f"{file_rel} lacks the metadata {', '.join(m.missing())} that the JS preprocessing "
                             "reads; re-export it with `pipeline run export --force`.")
     return {"file": file_rel, "variant": variant, "accuracy": accuracy, "input_name": m.input_name,
             "output_name": meta.get(md.OUTPUT_NAME), "input_shape": list(m.input_shape), "layout": m.layout,
-            "pixel_scale": m.pixel_scale, "mean": list(m.mean), "std": list(m.std), "classes": list(m.classes)}
+            "pixel_scale": m.pixel_scale, "mean": list(m.mean), "std": list(m.std), "classes": list(m.classes),
+            "output_kind": m.output_kind}
 
 
 def _golden_from_raw(folder: Path, models: dict, raw: Path) -> None:

@@ -112,9 +112,15 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
     def wrapper(*args, **kwargs):
         from runtime.errors import BackendUnavailable, RuntimeInputError
 
-        from .layout import DISK_ERRNOS, DiskError, disk_error
+        from runtime.modelfile import check_path
+
+        from .layout import DISK_ERRNOS, PATH_ERRNOS, DiskError, disk_error, path_error
 
         try:
+            for name, value in kwargs.items():  # a name the OS cannot hold: Path.exists() would raise in 3.11
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, Path):
+                        check_path(v, f"path given as {name.replace('_', '-')}")
             return fn(*args, **kwargs)
         except DiskError as e:
             _error(e.advise(advice))
@@ -135,6 +141,9 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
             _error("finished stages and files are kept; rerun to continue.", prefix="interrupted:")
             raise typer.Exit(130) from None
         except OSError as e:  # a write outside atomic_path (a library's temp file, the lock file) was refused
+            if e.errno in PATH_ERRNOS:  # a path built from a name (--model) or a symlink loop on the way
+                _error(path_error(e))
+                raise typer.Exit(2) from None
             if e.errno not in DISK_ERRNOS:
                 raise
             _error(disk_error(e.filename or "a file", e, advice))
@@ -480,7 +489,7 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from runtime.bench import METHOD, NOISY_CV, check_timing, image_shape_of, sweep
+    from runtime.bench import METHOD, NOISY_CV, call_limit, check_timing, image_shape_of, sweep
     from runtime.onnxrt import OnnxrtRunner
 
     from . import efficiency, environment
@@ -495,7 +504,8 @@ def bench(
     from . import manifest
 
     manifest.require_intact_if_recorded(model, "pipeline bench")  # a run's artifact must be what it wrote
-    with OnnxrtRunner(model, provider=provider, threads=threads) as runner:
+    with OnnxrtRunner(model, provider=provider, threads=threads,
+                      time_limit=call_limit(duration, warmup_seconds)) as runner:  # a model that never returns
         image_shape = image_shape_of(runner, override)  # also refuses models without exactly one input
         results = sweep(runner, sizes, image_shape, warmup=warmup, warmup_seconds=warmup_seconds,
                         iterations=iterations, max_seconds=duration)

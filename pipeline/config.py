@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +29,28 @@ MAX_THREADS = 1024  # more intra-op threads than this is a typo (torch and onnxr
 MAX_NPROC = 256  # more local worker processes than this is a typo, not a machine (each one loads torch)
 
 
+def user_cache() -> Path:
+    """``$XDG_CACHE_HOME``, else ``~/.cache``. Set but empty, or relative, it counts as unset (the XDG Base
+    Directory spec: "If $XDG_CACHE_HOME is either not set or empty, a default equal to $HOME/.cache should be used";
+    relative paths are invalid), so an empty variable never writes MNIST into the current folder."""
+    env = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(env) if env and os.path.isabs(env) else Path.home() / ".cache"
+
+
+#: which variable (or default) named the data root, for errors about it: a cache problem must not blame --out
+def data_root_source() -> str:
+    if os.environ.get("PIPELINE_DATA"):
+        return "$PIPELINE_DATA"
+    env = os.environ.get("XDG_CACHE_HOME", "")
+    return "$XDG_CACHE_HOME" if env and os.path.isabs(env) else "the default user cache (~/.cache)"
+
+
 def default_data_root() -> Path:
     """Shared across checkouts, outside the repo: ``$PIPELINE_DATA`` or the user cache."""
     env = os.environ.get("PIPELINE_DATA")
     if env:
         return Path(env)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "edge-export-pipeline"
+    return user_cache() / "edge-export-pipeline"
 
 
 def stamp(cfg) -> dict:
@@ -55,6 +71,55 @@ def _check(cond: bool, msg: str) -> None:
         raise PipelineError(msg)
 
 
+#: What each kind of field accepts, and how a message names it. ``int`` is a whole number and never a bool (True is
+#: not 1 epoch); ``float`` any real number; ``str`` text; ``bool`` a switch.
+KINDS = {
+    "int": ("a whole number", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    "str": ("text", lambda v: isinstance(v, str)),
+    "bool": ("True or False", lambda v: isinstance(v, bool)),
+}
+#: The type of every tuning field: one table for the CLI, :func:`pipeline.run` and the dataclasses, checked before
+#: any range check and so before any work (``run(epochs=2.5)`` would otherwise train, then fail in ``range``).
+#: ``int8_budget`` is not here: it takes a number or the CLI's text (:func:`parse_budget`). A ``?`` allows None.
+FIELD_TYPES: dict[str, str] = {
+    "data.val_size": "int", "data.split_seed": "int", "data.max_train": "int?",
+    "train.epochs": "int", "train.batch_size": "int", "train.optimizer": "str", "train.lr": "float",
+    "train.weight_decay": "float", "train.schedule": "str", "train.label_smoothing": "float", "train.augment": "bool",
+    "train.ema": "float", "train.channels_last": "bool", "train.seed": "int", "train.device": "str",
+    "train.threads": "int", "train.world_size": "int",
+    "validate.warmup": "int", "validate.iterations": "int", "validate.max_seconds": "float",
+    "validate.golden_atol": "float", "validate.threads": "int", "validate.browser": "bool",
+    "quant.mode": "str", "quant.calib_size": "int", "quant.calib_method": "str", "quant.calib_seed": "int",
+    "quant.qat_epochs": "int", "quant.qat_lr": "float", "quant.qat_max_images": "int", "quant.cpu_variant": "bool",
+    "quant.sqnr_images": "int", "quant.sensitivity": "bool",
+}
+
+
+def _field_name(target: str) -> str:
+    """How a message names a field: the keyword and the option (``epochs (--epochs)``), else ``section.field``."""
+    option = next((o for o, ts in RUN_OPTIONS.items() if target in ts), None)
+    return f"{option} (--{option.replace('_', '-')})" if option else target
+
+
+def check_types(config, section: str) -> None:
+    """Refuse, naming all of them at once, the fields of ``config`` whose type is not :data:`FIELD_TYPES`' (the
+    value shown as its repr and type, so ``lr='0.01'`` is not reported as "got 0.01")."""
+    problems = []
+    for target, kind in FIELD_TYPES.items():
+        sec, _, name = target.partition(".")
+        if sec != section:
+            continue
+        value = getattr(config, name)
+        if kind.endswith("?") and value is None:
+            continue
+        words, ok = KINDS[kind.rstrip("?")]
+        if not ok(value):
+            problems.append(f"{_field_name(target)} must be {words}, got {value!r} ({type(value).__name__})")
+    if problems:
+        raise PipelineError("; ".join(problems) + ". Nothing was run.")
+
+
 def _finite(x: float) -> bool:
     """NaN and inf slip through one-sided comparisons (``inf >= 0`` is True), so floats are checked first."""
     return isinstance(x, (int, float)) and math.isfinite(x)
@@ -68,6 +133,7 @@ class DataConfig:
     max_train: int | None = None  # cap on training images (--quick); None = all
 
     def __post_init__(self):
+        check_types(self, "data")
         _check(1 <= self.val_size <= 30000, f"--val-size must be between 1 and 30000, got {self.val_size}.")
         _check(self.max_train is None or self.max_train >= 100, "max_train must be at least 100 images.")
 
@@ -93,6 +159,7 @@ class TrainConfig:
     world_size: int = field(default=1, metadata={"stamp": "unless-default"})
 
     def __post_init__(self):
+        check_types(self, "train")
         _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}.")
         _check(1 <= self.batch_size <= 8192, f"--batch-size must be in 1..8192, got {self.batch_size}.")
         _check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got '{self.optimizer}'.")
@@ -165,6 +232,7 @@ class ValidateConfig:
     browser: bool = True
 
     def __post_init__(self):
+        check_types(self, "validate")
         _check(all(b >= 1 for b in self.batches), "batch sizes must be >= 1.")
         _check(self.iterations >= 1 and self.warmup >= 0, "iterations must be >= 1 and warm-up >= 0.")
         _check(_finite(self.golden_atol) and self.golden_atol >= 0, "the golden tolerance must be a number >= 0.")
@@ -241,6 +309,7 @@ class QuantConfig:
     int8_budget: float | None = None
 
     def __post_init__(self):
+        check_types(self, "quant")
         object.__setattr__(self, "int8_budget", parse_budget(self.int8_budget))
         _check(self.mode in QUANT_MODES, f"--quant must be one of {', '.join(QUANT_MODES)}; got '{self.mode}'.")
         _check(self.calib_method in CALIB_METHODS,
@@ -335,6 +404,18 @@ def build_config(*, model="edgenet", artifacts: Path | str = "artifacts", data_r
     unknown = sorted(set(options) - set(RUN_OPTIONS))
     if unknown:
         raise PipelineError(f"Unknown option(s): {', '.join(unknown)}. Valid options: {', '.join(RUN_OPTIONS)}.")
+    wrong = [f"{n} must be True or False, got {v!r} ({type(v).__name__})" for n, v in (("force", force), ("quick", quick))
+             if not isinstance(v, bool)]
+    wrong += [f"{n} must be a path (str or os.PathLike), got {v!r} ({type(v).__name__})"
+              for n, v in (("artifacts", artifacts), ("data_root", data_root))
+              if v is not None and not isinstance(v, (str, os.PathLike))]
+    if wrong:
+        raise PipelineError("; ".join(wrong) + ". Nothing was run.")
+    from runtime.modelfile import path_problem
+
+    for n, v in (("artifacts", artifacts), ("data_root", data_root)):
+        if v is not None and (problem := path_problem(v)):
+            raise PipelineError(f"The {n} path {problem}. Nothing was run.")
     fields = {name: dict(QUICK.get(name, {})) if quick else {} for name in SECTIONS}
     if data_root is not None:
         fields["data"]["root"] = Path(data_root)

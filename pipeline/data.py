@@ -85,12 +85,35 @@ def materialize_offline(raw: Path) -> bool:
     return True
 
 
+def _make_cache(root: Path, raw: Path) -> None:
+    """Create the MNIST folder, or say in one paragraph why the data root cannot hold it, naming where that root
+    came from ($PIPELINE_DATA, $XDG_CACHE_HOME, ~/.cache or --data-root): not --out or --artifacts, which are fine."""
+    import errno
+
+    from .config import data_root_source, default_data_root
+
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        return
+    except OSError as e:
+        error = e
+    source = data_root_source() if root == default_data_root() else "--data-root"
+    why = {errno.ENOTDIR: "a file stands where a folder of that path should be",
+           errno.EEXIST: "a file stands where a folder of that path should be",
+           errno.ELOOP: "its path leads into a loop of symbolic links",
+           errno.ENAMETOOLONG: "its path is too long for the operating system"}.get(error.errno, error.strerror)
+    raise PipelineError(
+        f"The MNIST data folder {raw} cannot be created: {why}. Its root {root} comes from {source}; point "
+        f"{'it' if source.startswith(('$', '--')) else 'XDG_CACHE_HOME or PIPELINE_DATA'} at a writable folder (or "
+        "pass --data-root). Nothing was written.") from None
+
+
 def ensure_raw(root: Path) -> Path:
     """Make sure ``<root>/MNIST/raw`` holds the four verified IDX files; return that folder."""
     raw = Path(root) / "MNIST" / "raw"
     missing = [n for n in RAW_FILES if not (raw / n).exists()]
     if missing:
-        raw.mkdir(parents=True, exist_ok=True)
+        _make_cache(Path(root), raw)
         if not materialize_offline(raw):
             _download(root)
     for name, (_, md5) in RAW_FILES.items():

@@ -23,6 +23,39 @@ from exporters.atomic import current_umask as _umask  # noqa: F401  (pipeline.bu
 from .errors import PipelineError
 
 
+#: errors of a path itself, not of the disk: one paragraph naming it
+PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP)
+
+
+def path_error(e: OSError) -> str:
+    """One paragraph for an OSError of the path itself (too long, a symlink loop), for the CLI and pipeline.run."""
+    from runtime.modelfile import path_problem
+
+    name = e.filename or "a path"
+    why = path_problem(name) if e.errno == errno.ENAMETOOLONG and e.filename else None
+    if e.errno == errno.ELOOP:
+        why = f"{name} leads into a loop of symbolic links"
+    return (f"{why or f'{name}: {e.strerror}'}. Nothing was written.")
+
+
+def walk_tree(root: Path) -> Iterator[tuple[Path, int]]:
+    """Every entry under ``root`` with its ``lstat`` mode, depth first, never following a symlink, without
+    recursion: ``os.walk`` and ``Path.rglob`` recurse in Python 3.11, so a folder nested 1,100 levels deep raised
+    ``RecursionError``. Entries of one folder come sorted by name."""
+    stack = [Path(root)]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        below = []
+        for e in entries:
+            mode = e.stat(follow_symlinks=False).st_mode
+            yield Path(e.path), mode
+            if e.is_dir(follow_symlinks=False):
+                below.append(Path(e.path))
+        stack.extend(reversed(below))
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()

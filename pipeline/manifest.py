@@ -174,14 +174,19 @@ def require_intact_if_recorded(path: Path, command: str, levels: int = 3) -> Non
     """For commands that take any file (``predict``, ``bench``): when ``path`` lies in a run folder whose
     manifest records it (an artifact such as ``artifacts/edgenet/export/model-fp32.onnx``), it must still be what
     its stage wrote; a file no manifest records (the user's own model) is the user's to vouch for."""
-    path = Path(path).absolute()
-    for root in list(path.parents)[:levels]:
-        if (root / "stages.json").is_file():
-            rel = str(path.relative_to(root))
-            record = load(root / "stages.json")  # read once: the same record says whether and how to check
-            if recorded_sha(record, rel) is not None:
-                _refuse_for(command, root, check_files(root, record, [rel]))
-            return
+    given = Path(path).absolute()
+    try:  # a symlink (or a symlinked folder) to a run's artifact: what is really read is checked too
+        real = Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: opening it fails later, with its own message
+        real = given
+    for path in dict.fromkeys((given, real)):
+        for root in list(path.parents)[:levels]:
+            if (root / "stages.json").is_file():
+                rel = str(path.relative_to(root))
+                record = load(root / "stages.json")  # read once: the same record says whether and how to check
+                if recorded_sha(record, rel) is not None:
+                    _refuse_for(command, root, check_files(root, record, [rel]))
+                break
 
 
 def check(root: Path, record: dict[str, dict]) -> list[Problem]:
@@ -204,6 +209,11 @@ def refuse_damaged(root: Path, problems: list[Problem]) -> None:
 def temp_leftovers(root: Path) -> list[Path]:
     """Temp files of writes that a killed process never renamed into place: ``.<name>[.<random>].tmp``, as
     written by ``layout.atomic_path`` and ``exporters.tensorrt._write_atomic``."""
+    import stat
+
+    from .layout import walk_tree
+
     if not Path(root).is_dir():
         return []
-    return sorted(p for p in Path(root).rglob(".*.tmp") if p.is_file())
+    return sorted(p for p, mode in walk_tree(root) if stat.S_ISREG(mode) and p.name.startswith(".")
+                  and p.name.endswith(".tmp"))

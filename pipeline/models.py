@@ -366,7 +366,25 @@ def _check_user_model(model, name: str) -> None:
         raise PipelineError(f"{what} has no trainable parameters, so there is nothing to train. "
                             "Give it layers with weights (nn.Linear, nn.Conv2d...).")
     _check_io(model, name)
+    _check_gradient(model, name)
     macs_per_image(model, name)  # the train and validate stages count them; fail now, not after training
+
+
+NO_GRADIENT = ("so training cannot change its weights: its forward must return what its layers computed, without "
+               ".detach(), torch.no_grad(), .numpy() or a new tensor built from the values.")
+
+
+def _check_gradient(model, name: str) -> None:
+    """A model whose output carries no gradient (``.detach()`` in ``forward``) would end in a torch traceback at the
+    first ``backward``; refuse it now. In eval mode, so no BatchNorm statistic moves; train.py checks every step's
+    loss as well, for a model that detaches only when training."""
+    import torch
+
+    model.eval()
+    with user_code(name, "running a (2, 1, 28, 28) input with gradients on"), torch.enable_grad():
+        out = model(torch.zeros(2, *INPUT_SHAPE))
+    if not out.requires_grad:
+        raise PipelineError(f"{_who(name)}: its output carries no gradient, {NO_GRADIENT}")
 
 
 def _check_io(model, name: str) -> None:

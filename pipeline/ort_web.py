@@ -31,9 +31,10 @@ TARBALL = f"{PACKAGE}-{VERSION}.tgz"
 
 
 def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME`` (else ``~/.cache``) ``/edge-export-pipeline/npm``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edge-export-pipeline" / "npm"
+    """``$XDG_CACHE_HOME`` (else ``~/.cache``: :func:`pipeline.config.user_cache`) ``/edge-export-pipeline/npm``."""
+    from .config import user_cache
+
+    return user_cache() / "edge-export-pipeline" / "npm"
 
 
 def _integrity(path: Path) -> str:
@@ -51,7 +52,13 @@ def _fetch(dest: Path) -> None:
     if npm is None:
         why = "npm is not installed"
     else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file or a symlink loop where the cache should be: name the cache, not --out
+            raise PipelineError(
+                f"The npm cache folder {dest.parent} cannot be created ({e.strerror}); it lies under $XDG_CACHE_HOME "
+                "(else ~/.cache). Point XDG_CACHE_HOME at a writable folder, or pass the .tgz of `npm pack "
+                f"{PACKAGE}@{VERSION}` with --ort-web PATH. Nothing was written.") from None
         tmp = Path(tempfile.mkdtemp(prefix=".npm-pack.", dir=dest.parent))
         try:
             r = subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(tmp)],
@@ -83,7 +90,11 @@ def tarball(local: Path | None = None) -> Path:
             raise PipelineError(f"--ort-web {path} is not a file; give the .tgz that `npm pack {PACKAGE}@{VERSION}` writes.")
     else:
         path = cache_dir() / TARBALL
-        if not path.is_file():
+        try:
+            cached = path.is_file()
+        except OSError:  # ENAMETOOLONG under a long $XDG_CACHE_HOME: fetching names the problem
+            cached = False
+        if not cached:
             _fetch(path)
     if _integrity(path) != INTEGRITY:
         if local is None:

@@ -149,6 +149,11 @@ def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epoc
             loss = share * (world / len(idx))
             value, k, hits = totals(share, out, yb)
         check_loss(value, what, epoch, epochs, i + 1, steps, advice)
+        if not loss.requires_grad:  # models.py refuses this before training; a forward that detaches only in train mode
+            from .models import NO_GRADIENT
+
+            raise PipelineError(f"{what} stopped: the model's output carries no gradient in training mode, {NO_GRADIENT} "
+                                f"{_KEPT}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -198,3 +198,14 @@ def sweep(runner, batches, image_shape: tuple[int, ...], *, seed: int = 0, **mea
         feed = {inp.name: data}
         out[b] = measure(lambda: runner.infer(feed), b, sync=runner.synchronize, **measure_kwargs)
     return out
+
+
+#: added to a phase's own seconds to bound one call: room for a first call's lazy set-up (memory arenas, CUDA kernels)
+CALL_GRACE_S = 30.0
+
+
+def call_limit(max_seconds: float, warmup_seconds: float) -> float:
+    """Seconds one timed or warm-up call may take before the runner stops it (``OnnxrtRunner.time_limit``): the
+    longer phase plus :data:`CALL_GRACE_S`. Without it, a model that never returns (an endless Loop) would hang the
+    benchmark despite :func:`check_timing`'s finite budgets, since a call is only timed after it returns."""
+    return max(max_seconds, warmup_seconds) + CALL_GRACE_S

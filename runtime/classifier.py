@@ -45,10 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RuntimeInputError
-from .metadata import OUTPUT_NAME, ModelMetadata
+from .metadata import OUTPUT_KINDS, OUTPUT_NAME, ModelMetadata
 from .onnxrt import OnnxrtRunner
 
 CHUNK = 1024  # images per inference call
+PROBABILITY_TOL = 1e-2  # a row of probabilities must sum to 1 within this (FP16 softmax rounds), each in 0..1
 DEFAULT_IMAGE_SHAPE = (1, 28, 28)  # used for dynamic dims of a model without metadata
 _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -59,8 +60,8 @@ class Prediction:
 
     labels: list[str]  # predicted label per image
     indices: np.ndarray  # (N,) int64, predicted class index
-    probabilities: np.ndarray  # (N, C) float32, softmax of the logits
-    logits: np.ndarray  # (N, C) float32, raw model output
+    probabilities: np.ndarray  # (N, C) float32: softmax of logits, exp of log-probabilities, or as output
+    logits: np.ndarray  # (N, C) float32, raw model output (whatever its output_kind)
 
     @property
     def confidence(self) -> np.ndarray:
@@ -79,6 +80,26 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def to_probabilities(scores: np.ndarray, kind: str, model: str) -> np.ndarray:
+    """(N, C) scores -> probabilities by the model's ``output_kind``: softmax only for logits, exp for
+    log-probabilities, as they are for probabilities. Scores that are not what the kind says (a row that does not
+    sum to 1) raise :class:`RuntimeInputError` instead of a silently wrong confidence."""
+    if kind == "logits":
+        return softmax(scores)
+    if kind not in OUTPUT_KINDS:
+        raise RuntimeInputError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {kind!r}.")
+    p = np.exp(scores.astype(np.float64)) if kind == "log_probabilities" else scores.astype(np.float64)
+    sums = p.sum(axis=1)
+    bad = (p.min(axis=1) < -PROBABILITY_TOL) | (p.max(axis=1) > 1 + PROBABILITY_TOL) | (np.abs(sums - 1) > PROBABILITY_TOL)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RuntimeInputError(
+            f"{model} says its output holds {kind.replace('_', '-')}, but for {int(bad.sum())} of {len(p)} images they "
+            f"are not (image {i}: they sum to {sums[i]:.4g}{' after exp' if kind != 'probabilities' else ''}): its "
+            "output_kind metadata is wrong. Fix the metadata (or pass output_kind= to Classifier).")
+    return p.astype(np.float32)
+
+
 def _floats(name: str, value, model: str) -> tuple[float, ...]:
     vals = np.atleast_1d(np.asarray(value, dtype=object)).ravel()
     try:
@@ -94,8 +115,12 @@ class Classifier:
     """An exported digit classifier behind onnxruntime; a context manager (``with`` closes the session).
 
     ``provider`` is "cpu" or "cuda"; ``threads`` sets onnxruntime's intra-op
-    threads (0 = its default). ``mean``, ``std``, ``classes`` and
-    ``pixel_scale`` override the model's metadata.
+    threads (0 = its default). ``mean``, ``std``, ``classes``,
+    ``pixel_scale`` and ``output_kind`` (logits, probabilities or
+    log_probabilities: how scores become probabilities) override the model's
+    metadata. ``time_limit`` (seconds per inference call, None = none) stops
+    a model that runs longer (:class:`runtime.watchdog.RunTimeout`); Ctrl-C
+    always stops a run in progress.
 
     Attributes: ``classes`` (tuple of labels, index = output position),
     ``metadata`` (the :class:`ModelMetadata` in effect, overrides applied),
@@ -104,12 +129,13 @@ class Classifier:
     """
 
     def __init__(self, model_path, provider: str = "cpu", threads: int = 0, *, mean=None, std=None,
-                 classes=None, pixel_scale: float | None = None) -> None:
+                 classes=None, pixel_scale: float | None = None, output_kind: str | None = None,
+                 time_limit: float | None = None) -> None:
         self.path = Path(model_path)
-        self.runner = OnnxrtRunner(self.path, provider=provider, threads=threads)
+        self.runner = OnnxrtRunner(self.path, provider=provider, threads=threads, time_limit=time_limit)
         self.runner.activate()
         try:
-            self._configure(mean, std, classes, pixel_scale)
+            self._configure(mean, std, classes, pixel_scale, output_kind)
         except BaseException:
             self.runner.deactivate()
             raise
@@ -146,7 +172,7 @@ class Classifier:
         batch = inp.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
 
-    def _configure(self, mean, std, classes, pixel_scale) -> None:
+    def _configure(self, mean, std, classes, pixel_scale, output_kind) -> None:
         name = self.path.name
         props = self.runner.metadata_props()
         self._check_graph(props)
@@ -182,6 +208,9 @@ class Classifier:
             raise RuntimeInputError(f"pixel_scale must be a positive number, got {scale!r}.")
         if any(s <= 0 for s in std):
             raise RuntimeInputError(f"std must be positive, got {list(std)}.")
+        if output_kind is not None and output_kind not in OUTPUT_KINDS:
+            raise RuntimeInputError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}.")
+        self.output_kind = output_kind or file_meta.output_kind
 
         # Per-image input shape: metadata, else the graph's static dims.
         inp = self.runner.session.get_inputs()[0]
@@ -211,7 +240,8 @@ class Classifier:
         self.mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
         self.metadata = dataclasses.replace(file_meta, input_shape=self.image_shape, input_name=self.input_name,
-                                            pixel_scale=scale, mean=tuple(mean), std=tuple(std), classes=classes)
+                                            pixel_scale=scale, mean=tuple(mean), std=tuple(std), classes=classes,
+                                            output_kind=self.output_kind)
 
     # ------------------------------------------------------------------ input handling
     def _item(self, item) -> np.ndarray:
@@ -312,7 +342,8 @@ class Classifier:
                 "label can be given: the model file is broken (its input was finite). Re-export it, or use another "
                 "model.")
         idx = logits.argmax(axis=1).astype(np.int64)
-        return Prediction([self.classes[i] for i in idx], idx, softmax(logits), logits)
+        probabilities = to_probabilities(logits, self.output_kind, self.path.name)
+        return Prediction([self.classes[i] for i in idx], idx, probabilities, logits)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -19,6 +19,40 @@ from pathlib import Path
 
 from .errors import RuntimeInputError
 
+NAME_MAX = 255  # bytes in one path component (Linux, macOS; ext4, XFS, APFS)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+SHORTER = "give a shorter path (or move the files to a folder nearer the root)"
+
+
+def _shown(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]} ({len(raw):,} bytes)"
+
+
+def path_problem(path) -> str | None:
+    """Why the operating system cannot name ``path`` (None: it can). Python 3.11's ``Path.exists()`` raises
+    ENAMETOOLONG instead of answering False, so every command checks its paths with this first."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        return f"{_shown(raw.replace(bytes(1), b'?'))} contains a NUL byte, which no file name can hold; remove it"
+    if len(raw) >= PATH_MAX:
+        return (f"{_shown(raw)} is {len(raw):,} bytes long, over the {PATH_MAX:,}-byte limit of a path, so it cannot be "
+                f"opened or created; {SHORTER}")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return (f"{_shown(raw)} has a name of {len(longest):,} bytes ({_shown(longest[:40])}...), over the "
+                f"{NAME_MAX}-byte limit of one file or folder name, so it cannot be opened or created; {SHORTER}")
+    return None
+
+
+def check_path(path, what: str = "path") -> Path:
+    """``path`` as a Path, or :class:`RuntimeInputError` in one paragraph when the OS cannot name it."""
+    problem = path_problem(path)
+    if problem:
+        raise RuntimeInputError(f"The {what} {problem}.")
+    return Path(path)
+
+
 #: protobuf bytes of ``key: "location"`` (field 1, length 8) followed by the tag of ``value`` (field 2)
 _LOCATION_ENTRY = b"\x0a\x08location\x12"
 
@@ -55,7 +89,7 @@ def external_locations(path: Path) -> list[str]:
 
 def check_onnx_file(path) -> Path:
     """Refuse a path that is not a readable, non-empty file, or whose external data leaves its folder."""
-    path = Path(path)
+    path = check_path(path, "ONNX model path")
     if not path.exists():
         raise RuntimeInputError(f"ONNX model {path} does not exist.")
     if not path.is_file():

@@ -9,6 +9,7 @@ import numpy as np
 from .base import BaseRunner
 from .errors import BackendUnavailable, RuntimeInputError
 from .modelfile import check_onnx_file
+from .watchdog import raise_stopped, watch
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: onnxruntime.GraphOptimizationLevel member per accepted ``optimization`` name
@@ -27,6 +28,15 @@ def _ort():
     return onnxruntime
 
 
+def check_time_limit(value) -> float | None:
+    """None, or a finite number of seconds above 0: a NaN or infinite budget would never stop anything."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+        raise RuntimeInputError(f"time_limit must be a finite number of seconds above 0 (or None), got {value!r}.")
+    return float(value)
+
+
 class OnnxrtRunner(BaseRunner):
     """Runs an ONNX file with one onnxruntime execution provider.
 
@@ -36,12 +46,18 @@ class OnnxrtRunner(BaseRunner):
     ``basic`` executes QuantizeLinear/DequantizeLinear as written instead of
     fusing them into integer kernels (exact QDQ semantics: on x86 CPUs without
     VNNI the fused int8 kernels can saturate).
+
+    Every run can be stopped (:mod:`runtime.watchdog`): Ctrl-C and SIGTERM end a run in progress, and
+    ``time_limit`` (seconds per ``infer`` call, None = none) stops a model that runs longer with
+    :class:`runtime.watchdog.RunTimeout`, so a model that never returns cannot hang its caller.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0, optimization: str = "all") -> None:
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0, optimization: str = "all",
+                 time_limit: float | None = None) -> None:
         super().__init__()
+        self.time_limit = check_time_limit(time_limit)
         if provider not in PROVIDERS:
             raise RuntimeInputError(f"provider must be one of {', '.join(PROVIDERS)}, got '{provider}'.")
         if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
@@ -93,15 +109,23 @@ class OnnxrtRunner(BaseRunner):
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        options = self._run_options()
         try:
-            outs = self.session.run(None, dict(feed))
+            with watch(options, self.time_limit) as run:
+                outs = self.session.run(None, dict(feed), options)
         except Exception as e:  # onnxruntime's own Fail/InvalidArgument/RuntimeException: the model or the feed
             if not type(e).__module__.startswith("onnxruntime"):
                 raise
+            raise_stopped(run, str(self.path))  # Ctrl-C, SIGTERM or the time budget, not a broken model
             shapes = ", ".join(f"{k} {getattr(v, 'dtype', '?')}{list(getattr(v, 'shape', ()))}" for k, v in feed.items())
             raise RuntimeInputError(f"onnxruntime could not run {self.path} on {shapes}: "
                                     f"{str(e).strip()[:300]}") from None
         return dict(zip(self.output_names, outs))
+
+    def _run_options(self):
+        options = _ort().RunOptions()
+        options.log_severity_level = 4  # a stopped run is reported by us, not also as a C++ log line
+        return options
 
     def deactivate_impl(self) -> None:
         self.session = None

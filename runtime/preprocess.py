@@ -110,7 +110,9 @@ def load_image(path) -> np.ndarray:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
+    from .modelfile import check_path
+
+    path = check_path(path, "image path")
     if not path.exists():
         raise RuntimeInputError(f"{path} does not exist.")
     if not path.is_file():

@@ -524,6 +524,7 @@ def cases() -> list[Case]:
     for name, path in {"missing": "{ws}/none.onnx", "folder": "{ws}", "markup [/x]": "{ws}/[/x].onnx"}.items():
         add(Case("Classifier()", f"path {name}", lambda env, p=path: _classify(Path(env.fill(p)), 1)))
     out += __import__("tests.hostile_servers", fromlist=["cases"]).cases()  # issue 21's servers, paths, signals
+    out += __import__("tests.hostile_trust", fromlist=["cases"]).cases()  # issue 21, sections 3, 4, 6 and 7
     return out
 
 

@@ -144,3 +144,6 @@ def test_a_model_without_preprocessing_metadata_is_refused():
     del props["normalization_std"]
     with pytest.raises(PipelineError, match="lacks the metadata std"):
         preprocessing(props, "models/m.onnx", "onnx-fp32", 0.99)
+    for bad in ('"0.3"', "[0.3, NaN]", "[]", "0.3"):  # what Classifier refuses is never written into a bundle
+        with pytest.raises(PipelineError, match="malformed preprocessing metadata"):
+            preprocessing({**props, "normalization_std": bad}, "models/m.onnx", "onnx-fp32", 0.99)

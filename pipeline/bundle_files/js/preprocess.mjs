@@ -243,6 +243,84 @@ export function softmax(logits) {
   return e.map((v) => v / sum);
 }
 
+/** A problem with the model or its preprocessing contract (runtime.errors.RuntimeInputError's twin, raised by
+ * Classifier and predict for the same cases): the model must not be used, whatever the input. */
+export class ModelError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "ModelError";
+  }
+}
+
+/** runtime.metadata.OUTPUT_KINDS: what the scores output holds; softmax is applied to logits only. */
+export const OUTPUT_KINDS = ["logits", "probabilities", "log_probabilities"];
+/** runtime.classifier.PROBABILITY_TOL: a row of probabilities sums to 1 within this, each in 0..1. */
+export const PROBABILITY_TOL = 1e-2;
+
+const show = (v) => { try { return JSON.stringify(v)?.slice(0, 80) ?? String(v); } catch { return String(v); } };
+const finiteNumber = (v) => typeof v === "number" && Number.isFinite(v);
+
+/**
+ * One model's preprocessing.json entry, checked by Python's rules (runtime.metadata.number_list and label_list,
+ * Classifier._configure): mean and std non-empty lists of finite numbers with 1 or C values, every std above 0,
+ * pixel_scale a finite number above 0, classes a non-empty list of labels, a known output_kind (absent: logits).
+ * Throws ModelError naming every problem; returns the entry with output_kind filled in.
+ */
+export function checkParams(params, key = "model") {
+  const problems = [];
+  if (params === null || typeof params !== "object" || Array.isArray(params)) throw new ModelError(`${key}: its preprocessing entry is ${show(params)}, not an object.`);
+  const shape = params.input_shape;
+  const channels = Array.isArray(shape) && shape.length === 3 && shape.every((d) => Number.isInteger(d) && d > 0) ? shape[0] : null;
+  if (channels === null) problems.push(`input_shape must be 3 positive whole numbers (C, H, W), got ${show(shape)}`);
+  for (const name of ["mean", "std"]) {
+    const v = params[name];
+    if (!Array.isArray(v) || v.length === 0 || !v.every(finiteNumber)) problems.push(`${name} must be a non-empty list of finite numbers, got ${show(v)}`);
+    else if (channels !== null && v.length !== 1 && v.length !== channels) problems.push(`${name} has ${v.length} values but the model takes ${channels} channel(s)`);
+    else if (name === "std" && v.some((x) => x <= 0)) problems.push(`std must be positive, got ${show(v)}`);
+  }
+  if (!finiteNumber(params.pixel_scale) || params.pixel_scale <= 0) problems.push(`pixel_scale must be a positive number, got ${show(params.pixel_scale)}`);
+  const c = params.classes;
+  if (!Array.isArray(c) || c.length === 0 || !c.every((x) => typeof x === "string" || finiteNumber(x))) problems.push(`classes must be a non-empty list of labels, got ${show(c)}`);
+  const kind = params.output_kind ?? "logits";
+  if (!OUTPUT_KINDS.includes(kind)) problems.push(`output_kind must be one of ${OUTPUT_KINDS.join(", ")}, got ${show(kind)}`);
+  if (problems.length) throw new ModelError(`${key}: its preprocessing contract is refused (${problems.join("; ")}); rebuild the bundle from a pipeline export.`);
+  return { ...params, classes: c.map(String), output_kind: kind };
+}
+
+/**
+ * The scores of n images as rows (Classifier.predict's checks): the output must be [n, classes] and every score
+ * finite, or ModelError: a label from NaN scores, or from a row cut to fit a shorter label list, is never given.
+ * `output`: an onnxruntime Tensor ({data, dims}).
+ */
+export function scoreRows(output, n, params, file = "the model") {
+  const c = params.classes.length, dims = Array.from(output?.dims ?? []);
+  if (dims.length !== 2 || dims[0] !== n || dims[1] !== c) {
+    throw new ModelError(`${file} returned scores of shape ${show(dims)} for ${n} image(s) but there are ${c} classes: the label list does not match the model's outputs.`);
+  }
+  const rows = [];
+  let broken = 0;
+  for (let i = 0; i < n; i++) {
+    const row = Array.from(output.data.subarray(i * c, (i + 1) * c), Number);
+    if (!row.every(Number.isFinite)) broken++;
+    rows.push(row);
+  }
+  if (broken) throw new ModelError(`${file} returned NaN or infinite scores for ${broken} of ${n} image(s), so no label can be given: the model file is broken (its input was finite). Re-export it, or use another model.`);
+  return rows;
+}
+
+/** runtime.classifier.to_probabilities: softmax of logits, exp of log-probabilities, probabilities as they are;
+ * a row that is not what output_kind says throws ModelError. */
+export function toProbabilities(row, kind, file = "the model") {
+  if (kind === "logits") return softmax(row);
+  if (!OUTPUT_KINDS.includes(kind)) throw new ModelError(`output_kind must be one of ${OUTPUT_KINDS.join(", ")}, got ${show(kind)}.`);
+  const p = kind === "log_probabilities" ? row.map(Math.exp) : row.slice();
+  const sum = p.reduce((a, b) => a + b, 0);
+  if (Math.min(...p) < -PROBABILITY_TOL || Math.max(...p) > 1 + PROBABILITY_TOL || !(Math.abs(sum - 1) <= PROBABILITY_TOL)) {
+    throw new ModelError(`${file} says its output holds ${kind.replace("_", "-")}, but they sum to ${sum.toPrecision(4)}: its output_kind metadata is wrong.`);
+  }
+  return p;
+}
+
 /** Image -> {pixels (28x28 grey levels), tensor (what the model sees)}. */
 export function preprocess(image, params) {
   const pixels = toMnistPixels(image);

@@ -7,11 +7,13 @@
 // classify() preprocesses exactly as the Python runtime does (preprocess.mjs, the same bytes as the Node bundle's,
 // with mean/std/layout/labels from preprocessing.json, which the bundle generated from the ONNX metadata), then
 // runs the ONNX model with onnxruntime-web's WebAssembly build, loaded from ./ort/ (never from a CDN).
-// Errors about an input (blank picture, unreadable image) are PreprocessError with a one-line message.
+// Errors about an input (blank picture, unreadable image) are PreprocessError with a one-line message; a model or
+// preprocessing contract the Python runtime refuses (std 0 or not a list, NaN scores, fewer labels than outputs, an
+// unknown output_kind) throws ModelError, from createClassifier or classify, never a label.
 import * as ort from "./ort/ort.wasm.min.mjs";
-import { normalize, PreprocessError, softmax, toMnistPixels } from "./preprocess.mjs";
+import { checkParams, ModelError, normalize, PreprocessError, scoreRows, toMnistPixels, toProbabilities } from "./preprocess.mjs";
 
-export { PreprocessError };
+export { ModelError, PreprocessError };
 
 /** Images whose longer side exceeds this are downscaled (keeping the aspect) before preprocessing: a phone photo
  * of 4000x3000 would otherwise cost seconds of Lanczos work for a 20 px digit. */
@@ -56,8 +58,10 @@ export async function createClassifier(options = {}) {
   if (!resp.ok) throw new Error(`preprocessing.json: HTTP ${resp.status}; serve the whole bundle folder.`);
   const cfg = await resp.json();
   const key = options.model ?? Object.keys(cfg.models)[0];
-  const params = cfg.models[key];
-  if (!params) throw new Error(`no model ${key}; this bundle has ${Object.keys(cfg.models).join(", ")}.`);
+  if (!cfg?.models || !Object.hasOwn(cfg.models, key)) {
+    throw new ModelError(`no model ${key}; this bundle has ${Object.keys(cfg?.models ?? {}).join(", ") || "none"}.`);
+  }
+  const params = checkParams(cfg.models[key], key); // before the model is fetched: Python's rules, Python's refusals
   ort.env.wasm.wasmPaths = new URL("ort/", base).href;
   ort.env.wasm.numThreads = options.threads ?? 1;
   const session = await ort.InferenceSession.create(new URL(params.file, base).href, { executionProviders: ["wasm"] });
@@ -65,21 +69,28 @@ export async function createClassifier(options = {}) {
 
   let queue = Promise.resolve(); // one session.run at a time: a session does not take concurrent runs
 
-  /** The model's logits (Float32Array, batch x classes) for a normalized input tensor of `batch` images. */
-  async function run(tensor, batch = 1) {
+  /** The output tensor ({data, dims}) for a normalized input tensor of `batch` images, as the model gave it. */
+  async function runTensor(tensor, batch) {
     const shape = [batch, ...dims.slice(1)];
     const next = queue.then(() => session.run({ [params.input_name]: new ort.Tensor("float32", tensor, shape) }));
     queue = next.catch(() => {});
     const out = await next;
-    return (params.output_name ? out[params.output_name] : Object.values(out)[0]).data;
+    return params.output_name ? out[params.output_name] : Object.values(out)[0];
   }
 
-  /** 784 MNIST-style grey levels (white digit on black, as toMnistPixels returns) -> the result. */
+  /** The model's raw scores (Float32Array, batch x classes), unchecked: NaN stays NaN, for a caller that counts it
+   * (the validate stage's browser measurement). classify/classifyPixels check them before giving a label. */
+  async function run(tensor, batch = 1) {
+    return (await runTensor(tensor, batch)).data;
+  }
+
+  /** 784 MNIST-style grey levels (white digit on black, as toMnistPixels returns) -> the result; NaN scores, or
+   * scores that are not one per label, throw ModelError (Classifier.predict's refusals). */
   async function classifyPixels(pixels) {
-    const logits = await run(normalize(pixels, params));
-    const probabilities = softmax(logits);
+    const [logits] = scoreRows(await runTensor(normalize(pixels, params), 1), 1, params, params.file);
+    const probabilities = toProbabilities(logits, params.output_kind, params.file); // softmax for logits only
     const best = argmax(logits);
-    return { label: params.classes[best], index: best, probabilities, logits: Array.from(logits), pixels };
+    return { label: params.classes[best], index: best, probabilities, logits, pixels };
   }
 
   return {
