@@ -457,7 +457,7 @@ def bench(
     warmup_seconds: float = typer.Option(0.5, help="...and keep warming up until this many seconds passed (0 to 3600)."),
     rounds: int = typer.Option(7, help="Timing rounds (3 to 1000): each gives every model a burst at every batch size, "
                                        "the order rotated; figures are medians over rounds."),
-    iterations: int = typer.Option(50, help="Timed calls per burst (at most)."),
+    iterations: int = typer.Option(100, help="Timed calls per burst (at most)."),
     duration: float = typer.Option(0.3, help="Seconds per burst (at most; at least 3 calls; at most 3600 s)."),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = its default, one per core; at most 1024)."),
     provider: str = typer.Option("cpu", help="cpu | cuda (needs onnxruntime-gpu and a GPU)."),

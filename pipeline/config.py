@@ -159,7 +159,7 @@ class ValidateConfig:
     # every variant of a run is timed together, in rounds (runtime.bench.interleave): each round gives each variant
     # a burst at each batch size, the order rotated; figures are medians over rounds, with their spread (percent)
     rounds: int = 7
-    iterations: int = 30  # timed runs per burst (at most)
+    iterations: int = 100  # timed runs per burst (at most): a burst of fast calls ends here, of slow ones at max_seconds
     max_seconds: float = 0.15  # a burst's length in seconds (at most; at least 3 runs)
     golden_atol: float = 1e-5  # the checkpoint must reproduce golden.npz's logits within this (max |diff|)
     threads: int = 0  # intra-op threads for both torch and onnxruntime; 0 = all cores

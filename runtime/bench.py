@@ -156,7 +156,7 @@ def rotated(names: list, r: int) -> list:
     return list(names[k:]) + list(names[:k])
 
 
-def interleave(calls: dict[str, dict[int, Callable[[], object]]], *, rounds: int = 7, burst_calls: int = 30,
+def interleave(calls: dict[str, dict[int, Callable[[], object]]], *, rounds: int = 7, burst_calls: int = 100,
                burst_seconds: float = 0.15, warmup: int = 10, warmup_seconds: float = 0.0, min_calls: int = 3,
                syncs: dict[str, Callable[[], None] | None] | None = None) -> tuple[dict[str, dict[int, LatencyStats]], dict]:
     """Time several things together in rounds: ``calls[name][batch]()`` runs one inference of ``batch`` images.
