@@ -37,6 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # runtime/ ships beside this script (python -I leaves the script's folder off the path)
+sys.dont_write_bytecode = True  # no __pycache__ in the bundle: its MANIFEST.json lists every file it may hold
 from runtime.bench import check_rounds, interleave, untrusted  # noqa: E402  (the pipeline's own timing code)
 from runtime.errors import RuntimeInputError  # noqa: E402
 
