@@ -90,7 +90,7 @@ def _untrusted(report: dict) -> list[str]:
     if timing.get("trusted", True):
         return []
     return ["**Timing figures not to be trusted**: " + "; ".join(timing.get("untrusted", [])) + ". The rounds' "
-            "spread widens the noise a winner must beat, so a busy machine yields ties rather than a wrong winner, "
+            "spread widens the noise a winner must beat, so a busy machine tends to give ties rather than a wrong winner, "
             "but rerun on a quiet machine before quoting a speed figure.", ""]
 
 

@@ -303,22 +303,6 @@ def check_feed(runner, batches, image_shape: tuple[int, ...]) -> np.dtype:
     return dtype
 
 
-def sweep(runner, batches, image_shape: tuple[int, ...], *, seed: int = 0, **measure_kwargs) -> dict[int, LatencyStats]:
-    """Latency at each batch size for an onnxruntime runner, on random inputs of the model's dtype.
-
-    Every batch size is checked (:func:`check_feed`) before the first is timed."""
-    inp = the_input(runner)
-    dtype = check_feed(runner, batches, image_shape)  # timing settings are checked by measure, before warm-up
-    rng = np.random.default_rng(seed)
-    out = {}
-    for b in batches:
-        data = rng.standard_normal((b, *image_shape)).astype(dtype) if np.issubdtype(dtype, np.floating) \
-            else rng.integers(0, 255, (b, *image_shape)).astype(dtype)
-        feed = {inp.name: data}
-        out[b] = measure(lambda: runner.infer(feed), b, sync=runner.synchronize, **measure_kwargs)
-    return out
-
-
 def feeds(runner, batches, image_shape: tuple[int, ...], *, seed: int = 0) -> dict[int, Callable[[], object]]:
     """``{batch: run}`` for an onnxruntime runner, each ``run()`` one inference of a random batch of the model's
     dtype; every batch size is checked (:func:`check_feed`) before anything is built."""

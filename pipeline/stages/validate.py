@@ -2,9 +2,9 @@
 
 The stage only sequences: load the checkpoint, check it against the golden logits, run every variant of the
 table (:mod:`pipeline.variants`, each runner built by its row's factory), time them all together in interleaved
-rounds (docs/timing.md), assemble the
-report (:func:`pipeline.report.assemble`), write it, and only then judge parity, so a failing run still
-leaves a report to inspect. Comparing one variant and timing them all is :mod:`pipeline.validate`.
+rounds (docs/timing.md), assemble the report (:func:`pipeline.report.assemble`), write it, and only then judge
+parity, so a failing run still leaves a report to inspect. Comparing one variant and timing them all is
+:mod:`pipeline.validate`.
 """
 from __future__ import annotations
 
