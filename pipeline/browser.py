@@ -60,10 +60,10 @@ def version(executable: str) -> str:
 
 @dataclass(frozen=True)
 class Measured:
-    """One model measured in the browser: its test-set logits and the timings (ms) of each batch size."""
+    """One model measured in the browser: its test-set logits and, per batch size, each round's timings (ms)."""
 
     logits: np.ndarray  # (N, classes) float32
-    times_ms: dict[int, list[float]]
+    times_ms: dict[int, list[list[float]]]  # batch -> [[ms per call] per round], rounds in the order they ran
 
 
 #: cross-origin isolation: performance.now() then ticks in 5 us steps instead of 100 us
@@ -177,14 +177,20 @@ def _stage(folder: Path, models: dict[str, dict], pixels: np.ndarray, spec: dict
 
 
 def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, batches: tuple[int, ...],
-            warmup: int, iterations: int, max_seconds: float, timeout: float = 600) -> dict:
+            warmup: int, rounds: int, iterations: int, max_seconds: float, timeout: float = 600) -> dict:
     """Run ``models`` in headless Chromium on ``pixels`` (N x 28 x 28 uint8, MNIST's white-on-black bytes).
 
-    Returns ``{"models": {key: Measured}, "user_agent", "webgpu", "cross_origin_isolated"}``. Raises
+    The page times the models together in ``rounds`` rounds, as :func:`runtime.bench.interleave` does in Python:
+    each round a burst of at most ``iterations`` runs or ``max_seconds`` per model and batch size, the models' order
+    rotated each round. Returns ``{"models": {key: Measured}, "user_agent", "webgpu", "cross_origin_isolated",
+    "contention"}`` (:class:`runtime.bench.Contention` over the browser's whole session). Raises
     :class:`PipelineError` when the browser cannot start, the page reports an error, or nothing comes back
     within ``timeout`` seconds (Chromium is killed either way)."""
-    spec = {"batches": list(batches), "warmup": warmup, "iterations": iterations, "max_ms": 1000 * max_seconds,
-            "chunk": CHUNK}
+    from runtime.bench import Contention
+
+    spec = {"batches": list(batches), "warmup": warmup, "rounds": rounds, "iterations": iterations,
+            "max_ms": 1000 * max_seconds, "chunk": CHUNK}
+    watch = Contention(own=False)  # the page runs in Chromium's renderer, which this process does not wait for
     with tempfile.TemporaryDirectory(prefix="pipeline-browser.") as tmp:
         site, profile = Path(tmp) / "site", Path(tmp) / "profile"
         site.mkdir()
@@ -199,6 +205,7 @@ def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, bat
         launch.write_text(f'<!doctype html><script>location.replace({json.dumps(server.url + "bench.html#" + server.token)})'
                           "</script>\n")
         try:
+            watch.__enter__()
             proc = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", launch.as_uri()],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as e:
@@ -216,6 +223,7 @@ def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, bat
                     raise PipelineError(f"The measuring page in Chromium ({executable}) reported nothing in time; "
                                         "the browser may be unable to run onnxruntime-web's wasm build.")
         finally:
+            watch.__exit__(None, None, None)
             proc.kill()
             proc.wait()
             proc.stderr.close()
@@ -233,6 +241,19 @@ def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, bat
         # compare() counts those images as non-finite (as it does for any other runtime)
         logits = np.array([np.nan if v is None else v for v in r["logits"]], np.float64)
         logits = logits.astype(np.float32).reshape(len(pixels), -1)
-        out[key] = Measured(logits, {int(b): [float(t) for t in ts] for b, ts in r["times"].items()})
+        out[key] = Measured(logits, {int(b): _rounds(per_round, rounds, f"{key} at batch {b}")
+                                     for b, per_round in r["times"].items()})
     return {"models": out, "user_agent": inbox.get("userAgent", ""), "webgpu": bool(inbox.get("webgpu")),
-            "cross_origin_isolated": bool(inbox.get("crossOriginIsolated"))}
+            "cross_origin_isolated": bool(inbox.get("crossOriginIsolated")), "contention": watch.signals()}
+
+
+def _rounds(per_round, rounds: int, what: str) -> list[list[float]]:
+    """The page's per-round timings of one model and batch size, checked: ``rounds`` non-empty lists of finite,
+    non-negative milliseconds (the page is untrusted input)."""
+    ok = isinstance(per_round, list) and len(per_round) == rounds and all(
+        isinstance(r, list) and r and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                          and np.isfinite(t) and t >= 0 for t in r) for r in per_round)
+    if not ok:
+        raise PipelineError(f"The measuring page in Chromium posted timings for {what} that are not {rounds} rounds "
+                            "of finite, non-negative milliseconds.")
+    return [[float(t) for t in r] for r in per_round]

@@ -333,6 +333,9 @@ def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: d
     _savez(folder / "data" / "reference.npz", logits=logits)
     shutil.copy2(run.golden, folder / "data" / "golden.npz")
     shutil.copy2(FILES / "bench.py", folder / "bench.py")
+    (folder / "runtime").mkdir()  # bench.py times with the pipeline's own runtime/bench.py (numpy only)
+    for name in ("__init__.py", "bench.py", "errors.py"):
+        shutil.copy2(Path(__file__).resolve().parents[1] / "runtime" / name, folder / "runtime" / name)
     if target in ENGINE_TARGETS:
         shutil.copy2(Path(__file__).resolve().parents[1] / "exporters" / "tensorrt.py", folder / "build_engines.py")
         atomic_write(folder / "build_engines.sh", _trtexec(models))

@@ -474,22 +474,29 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @app.command()
 @guarded(advice=ADVICE["bench"])
 def bench(
-    model: Path = typer.Argument(..., help="Any ONNX image classifier."),
+    models: list[Path] = typer.Argument(..., help="One or more ONNX image classifiers; several are timed together, "
+                                                  "in rounds, and compared."),
     batches: str = typer.Option("1,8,64,256", "--batch", help="Comma-separated batch sizes to sweep."),
-    warmup: int = typer.Option(10, help="Untimed calls before timing each batch size (at most 10,000)."),
+    warmup: int = typer.Option(10, help="Untimed calls per model and batch size before the first round (at most 10,000)."),
     warmup_seconds: float = typer.Option(0.5, help="...and keep warming up until this many seconds passed (0 to 3600)."),
-    iterations: int = typer.Option(300, help="Timed calls per batch size (at most)."),
-    duration: float = typer.Option(3.0, help="Stop timing a batch size after this many seconds (at least 10 calls; at most 3600 s)."),
+    rounds: int = typer.Option(7, help="Timing rounds (3 to 1000): each gives every model a burst at every batch size, "
+                                       "the order rotated; figures are medians over rounds."),
+    iterations: int = typer.Option(100, help="Timed calls per burst (at most)."),
+    duration: float = typer.Option(0.3, help="Seconds per burst (at most; at least 3 calls; at most 3600 s)."),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = its default, one per core; at most 1024)."),
     provider: str = typer.Option("cpu", help="cpu | cuda (needs onnxruntime-gpu and a GPU)."),
     shape: Optional[str] = typer.Option(None, help="Per-image input shape, e.g. 1,28,28, when the model does not say."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:
-    """Latency percentiles and throughput of an ONNX model over a batch sweep, on onnxruntime."""
+    """Latency percentiles and throughput of ONNX models over a batch sweep, on onnxruntime, timed in interleaved
+    rounds; with several models, which is faster beyond the noise (else a tie, broken by the smaller file)."""
+    import contextlib
+
     from rich.console import Console
     from rich.table import Table
 
-    from runtime.bench import METHOD, NOISY_CV, call_limit, check_timing, image_shape_of, sweep
+    from runtime.bench import (METHOD, NOISY_CV, NOISY_SPREAD_PCT, ROUNDS_METHOD, SPREAD, Candidate, call_limit,
+                               check_rounds, feeds, image_shape_of, interleave, pick, untrusted)
     from runtime.onnxrt import OnnxrtRunner
 
     from . import efficiency, environment
@@ -497,50 +504,78 @@ def bench(
 
     sizes = _ints(batches, "--batch")
     override = _ints(shape, "--shape") if shape else None
-    check_timing(warmup=warmup, warmup_seconds=warmup_seconds, iterations=iterations, max_seconds=duration,
-                 names=("--warmup", "--warmup-seconds", "--iterations", "--duration"))
+    check_rounds(rounds=rounds, burst_calls=iterations, burst_seconds=duration, warmup=warmup,
+                 warmup_seconds=warmup_seconds,
+                 names=("--rounds", "--iterations", "--duration", "--warmup", "--warmup-seconds"))
     if json_out:
         check_output_file(json_out, "--json")  # before the benchmark, so its results are never lost
     from . import manifest
 
-    manifest.require_intact_if_recorded(model, "pipeline bench")  # a run's artifact must be what it wrote
-    with OnnxrtRunner(model, provider=provider, threads=threads,
-                      time_limit=call_limit(duration, warmup_seconds)) as runner:  # a model that never returns
-        image_shape = image_shape_of(runner, override)  # also refuses models without exactly one input
-        results = sweep(runner, sizes, image_shape, warmup=warmup, warmup_seconds=warmup_seconds,
-                        iterations=iterations, max_seconds=duration)
-    try:
-        macs = efficiency.onnx_macs_per_image(model, image_shape)
-    except Exception:  # shape inference can fail on exotic graphs; efficiency is then omitted
-        macs = None
-    peak = efficiency.peak_gflops() if macs and provider == "cpu" else None
-    table = Table(title=literal(f"{model.name} on onnxruntime-{provider}, input {('N', *image_shape)}"))
-    for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "CV", "images/s", "GFLOP/s"):
-        table.add_column(col, justify="right")
-    rows = []
-    for b, st in results.items():
-        eff = efficiency.achieved(macs, st.throughput_per_s, peak) if macs else {}
-        rows.append({**st.as_dict(), **eff})
-        table.add_row(str(b), f"{st.p50_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.p99_ms:.3f}", f"{st.mean_ms:.3f}",
-                      f"{st.std_ms:.3f}", f"{st.cv:.2f}" + (" !" if st.noisy else ""), f"{st.throughput_per_s:,.0f}",
-                      f"{eff['gflops']:.1f}" if eff else "-")
+    for model in models:
+        manifest.require_intact_if_recorded(model, "pipeline bench")  # a run's artifact must be what it wrote
+    # two copies of one file are two candidates: name them by path where their file names collide
+    names = [m.name for m in models]
+    labels = [str(m) if names.count(m.name) > 1 else m.name for m in models]
+    if len(set(labels)) < len(labels):
+        labels = [f"{i + 1}: {label}" for i, label in enumerate(labels)]
+    with contextlib.ExitStack() as active:
+        calls, shapes = {}, {}
+        for label, model in zip(labels, models):  # every model opened and checked before anything is timed
+            runner = active.enter_context(OnnxrtRunner(model, provider=provider, threads=threads,
+                                                         time_limit=call_limit(duration, warmup_seconds)))  # a model that never returns
+            shapes[label] = image_shape_of(runner, override)  # also refuses models without exactly one input
+            calls[label] = feeds(runner, sizes, shapes[label])
+        results, signals = interleave(calls, rounds=rounds, burst_calls=iterations, burst_seconds=duration,
+                                      warmup=warmup, warmup_seconds=warmup_seconds)
+    peak = None
     out = Console()
-    out.print(literal(f"model: {model}"), soft_wrap=True)  # the whole path, never wrapped (the title shows the name)
-    out.print(table)
-    if macs:
-        out.print(f"MACs per image: {macs:,} (from the ONNX graph). CPU peak: "
-                  + (f"{peak:.0f} GFLOP/s ({efficiency.PEAK_METHOD}); at batch {sizes[-1]} the model reaches "
-                     f"{100 * rows[-1]['fraction_of_peak']:.1f} % of it." if peak else "not measured for GPU providers."))
-    if any(st.noisy for st in results.values()):
-        out.print(f"[yellow]warning:[/] rows marked ! have a coefficient of variation above {NOISY_CV}: the machine "
-                  "is too noisy to trust small differences; close other programs and rerun.")
-    out.print(f"Timing method: {METHOD}; warm-up {warmup} calls and {warmup_seconds} s; up to {iterations} calls or "
-              f"{duration} s per batch size.", highlight=False)
+    report = []
+    for label, model in zip(labels, models):
+        try:
+            macs = efficiency.onnx_macs_per_image(model, shapes[label])
+        except Exception:  # shape inference can fail on exotic graphs; efficiency is then omitted
+            macs = None
+        if macs and provider == "cpu" and peak is None:
+            peak = efficiency.peak_gflops()
+        table = Table(title=literal(f"{model.name} on onnxruntime-{provider}, input {('N', *shapes[label])}"))
+        for col in ("batch", "p50 ms", "spread", "p90 ms", "p99 ms", "mean ms", "std ms", "CV", "images/s", "GFLOP/s"):
+            table.add_column(col, justify="right")
+        rows = []
+        for b, st in results[label].items():
+            eff = efficiency.achieved(macs, st.throughput_per_s, peak) if macs else {}
+            rows.append({**st.as_dict(), **eff})
+            table.add_row(str(b), f"{st.p50_ms:.3f}", f"{st.spread_pct:.1f} %" + (" !" if st.noisy else ""),
+                          f"{st.p90_ms:.3f}", f"{st.p99_ms:.3f}", f"{st.mean_ms:.3f}", f"{st.std_ms:.3f}",
+                          f"{st.cv:.2f}", f"{st.throughput_per_s:,.0f}", f"{eff['gflops']:.1f}" if eff else "-")
+        out.print(literal(f"model: {model}"), soft_wrap=True)  # the whole path, never wrapped (the title shows the name)
+        out.print(table)
+        if macs:
+            out.print(f"MACs per image: {macs:,} (from the ONNX graph). CPU peak: "
+                      + (f"{peak:.0f} GFLOP/s ({efficiency.PEAK_METHOD}); at batch {sizes[-1]} the model reaches "
+                         f"{100 * rows[-1]['fraction_of_peak']:.1f} % of it." if peak else
+                         "not measured for GPU providers."))
+        report.append({"model": str(model), "label": label, "size_bytes": model.stat().st_size,
+                       "image_shape": list(shapes[label]), "macs_per_image": macs, "results": rows})
+    verdict = None
+    if len(models) > 1:
+        small = min(sizes)
+        verdict = pick([Candidate(r["label"], results[r["label"]][small].p50_ms, results[r["label"]][small].spread_pct,
+                                  r["size_bytes"]) for r in report])
+        out.print(literal(f"Faster at batch {small}: {verdict.winner} ({verdict.sentence()})."), soft_wrap=True)
+    why = untrusted(signals, results)
+    if why:
+        out.print(literal(("warning:", "yellow"), " the figures are not to be trusted: " + "; ".join(why) + ". Rows "
+                          f"marked ! have a spread above {NOISY_SPREAD_PCT:g} % or a coefficient of variation above "
+                          f"{NOISY_CV}; close other programs and rerun."), soft_wrap=True)
+    out.print(f"Timing method: {METHOD}; {ROUNDS_METHOD}: {rounds} rounds, bursts of up to {iterations} calls or "
+              f"{duration} s, after {warmup} warm-up calls and {warmup_seconds} s per model and batch size. Spread: "
+              f"{SPREAD}.", highlight=False)
     if json_out:
         check_output_file(json_out, "--json")  # again: the path may have been replaced while the benchmark ran
-        write_json(json_out, {"model": str(model), "provider": provider, "image_shape": list(image_shape),
-                              "macs_per_image": macs, "peak_gflops": peak, "peak_method": efficiency.PEAK_METHOD,
-                              "method": METHOD, "results": rows, "environment": environment.capture(threads)})
+        write_json(json_out, {"provider": provider, "models": report, "peak_gflops": peak,
+                              "peak_method": efficiency.PEAK_METHOD, "method": METHOD, "rounds_method": ROUNDS_METHOD,
+                              "spread": SPREAD, "rounds": rounds, "verdict": verdict.as_dict() if verdict else None,
+                              "contention": {**signals, "untrusted": why}, "environment": environment.capture(threads)})
         out.print(literal(f"results written to {json_out}"), soft_wrap=True)
 
 

@@ -222,9 +222,12 @@ class ExportConfig:
 @dataclass(frozen=True)
 class ValidateConfig:
     batches: tuple[int, ...] = (1, 8, 64, 256)  # batch sizes timed (first and last appear in the summary)
-    warmup: int = 10  # untimed runs before timing
-    iterations: int = 200  # timed runs per batch size (at most)
-    max_seconds: float = 1.5  # stop timing a batch size after this long (at least 10 runs)
+    warmup: int = 10  # untimed runs per variant and batch size before the first round
+    # every variant of a run is timed together, in rounds (runtime.bench.interleave): each round gives each variant
+    # a burst at each batch size, the order rotated; figures are medians over rounds, with their spread (percent)
+    rounds: int = 7
+    iterations: int = 100  # timed runs per burst (at most): a burst of fast calls ends here, of slow ones at max_seconds
+    max_seconds: float = 0.15  # a burst's length in seconds (at most; at least 3 runs)
     golden_atol: float = 1e-5  # the checkpoint must reproduce golden.npz's logits within this (max |diff|)
     threads: int = 0  # intra-op threads for both torch and onnxruntime; 0 = all cores
     # also measure the web-wasm-* rows in headless Chromium (when it is installed): all test images and the first and
@@ -234,7 +237,15 @@ class ValidateConfig:
     def __post_init__(self):
         check_types(self, "validate")
         _check(all(b >= 1 for b in self.batches), "batch sizes must be >= 1.")
-        _check(self.iterations >= 1 and self.warmup >= 0, "iterations must be >= 1 and warm-up >= 0.")
+        from runtime.bench import check_rounds
+        from runtime.errors import RuntimeInputError
+
+        try:
+            check_rounds(rounds=self.rounds, burst_calls=self.iterations, burst_seconds=self.max_seconds,
+                         warmup=self.warmup, names=("validate rounds", "validate iterations (timed runs per burst)",
+                                                    "validate max_seconds (per burst)", "validate warmup", "-"))
+        except RuntimeInputError as e:
+            raise PipelineError(f"Timing settings: {e}") from None
         _check(_finite(self.golden_atol) and self.golden_atol >= 0, "the golden tolerance must be a number >= 0.")
 
 
@@ -355,7 +366,7 @@ def parse_budget(value) -> float | None:
 QUICK: dict[str, dict] = {
     "data": {"val_size": 1000, "max_train": 4000},
     "train": {"epochs": 2},
-    "validate": {"warmup": 3, "iterations": 20, "max_seconds": 0.1, "browser": False},
+    "validate": {"warmup": 3, "rounds": 3, "iterations": 10, "max_seconds": 0.02, "browser": False},
     "quant": {"calib_size": 128, "qat_max_images": 1024, "sqnr_images": 64},
 }
 

@@ -12,8 +12,12 @@ The rule, in :func:`recommend`:
   (``budget_pp``: the drop against the reference, in percentage points). A row with neither declared may not
   lose any accuracy (a budget of 0 pp): nobody said what loss is acceptable, so none is;
 - "fastest" is the lowest p50 latency at the smallest timed batch (batch 1: what one request of an app
-  waits for, the common edge case); higher throughput at the largest timed batch breaks a tie. Both figures
-  are recorded and shown;
+  waits for, the common edge case), the median over the interleaved timing rounds. It wins only when the others
+  are slower by more than the noise: the larger of the two rows' spreads over the rounds (percent; the rule is
+  :func:`runtime.bench.pick`, which ``pipeline bench`` uses too). A row within the noise of the fastest ties with
+  it, and the tie is broken by the smaller file, then the higher accuracy, then the name; the report says so
+  ("tie within noise (x % vs spread y %), broken by: smaller file"). Throughput at the largest timed batch is
+  recorded and shown;
 - a target with no qualifying row here gets its ``build_from`` file, ``measured`` false, and the command.
 
 Everything is computed from report.json's rows alone (``pipeline report`` rebuilds it from the file), and
@@ -25,6 +29,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePath
+
+from runtime.bench import Candidate, pick
 
 from . import variants
 
@@ -91,6 +97,17 @@ def figures(row: dict, small: str, big: str) -> tuple[float | None, float | None
     return (lat.get(small, {}).get("p50_ms"), lat.get(big, {}).get("throughput_per_s"))
 
 
+def spread(row: dict, batch: str) -> float | None:
+    """The spread (percent) of a row's p50 over its timing rounds at ``batch``; None when timed in one go."""
+    return row.get("latency", {}).get(batch, {}).get("spread_pct")
+
+
+def candidate(row: dict, batch: str) -> Candidate:
+    """A report row as :func:`runtime.bench.pick` sees it: p50 and spread at ``batch``, file size, accuracy."""
+    return Candidate(row["name"], figures(row, batch, batch)[0], spread(row, batch), row.get("size_bytes"),
+                     row.get("accuracy"))
+
+
 def disqualified(row: dict) -> str | None:
     """Why ``row`` may not be recommended (its accuracy promise is broken), or None when it may.
 
@@ -147,23 +164,30 @@ def recommend(report: dict) -> dict[str, dict]:
         measured = [r for r in rows if t.measures(r)]
         ok = [r for r in measured if disqualified(r) is None and figures(r, small, big)[0] is not None]
         if ok:
-            def speed(r):
-                p50, thr = figures(r, small, big)
-                return (p50, -(thr or 0.0), r["name"])
-
-            best = min(ok, key=speed)
+            verdict = pick([candidate(r, small) for r in ok])
+            best = next(r for r in ok if r["name"] == verdict.winner)
             p50, thr = figures(best, small, big)
+            noise = spread(best, small)
             rest = [r["name"] for r in ok if r is not best]
             out_of = [f"`{r['name']}` ({disqualified(r) or 'not timed at batch ' + small})"
                       for r in measured if r not in ok]
-            reason = (f"fastest at batch {small} (p50 {p50:.3f} ms"
-                      + (f"; {thr:,.0f} images/s at batch {big}" if thr is not None else "")
-                      + f") of the variants measured on this target here within their accuracy budget"
-                      + (f" (also: {', '.join(f'`{n}`' for n in rest)})" if rest else "")
+            figs = (f"p50 {p50:.3f} ms at batch {small}" + (f", spread {noise:.1f} %" if noise is not None else "")
+                    + (f"; {thr:,.0f} images/s at batch {big}" if thr is not None else ""))
+            within = "measured on this target here within their accuracy budget"
+            if verdict.tie:
+                head = (f"{verdict.sentence()}: of the variants {within}, "
+                        f"{', '.join(f'`{n}`' for n in verdict.tied)} are within the noise of the fastest "
+                        f"(`{verdict.fastest}`) at batch {small}; `{best['name']}`: {figs}")
+            elif verdict.runner_up is None:
+                head = f"the only variant {within.replace('their', 'its')} ({figs})"
+            else:
+                head = f"fastest at batch {small} of the variants {within} ({figs}), {verdict.sentence()}"
+            reason = (head + (f" (also: {', '.join(f'`{n}`' for n in rest)})" if rest else "")
                       + (f"; left out: {', '.join(out_of)}" if out_of else "") + ".")
             out[t.key] = {"variant": best["name"], "file": file_of(best), "reason": reason, "measured": True,
                           "command": command, "p50_ms": p50, "p50_batch": int(small), "throughput": thr,
-                          "throughput_batch": int(big), "accuracy": best["accuracy"]}
+                          "throughput_batch": int(big), "accuracy": best["accuracy"], "spread_pct": noise,
+                          "verdict": verdict.as_dict()}
         else:
             v = variants.BY_NAME[t.build_from]
             if measured:

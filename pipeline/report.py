@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
-from runtime.bench import METHOD
+from runtime.bench import METHOD, NOISY_SPREAD_PCT, ROUNDS_METHOD, SPREAD
 
 from . import ladder, recommend, variants
 from .layout import atomic_write, strict_json
@@ -53,21 +53,26 @@ def _what_to_ship(report: dict) -> list[str]:
     recs = _recommended(report)
     small, big = recommend.batches(report["variants"])
     titles = {t.key: t.title for t in recommend.TARGETS}
-    lines = ["## What to ship", "",
-             f"Per target, the fastest variant measured on it here (lowest p50 at batch {small}; throughput at batch "
-             f"{big} shown too) whose logits are finite and whose accuracy keeps its tolerance or budget (a variant "
-             "without one may lose none). Where a target is not measured here, the file to build from and the "
-             "command that measures it on the device."
+    lines = ["## What to ship", "", *_untrusted(report),
+             f"Per target, the fastest variant measured on it here (lowest p50 at batch {small}, the median over the "
+             f"timing rounds; throughput at batch {big} shown too) whose logits are finite and whose accuracy keeps "
+             "its tolerance or budget (a variant without one may lose none). It wins only when faster by more than "
+             "the noise (the larger spread of the rounds); a variant within the noise ties, and the tie is broken by "
+             "the smaller file, then the higher accuracy. Where a target is not measured here, the file to build from "
+             "and the command that measures it on the device."
              + (" The TensorRT-targeted INT8 files run with Q/DQ as written (¹) are not CPU measurements."
                 if any(v.get("ort_optimization") == "basic" for v in report["variants"]) else ""), "",
-             f"| target | file | variant | measured here | p50 @{small} (ms) | throughput @{big} (img/s) | accuracy |",
-             "|---|---|---|---|---|---|---|"]
+             f"| target | file | variant | measured here | p50 @{small} (ms) | spread | throughput @{big} (img/s) | "
+             "accuracy | decided by |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, r in recs.items():
-        p50, thr, acc = r.get("p50_ms"), r.get("throughput"), r.get("accuracy")
+        p50, thr, acc, sp = r.get("p50_ms"), r.get("throughput"), r.get("accuracy"), r.get("spread_pct")
+        verdict = r.get("verdict") or {}
         lines.append("| " + " | ".join([
             titles.get(key, key), f"`{r['file']}`", f"`{r['variant']}`", "yes" if r["measured"] else "no",
-            "-" if p50 is None else f"{p50:.3f}", "-" if thr is None else f"{thr:,.0f}",
-            "-" if acc is None else f"{100 * acc:.2f} %"]) + " |")
+            "-" if p50 is None else f"{p50:.3f}", "-" if sp is None else f"{sp:.1f} %",
+            "-" if thr is None else f"{thr:,.0f}", "-" if acc is None else f"{100 * acc:.2f} %",
+            verdict.get("sentence", "-").replace("|", "/")]) + " |")
     lines.append("")
     for key, r in recs.items():
         lines.append(f"- **{titles.get(key, key)}**: `{r['file']}`: {r['reason']}"
@@ -77,6 +82,39 @@ def _what_to_ship(report: dict) -> list[str]:
         lines += ["", "Accuracy against latency, with the Pareto front (no other variant both faster and more "
                   "accurate): " + "; ".join(f"{t.title}: `{recommend.plot_name(t.key)}`" for t in plotted) + "."]
     return lines + [""]
+
+
+def _untrusted(report: dict) -> list[str]:
+    """A warning paragraph when the timing sessions say the figures are not to be trusted, and why."""
+    timing = report.get("timing") or {}
+    if timing.get("trusted", True):
+        return []
+    return ["**Timing figures not to be trusted**: " + "; ".join(timing.get("untrusted", [])) + ". The rounds' "
+            "spread widens the noise a winner must beat, so a busy machine tends to give ties rather than a wrong winner, "
+            "but rerun on a quiet machine before quoting a speed figure.", ""]
+
+
+def _timing(report: dict) -> list[str]:
+    """How the latency figures were taken: rounds, the spread's definition, and each session's contention signals."""
+    timing = report.get("timing")
+    if not timing:
+        return []
+    lines = ["", "## Timing", "",
+             f"{timing['method']}: {timing['rounds']} rounds, bursts of at most {timing['burst_calls']} calls or "
+             f"{timing['burst_seconds']:g} s, after {timing['warmup_calls']} warm-up calls per variant and batch size. "
+             f"Spread: {timing['spread']}; over {NOISY_SPREAD_PCT:g} % the figures are flagged.", "",
+             "| timed in | variants | seconds | load (1 min) / cores | others' CPU | steal | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for ses in timing["sessions"]:
+        load = ses.get("load_1min")
+        lines.append("| " + " | ".join([
+            ses["where"], ", ".join(f"`{n}`" for n in ses["variants"]), f"{ses['seconds']:.1f}",
+            ("-" if load is None else f"{load:.2f}") + f" / {ses['cores']}",
+            "-" if ses.get("others_cpu_pct") is None else f"{ses['others_cpu_pct']:.0f} %",
+            "-" if ses.get("steal_pct") is None else f"{ses['steal_pct']:.1f} %",
+            ("NOT to be trusted: " + "; ".join(ses["untrusted"])) if ses["untrusted"] else "quiet"]).replace("\n", " ")
+                     + " |")
+    return lines
 
 
 def _sensitivity(sens: dict) -> list[str]:
@@ -173,12 +211,17 @@ def render_markdown(report: dict) -> str:
                   "bundle's classifier.js (the JS normalization included) and timed single awaited runs with "
                   "performance.now(); the first and last batch sizes only. Figures from this host's browser, not a "
                   "phone's."]
-    lines += ["", "## Latency by batch size", "", "| variant | batch | p50 ms | p90 ms | p99 ms | mean ms | CV | img/s |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Latency by batch size", "",
+              "p50 and img/s: medians over the timing rounds; spread: (max - min) / median of the rounds' p50s; p90, "
+              "p99, mean and CV over all timed calls.", "",
+              "| variant | batch | p50 ms | spread | p90 ms | p99 ms | mean ms | CV | img/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for v in report["variants"]:
         for bsz, st in sorted(v.get("latency", {}).items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| `{v['name']}` | {bsz} | {st['p50_ms']:.3f} | {st['p90_ms']:.3f} | {st['p99_ms']:.3f} | "
-                         f"{st['mean_ms']:.3f} | {st['cv']:.2f} | {st['throughput_per_s']:,.0f} |")
+            sp = st.get("spread_pct")
+            lines.append(f"| `{v['name']}` | {bsz} | {st['p50_ms']:.3f} | {'-' if sp is None else f'{sp:.1f} %'} | "
+                         f"{st['p90_ms']:.3f} | {st['p99_ms']:.3f} | {st['mean_ms']:.3f} | {st['cv']:.2f} | "
+                         f"{st['throughput_per_s']:,.0f} |")
     spans: dict[str, list[str]] = {}  # what one timed call includes, per variant (trtexec names H2D/compute/D2H apart)
     for v in report["variants"]:
         inc = next((st["includes"] for st in v.get("latency", {}).values() if st.get("includes")), None)
@@ -216,6 +259,7 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {row['layer']} | {row['op']} | " + " | ".join(cells) + " |")
     if q and q.get("sensitivity"):
         lines += _sensitivity(q["sensitivity"])
+    lines += _timing(report)
     lines += [""] + ladder.markdown(report.get("ladder") or {})
     env = report["environment"]
     lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
@@ -243,11 +287,11 @@ def write(report: dict, json_path: Path, md_path: Path) -> None:
 
 def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], logits: dict, labels, *,
              params: int, macs: int, peak_gflops: float, environment: dict, history: list | None,
-             quantization: dict | None, qat_torch: dict | None = None) -> dict:
+             quantization: dict | None, qat_torch: dict | None = None, timing: dict | None = None) -> dict:
     """The report dict (the README's "Report contract") from what the validate stage measured.
 
     ``rows`` are the variants' figures (the reference first), ``logits`` each run variant's test-set logits
-    (name -> (N, 10)), ``labels`` the test labels; ``ckpt`` is the loaded checkpoint (training summary,
+    (name -> (N, 10)), ``timing`` how they were timed (:func:`timing_record`), ``labels`` the test labels; ``ckpt`` is the loaded checkpoint (training summary,
     config, class names). ``peak_gflops`` is the CPU's measured float32 peak (GFLOP/s) and ``environment``
     the machine and versions; ``history`` and ``quantization`` are the training curves and per-layer SQNR
     (None when absent); ``qat_torch`` the QAT model's accuracy before export (the accuracy ladder's simulated
@@ -290,6 +334,7 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
         "ladder": ladder.build(rows, skipped, qat_torch),
         "quick": cfg.quick,
         "environment": environment,
+        "timing": timing,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     rep["recommended"] = recommend.recommend(rep)
@@ -301,6 +346,15 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
     np.add.at(matrix, (labels, logits[chosen].argmax(1)), 1)
     rep["confusion"] = {"variant": chosen, "classes": ckpt["classes"], "matrix": matrix.tolist()}
     return rep
+
+
+def timing_record(cfg, sessions: list[dict]) -> dict:
+    """report.json's ``timing``: the rounds' settings (``cfg``, a :class:`~pipeline.config.ValidateConfig`), the
+    spread's definition, every timing session (:func:`pipeline.validate.timing_session`) and whether to trust them."""
+    why = [f"{s['where']}: {reason}" for s in sessions for reason in s["untrusted"]]
+    return {"method": ROUNDS_METHOD, "spread": SPREAD, "rounds": cfg.rounds, "burst_calls": cfg.iterations,
+            "burst_seconds": cfg.max_seconds, "warmup_calls": cfg.warmup, "sessions": sessions, "trusted": not why,
+            "untrusted": why}
 
 
 def _ratios(row: dict, base: dict, small: str, big: str) -> dict:

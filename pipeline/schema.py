@@ -60,6 +60,12 @@ def _models():
         iterations: Positive
         batch: Positive
         includes: Optional[str] = None  # what one timed call spans (reports written before it lack it)
+        # interleaved timing (reports written before it lack these): p50_ms and throughput_per_s are then medians
+        # over `rounds` rounds; round_p50_ms each round's median (ms); spread_pct = (max - min) / median of
+        # round_p50_ms, in percent (runtime.bench.SPREAD); null when timed in one go
+        rounds: Positive = 1
+        round_p50_ms: Optional[list[NonNeg]] = None
+        spread_pct: Optional[NonNeg] = None
 
     class LayerPrecisions(Strict):
         by_precision: dict[str, Count]
@@ -187,6 +193,37 @@ def _models():
                 raise ValueError(f"matrix must be {n} x {n}, one row and column per class")
             return self
 
+    class Verdict(Strict):  # runtime.bench.pick: a winner only beyond the noise, else a tie and its breaker
+        winner: str
+        fastest: str  # the lowest p50, which is not the winner when a tie was broken another way
+        tied: list[str]  # the variants within the noise of the fastest, winner first; empty: no tie
+        difference_pct: Optional[NonNeg] = None  # percent slower than the fastest (tie: the slowest tied; else the runner-up)
+        spread_pct: Optional[NonNeg] = None  # percent: the noise difference_pct was held against
+        broken_by: Optional[Literal["smaller file", "higher accuracy", "name"]] = None
+        runner_up: Optional[str] = None
+        sentence: str
+
+    class TimingSession(Strict):  # one timing session: what was timed together, and what else the machine did
+        where: Literal["python", "browser"]
+        variants: list[str]
+        seconds: NonNeg
+        cores: Positive
+        load_1min: Optional[NonNeg] = None  # 1-minute load average at the end (null: the OS gives none)
+        steal_pct: Optional[NonNeg] = None  # percent of all CPU time stolen by the hypervisor (null: not Linux)
+        others_cpu_pct: Optional[NonNeg] = None  # percent of all cores' time used by other processes (null: unknown)
+        untrusted: list[str]  # why its figures are not to be trusted; empty: nothing says so
+
+    class Timing(Strict):  # how the latency figures were taken (runtime.bench.interleave)
+        method: str
+        spread: str  # the definition of spread_pct
+        rounds: Positive
+        burst_calls: Positive  # timed calls per burst, at most
+        burst_seconds: NonNeg  # a burst's length, at most
+        warmup_calls: Count
+        sessions: list[TimingSession]
+        trusted: bool  # false: some session's figures are not to be trusted (untrusted says why)
+        untrusted: list[str]
+
     class Recommendation(Strict):  # one target's "What to ship" entry (pipeline.recommend)
         variant: str
         file: str
@@ -198,6 +235,8 @@ def _models():
         throughput: Optional[NonNeg] = None  # images/s at throughput_batch
         throughput_batch: Optional[Positive] = None
         accuracy: Optional[Fraction] = None
+        spread_pct: Optional[NonNeg] = None  # the chosen variant's p50 spread over the rounds, percent
+        verdict: Optional[Verdict] = None  # measured targets: how the variant was picked (reports before it lack it)
 
     class Report(Strict):
         model: str
@@ -212,6 +251,7 @@ def _models():
         environment: dict[str, Any]
         confusion: Optional[Confusion] = None
         recommended: Optional[dict[str, Recommendation]] = None  # reports written before it lack it
+        timing: Optional[Timing] = None  # reports written before interleaved timing lack it
 
         @model_validator(mode="after")
         def _recommended_rows_exist(self):

@@ -3,7 +3,8 @@
 
 Running is kept apart from judging (Polygraphy's Comparator habit):
 :func:`run_logits` produces logits, :func:`compare` turns them into figures (accuracy and agreement as
-fractions, accuracy delta in percentage points), :func:`latency` times a runner (ms, images/s),
+fractions, accuracy delta in percentage points), :func:`latency` times all runners together in rounds (ms,
+images/s, spread in percent),
 :func:`over_budget` lists accuracy budgets missed and :func:`check_parity` collects every broken
 tolerance and raises once.
 """
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.base import BaseRunner
-from runtime.bench import measure
+from runtime.bench import interleave, untrusted
 
 from .config import ValidateConfig
 from .errors import ParityError, PipelineError
@@ -70,48 +71,71 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> di
     }
 
 
-def latency(runner: BaseRunner, images: np.ndarray, cfg: ValidateConfig) -> dict:
-    """``{"<batch>": stats}`` for every batch size in ``cfg.batches``.
-
-    Stats time the whole call (host wall clock); each carries ``includes``, what that call spans
-    (``runner.latency_includes``: for TensorRT the H2D copy, GPU compute, D2H copy and synchronization).
-    No "copies excluded" figure is given: Polygraphy's own ``last_inference_time()`` spans the copies too.
-    """
+def feeds(runner: BaseRunner, images: np.ndarray, batches) -> dict[int, Callable[[], object]]:
+    """``{batch: run}``: one inference of the first ``batch`` test images (repeated when fewer) per call, for every
+    batch size; a batch outside the runner's engine profile is refused before anything is timed."""
     out = {}
-    for b in cfg.batches:
+    for b in batches:
         if runner.batch_range and not runner.batch_range[0] <= b <= runner.batch_range[1]:
             lo, hi = runner.batch_range
             raise PipelineError(f"{runner.name} accepts batches {lo} to {hi} (its engine's optimization profile), "
                                 f"so batch {b} cannot be timed; rebuild the engine with a profile that covers it.")
         reps = -(-b // len(images))
         batch = np.ascontiguousarray(np.concatenate([images] * reps)[:b]) if reps > 1 else np.ascontiguousarray(images[:b])
-        feed = {INPUT: batch}
-        stats = measure(lambda: runner.infer(feed), b, warmup=cfg.warmup, iterations=cfg.iterations,
-                        max_seconds=cfg.max_seconds, sync=runner.synchronize)
-        if stats.noisy:
-            log.warning("%s batch %d: latency varies a lot (CV %.2f); the machine may be busy", runner.name, b, stats.cv)
-        out[str(b)] = {**stats.as_dict(), "includes": runner.latency_includes}
+        out[b] = (lambda feed: lambda: runner.infer(feed))({INPUT: batch})
     return out
 
 
-def validate_variant(variant: Variant, make_runner: Callable[[], BaseRunner], images, labels,
-                     reference: np.ndarray | None, cfg: ValidateConfig) -> tuple[dict, np.ndarray]:
-    """One variant's report row (every figure) and its logits on ``images``; ``reference`` None means this
-    variant is the reference. ``make_runner`` builds the runner (the row's factory), entered here."""
-    with make_runner() as runner:
-        logits = run_logits(runner, images)
-        figures = compare(logits, logits if reference is None else reference, labels)
-        lat = latency(runner, images, cfg)
-    row = _row(variant, figures, lat)
+def latency(runners: dict[str, BaseRunner], images: np.ndarray, cfg: ValidateConfig) -> tuple[dict, dict]:
+    """Every runner timed together, in rounds (:func:`runtime.bench.interleave`), at every batch size of ``cfg``.
+
+    Returns ``({name: {"<batch>": stats}}, session)``: stats time the whole call (host wall clock), median over
+    ``cfg.rounds`` rounds with their spread, and each carries ``includes``, what that call spans
+    (``runner.latency_includes``: for TensorRT the H2D copy, GPU compute, D2H copy and synchronization; no "copies
+    excluded" figure: Polygraphy's own ``last_inference_time()`` spans the copies too). ``session`` is
+    :func:`timing_session`'s record: the contention signals and why the figures may not be trusted."""
+    calls = {name: feeds(r, images, cfg.batches) for name, r in runners.items()}
+    stats, signals = interleave(calls, rounds=cfg.rounds, burst_calls=cfg.iterations, burst_seconds=cfg.max_seconds,
+                                warmup=cfg.warmup, syncs={name: r.synchronize for name, r in runners.items()})
+    out = {name: {str(b): {**st.as_dict(), "includes": runners[name].latency_includes} for b, st in by.items()}
+           for name, by in stats.items()}
+    return out, timing_session("python", list(runners), signals, stats)
+
+
+def timing_session(where: str, names: list[str], signals: dict, stats: dict) -> dict:
+    """One timing session's record for report.json's ``timing.sessions``: where it ran (``python``: this process's
+    runtimes; ``browser``: headless Chromium), the variants it timed together, the contention signals and the
+    reasons (plain sentences) its figures are not to be trusted, each also logged as a warning."""
+    why = untrusted(signals, stats)
+    for reason in why:
+        log.warning("timing (%s): not to be trusted: %s", where, reason)
+    return {"where": where, "variants": names, **signals, "untrusted": why}
+
+
+def validate_variant(variant: Variant, runner: BaseRunner, images, labels,
+                     reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
+    """One variant's report row (every figure but latency, which :func:`latency` adds for all variants at once)
+    and its logits on ``images``; ``reference`` None means this variant is the reference. ``runner`` is active."""
+    logits = run_logits(runner, images)
+    figures = compare(logits, logits if reference is None else reference, labels)
+    row = _row(variant, figures, {})
     if variant.backend == "onnxruntime":
         row["ort_optimization"] = variant.ort_optimization
     if figures["nonfinite"]:
         log.error("%s: %d of %d test images give NaN or infinite logits", variant.name, figures["nonfinite"],
                   len(images))
-    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %s  p50@1 %.3f ms  %.0f img/s @%s",
-             variant.name, 100 * figures["accuracy"], figures["agreement"], _diff(figures["max_abs_diff"]),
-             lat[str(cfg.batches[0])]["p50_ms"], lat[str(cfg.batches[-1])]["throughput_per_s"], cfg.batches[-1])
+    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %s", variant.name, 100 * figures["accuracy"],
+             figures["agreement"], _diff(figures["max_abs_diff"]))
     return row, logits
+
+
+def log_latency(row: dict) -> None:
+    """One line per timed row: p50 at the smallest batch (and its spread), throughput at the largest."""
+    lat = row["latency"]
+    small, big = min(lat, key=int), max(lat, key=int)
+    log.info("%-14s p50@%s %.3f ms (spread %.1f%%)  %.0f img/s @%s%s", row["name"], small, lat[small]["p50_ms"],
+             lat[small].get("spread_pct") or 0.0, lat[big]["throughput_per_s"], big,
+             f" ({row['measured_in']})" if row.get("measured_in") else "")
 
 
 def _row(variant: Variant, figures: dict, lat: dict) -> dict:
@@ -120,22 +144,22 @@ def _row(variant: Variant, figures: dict, lat: dict) -> dict:
             "precision": variant.precision, **figures, "budget_pp": variant.budget_pp, "latency": lat}
 
 
-def browser_row(variant: Variant, logits: np.ndarray, times_ms: dict[int, list[float]], reference: np.ndarray,
+def browser_row(variant: Variant, logits: np.ndarray, times_ms: dict[int, list[list[float]]], reference: np.ndarray,
                 labels, measured_in: str) -> dict:
     """A row measured in a browser (:mod:`pipeline.browser`): the same figures as :func:`validate_variant`'s, from
-    the logits and timings the page posted. ``measured_in`` names the browser, runtime and host, and goes into the
-    report beside the figures: they are not a Python runtime's."""
-    from runtime.bench import summarize
+    the logits and the per-round timings (``{batch: [[ms, ...] per round]}``) the page posted, combined as Python's
+    rounds are (:func:`runtime.bench.combine_rounds`). ``measured_in`` names the browser, runtime and host, and goes
+    into the report beside the figures: they are not a Python runtime's."""
+    from runtime.bench import combine_rounds
 
     figures = compare(logits, reference, labels)
-    lat = {str(b): {**summarize(np.asarray(t, np.float64), b).as_dict(),
+    lat = {str(b): {**combine_rounds(t, b).as_dict(),
                     "includes": "one awaited classifier run (onnxruntime-web session.run) in the page, performance.now()"}
            for b, t in sorted(times_ms.items())}
     row = {**_row(variant, figures, lat), "measured_in": measured_in}
-    small, big = str(min(times_ms)), str(max(times_ms))
-    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %s  p50@%s %.3f ms  %.0f img/s @%s (%s)",
-             variant.name, 100 * figures["accuracy"], figures["agreement"], _diff(figures["max_abs_diff"]), small,
-             lat[small]["p50_ms"], lat[big]["throughput_per_s"], big, measured_in)
+    log.info("%-14s accuracy %.2f%%  agreement %.4f  max|diff| %s (%s)", variant.name, 100 * figures["accuracy"],
+             figures["agreement"], _diff(figures["max_abs_diff"]), measured_in)
+    log_latency(row)
     return row
 
 

@@ -1,18 +1,27 @@
-"""Latency measurement that a careful engineer can trust.
+"""Latency measurement that a careful engineer can trust, on a machine that may be busy.
 
-Method: ``warmup`` untimed calls, then timed calls until ``iterations`` are
-done or ``max_seconds`` have passed (never fewer than ``min_iterations``).
-Each call is timed on the host with ``time.perf_counter_ns``; a ``sync``
-callable, when given (GPU backends), runs inside the timed region so
-asynchronous work is counted. Reported: percentiles, mean, std, the
-coefficient of variation, and throughput = images / total timed seconds.
+One thing, :func:`measure`: ``warmup`` untimed calls, then timed calls until ``iterations`` are done or
+``max_seconds`` have passed (never fewer than ``min_iterations``).
+
+Several things compared, :func:`interleave`: a load burst during one variant's turn must not decide which is
+faster, so all of them are timed together in ROUNDS. Each round gives every variant a short burst (at most
+``burst_calls`` calls or ``burst_seconds``) at each batch size, the variants' order rotated by one each round;
+per variant and batch the figures are the MEDIAN over rounds of each round's median latency (and of each round's
+throughput), and the SPREAD is how far the rounds disagree (:func:`spread_pct`). :class:`Contention` watches the
+machine meanwhile (load average against cores, CPU steal and other processes' CPU time from ``/proc/stat``), and
+:func:`pick` calls a winner only when it is faster by more than that noise (otherwise a tie, broken by the
+smaller file, then the higher accuracy, then the name).
+
+Each call is timed on the host with ``time.perf_counter_ns``; a ``sync`` callable, when given (GPU backends),
+runs inside the timed region so asynchronous work is counted. Reported: percentiles, mean, std, the
+coefficient of variation, and throughput = images / timed seconds. numpy and the standard library only.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -20,6 +29,16 @@ import numpy as np
 from .errors import RuntimeInputError
 
 METHOD = "host wall clock (time.perf_counter_ns) per call, after warm-up; device synchronized inside the timed region when a GPU is used"
+ROUNDS_METHOD = ("variants timed together in rounds (each round a short burst per variant and batch size, the "
+                 "order rotated each round); p50 and throughput are medians over rounds of each round's figure")
+#: how :attr:`LatencyStats.spread_pct` is defined (the report and docs quote it)
+SPREAD = "(max - min) / median of the per-round p50 latencies, in percent"
+MIN_ROUNDS = 3  # fewer rounds give no median worth the name and no spread
+MAX_ROUNDS = 1000
+NOISY_SPREAD_PCT = 10.0  # per-round p50s further apart than this (percent of their median): the machine was busy
+BUSY_LOAD = 1.5  # 1-minute load average per core above which the machine was busy (the timing itself fills ~1)
+BUSY_OTHERS = 0.15  # share of all cores' time other processes used while timing, above which it was busy
+BUSY_STEAL = 0.05  # share of CPU time the hypervisor gave to other guests while timing, above which it was busy
 NOISY_CV = 0.25  # coefficient of variation above which a figure is flagged as noisy
 MAX_SECONDS = 3600.0  # longest warm-up or timing phase per batch size, in seconds: beyond it a typo, not a plan
 MAX_WARMUP_CALLS = 10_000  # warm-up calls are not bounded by time, so their count is
@@ -58,11 +77,14 @@ class LatencyStats:
     std_ms: float
     min_ms: float
     cv: float  # std / mean: above NOISY_CV the machine is too noisy to trust small differences
-    throughput_per_s: float  # images per second over the timed calls
+    throughput_per_s: float  # images per second over the timed calls (rounds: the median of each round's)
+    rounds: int = 1  # interleaved rounds the figures come from (1: timed alone, by measure)
+    round_p50_ms: tuple[float, ...] = ()  # each round's median latency, in the order the rounds ran
+    spread_pct: float | None = None  # SPREAD over the rounds, percent; None when timed in one go
 
     @property
     def noisy(self) -> bool:
-        return self.cv > NOISY_CV
+        return self.cv > NOISY_CV or (self.spread_pct is not None and self.spread_pct > NOISY_SPREAD_PCT)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +103,103 @@ def summarize(times_ms, batch: int) -> LatencyStats:
         mean_ms=mean, std_ms=std, min_ms=float(t.min()), cv=std / mean if mean > 0 else 0.0,
         throughput_per_s=batch * t.size / (t.sum() / 1000.0) if t.sum() > 0 else float("inf"),
     )
+
+
+def spread_pct(round_p50s) -> float:
+    """How far the rounds disagree: (max - min) / median of the per-round p50s, in percent (:data:`SPREAD`).
+
+    Min-max rather than an interquartile range: with a handful of rounds an IQR would ignore the one round a load
+    burst hit, and that is the round a verdict must survive."""
+    t = np.asarray(round_p50s, dtype=np.float64)
+    if t.size == 0:
+        raise ValueError("no rounds to take a spread of")
+    med = float(np.median(t))
+    return 100.0 * float(t.max() - t.min()) / med if med > 0 else 0.0
+
+
+def combine_rounds(per_round_ms, batch: int) -> LatencyStats:
+    """Statistics of one variant at one batch size timed in rounds: ``per_round_ms`` holds each round's per-call
+    latencies (ms). p50 and throughput are medians over the rounds of each round's median and throughput, so one
+    round slowed by other work moves neither; p90, p99, mean, std, min and CV are over all calls pooled (the tail
+    a user sees); ``spread_pct`` is :func:`spread_pct` of the per-round medians."""
+    rounds = [np.asarray(r, dtype=np.float64) for r in per_round_ms]
+    if not rounds or any(r.size == 0 for r in rounds):
+        raise ValueError("every round needs at least one timing")
+    pooled = summarize(np.concatenate(rounds), batch)
+    p50s = [float(np.median(r)) for r in rounds]
+    thr = [batch * r.size / (r.sum() / 1000.0) if r.sum() > 0 else float("inf") for r in rounds]
+    return replace(pooled, p50_ms=float(np.median(p50s)), throughput_per_s=float(np.median(thr)),
+                   rounds=len(rounds), round_p50_ms=tuple(p50s), spread_pct=spread_pct(p50s))
+
+
+def check_rounds(*, rounds: int, burst_calls: int, burst_seconds: float, warmup: int, warmup_seconds: float = 0.0,
+                 names=("rounds", "burst calls", "burst seconds", "warmup", "warmup_seconds")) -> None:
+    """Refuse round settings that would hang or mean nothing, all problems at once (``names``: the caller's
+    spelling of the five settings)."""
+    n_rounds, n_calls, n_secs, n_warm, n_warm_s = names
+    problems = []
+    if not MIN_ROUNDS <= rounds <= MAX_ROUNDS:
+        problems.append(f"{n_rounds} must be {MIN_ROUNDS} to {MAX_ROUNDS} (a median and a spread need at least "
+                        f"{MIN_ROUNDS}), got {rounds}")
+    try:
+        check_timing(warmup=warmup, warmup_seconds=warmup_seconds, iterations=burst_calls, max_seconds=burst_seconds,
+                     names=(n_warm, n_warm_s, n_calls, n_secs))
+    except RuntimeInputError as e:
+        problems.append(str(e).rstrip("."))
+    if problems:
+        raise RuntimeInputError("; ".join(problems) + ".")
+
+
+def rotated(names: list, r: int) -> list:
+    """The order of round ``r``: ``names`` rotated left by ``r``, so each goes first once every len(names) rounds."""
+    k = r % len(names) if names else 0
+    return list(names[k:]) + list(names[:k])
+
+
+def interleave(calls: dict[str, dict[int, Callable[[], object]]], *, rounds: int = 7, burst_calls: int = 100,
+               burst_seconds: float = 0.15, warmup: int = 10, warmup_seconds: float = 0.0, min_calls: int = 3,
+               syncs: dict[str, Callable[[], None] | None] | None = None) -> tuple[dict[str, dict[int, LatencyStats]], dict]:
+    """Time several things together in rounds: ``calls[name][batch]()`` runs one inference of ``batch`` images.
+
+    Every (name, batch) is warmed up first (``warmup`` calls, and until ``warmup_seconds`` passed). Then each of
+    ``rounds`` rounds goes batch by batch, giving every name in that round's rotated order (:func:`rotated`) a
+    burst of at most ``burst_calls`` timed calls or ``burst_seconds`` (never fewer than ``min_calls``). The
+    variants' bursts at one batch size thus run seconds apart, never minutes, and each is first in turn.
+
+    Returns ``({name: {batch: LatencyStats}}, contention)``: :func:`combine_rounds` per name and batch, and
+    :meth:`Contention.signals` over the timed rounds (warm-up excluded)."""
+    check_rounds(rounds=rounds, burst_calls=burst_calls, burst_seconds=burst_seconds, warmup=warmup,
+                 warmup_seconds=warmup_seconds)
+    syncs = syncs or {}
+    names = list(calls)
+    for name in names:
+        for run in calls[name].values():
+            t0 = time.perf_counter()
+            done = 0
+            while done < warmup or time.perf_counter() - t0 < warmup_seconds:
+                run()
+                done += 1
+        if syncs.get(name):
+            syncs[name]()
+    times: dict[str, dict[int, list[list[float]]]] = {n: {b: [] for b in calls[n]} for n in names}
+    floor = min(min_calls, burst_calls)
+    with Contention() as watch:
+        for r in range(rounds):
+            for b in sorted({b for n in names for b in calls[n]}):
+                for name in rotated(names, r):
+                    if b not in calls[name]:
+                        continue
+                    run, sync, burst = calls[name][b], syncs.get(name), []
+                    deadline = time.perf_counter() + burst_seconds
+                    while len(burst) < burst_calls and (len(burst) < floor or time.perf_counter() < deadline):
+                        start = time.perf_counter_ns()
+                        run()
+                        if sync:
+                            sync()
+                        burst.append((time.perf_counter_ns() - start) / 1e6)
+                    times[name][b].append(burst)
+    stats = {n: {b: combine_rounds(per_round, b) for b, per_round in by_batch.items()} for n, by_batch in times.items()}
+    return stats, watch.signals()
 
 
 def measure(run: Callable[[], object], batch: int, *, warmup: int = 10, iterations: int = 200,
@@ -184,19 +303,17 @@ def check_feed(runner, batches, image_shape: tuple[int, ...]) -> np.dtype:
     return dtype
 
 
-def sweep(runner, batches, image_shape: tuple[int, ...], *, seed: int = 0, **measure_kwargs) -> dict[int, LatencyStats]:
-    """Latency at each batch size for an onnxruntime runner, on random inputs of the model's dtype.
-
-    Every batch size is checked (:func:`check_feed`) before the first is timed."""
+def feeds(runner, batches, image_shape: tuple[int, ...], *, seed: int = 0) -> dict[int, Callable[[], object]]:
+    """``{batch: run}`` for an onnxruntime runner, each ``run()`` one inference of a random batch of the model's
+    dtype; every batch size is checked (:func:`check_feed`) before anything is built."""
     inp = the_input(runner)
-    dtype = check_feed(runner, batches, image_shape)  # timing settings are checked by measure, before warm-up
+    dtype = check_feed(runner, batches, image_shape)
     rng = np.random.default_rng(seed)
     out = {}
     for b in batches:
         data = rng.standard_normal((b, *image_shape)).astype(dtype) if np.issubdtype(dtype, np.floating) \
             else rng.integers(0, 255, (b, *image_shape)).astype(dtype)
-        feed = {inp.name: data}
-        out[b] = measure(lambda: runner.infer(feed), b, sync=runner.synchronize, **measure_kwargs)
+        out[b] = (lambda feed: lambda: runner.infer(feed))({inp.name: data})
     return out
 
 
@@ -209,3 +326,188 @@ def call_limit(max_seconds: float, warmup_seconds: float) -> float:
     longer phase plus :data:`CALL_GRACE_S`. Without it, a model that never returns (an endless Loop) would hang the
     benchmark despite :func:`check_timing`'s finite budgets, since a call is only timed after it returns."""
     return max(max_seconds, warmup_seconds) + CALL_GRACE_S
+
+
+# ---------------------------------------------------------------------------------------------- contention
+
+
+def _proc_stat() -> tuple[int, int, int] | None:
+    """(busy, steal, total) clock ticks summed over all CPUs since boot, from ``/proc/stat``; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if len(first) < 5 or first[0] != "cpu":
+        return None
+    try:
+        v = [int(x) for x in first[1:9]]
+    except ValueError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = v + [0] * (8 - len(v))
+    return user + nice + system + irq + softirq, steal, sum(v)
+
+
+def _load_1min() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+class Contention:
+    """What else the machine did while a block timed something (a context manager; :meth:`signals` after it).
+
+    - ``load_1min``: the 1-minute load average at the end, against ``cores`` (the timing itself keeps about one
+      runnable thread per core busy, so only well above one per core means others queued for the CPUs);
+    - ``steal_pct``: CPU time a hypervisor gave to other guests, percent of all CPU time (``/proc/stat``, Linux);
+    - ``others_cpu_pct``: CPU time used by processes other than this one (and its waited-for children), percent
+      of all cores' time (``/proc/stat`` minus ``os.times()``); None when ``own=False`` (the timing ran in a
+      process this one does not wait for, as Chromium's renderer, so it cannot be told apart from others).
+    """
+
+    def __init__(self, own: bool = True):
+        self.own = own
+        self._start = self._stop = None
+
+    @staticmethod
+    def _sample():
+        t = os.times()
+        return time.monotonic(), _proc_stat(), t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self):
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = self._sample()
+        return False
+
+    def signals(self) -> dict:
+        """``{seconds, cores, load_1min, steal_pct, others_cpu_pct}``; a figure this OS does not give is None."""
+        (t0, s0, own0), (t1, s1, own1) = self._start, self._stop or self._sample()
+        cores = os.cpu_count() or 1
+        out = {"seconds": round(t1 - t0, 3), "cores": cores, "load_1min": _load_1min(), "steal_pct": None,
+               "others_cpu_pct": None}
+        if s0 and s1 and s1[2] > s0[2]:
+            total = s1[2] - s0[2]
+            out["steal_pct"] = round(100.0 * (s1[1] - s0[1]) / total, 2)
+            if self.own and t1 > t0:
+                hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+                others = (s1[0] - s0[0]) / hz - (own1 - own0)
+                out["others_cpu_pct"] = round(max(0.0, 100.0 * others / ((t1 - t0) * cores)), 1)
+        return out
+
+
+def untrusted(signals: dict, stats: dict[str, dict[int, LatencyStats]] | None = None) -> list[str]:
+    """Why the figures timed under ``signals`` (:meth:`Contention.signals`) with these rounds are not to be trusted,
+    one plain sentence per reason; empty when nothing says so."""
+    why = []
+    load, cores = signals.get("load_1min"), signals.get("cores") or 1
+    if load is not None and load > BUSY_LOAD * cores:
+        why.append(f"the 1-minute load average was {load:.2f} on {cores} cores (over {BUSY_LOAD:g} per core: other "
+                   "work queued for the CPUs)")
+    others = signals.get("others_cpu_pct")
+    if others is not None and others > 100 * BUSY_OTHERS:
+        why.append(f"other processes used {others:.0f} % of the CPU time while timing (over {100 * BUSY_OTHERS:.0f} %)")
+    steal = signals.get("steal_pct")
+    if steal is not None and steal > 100 * BUSY_STEAL:
+        why.append(f"the hypervisor gave {steal:.1f} % of the CPU time to other guests (steal, over "
+                   f"{100 * BUSY_STEAL:.0f} %)")
+    worst = max(((st.spread_pct, n, b) for n, by in (stats or {}).items() for b, st in by.items()
+                 if st.spread_pct is not None), default=None)
+    if worst and worst[0] > NOISY_SPREAD_PCT:
+        why.append(f"the rounds disagree by up to {worst[0]:.0f} % ({worst[1]} at batch {worst[2]}; over "
+                   f"{NOISY_SPREAD_PCT:g} %)")
+    return why
+
+
+# ---------------------------------------------------------------------------------------------- the tie rule
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One thing to choose between: its p50 latency (ms, median over rounds) and that figure's spread (percent),
+    and what breaks a tie: file size (bytes) and accuracy (fraction); None where unknown (never breaks a tie)."""
+
+    name: str
+    p50_ms: float
+    spread_pct: float | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+
+
+#: what breaks a tie within the noise, in order (a key where smaller wins; unknown values tie)
+TIE_BREAKERS: tuple[tuple[str, Callable[[Candidate], object]], ...] = (
+    ("smaller file", lambda c: (c.size_bytes is None, c.size_bytes or 0)),
+    ("higher accuracy", lambda c: (c.accuracy is None, -(c.accuracy or 0.0))),
+    ("name", lambda c: c.name),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`pick` decided. ``tied`` lists every candidate within the noise of the fastest (the winner
+    included; empty when there is no tie); ``difference_pct`` is how much slower than the fastest (percent) the
+    slowest of them is, or, without a tie, the runner-up; ``spread_pct`` the noise that difference was held
+    against (the larger spread of the two)."""
+
+    winner: str
+    fastest: str
+    tied: tuple[str, ...] = ()
+    difference_pct: float | None = None
+    spread_pct: float | None = None
+    broken_by: str | None = None
+    runner_up: str | None = None
+
+    @property
+    def tie(self) -> bool:
+        return bool(self.tied)
+
+    def sentence(self) -> str:
+        """``tie within noise (3.1 % vs spread 7.9 %), broken by: smaller file``, or why the winner won."""
+        if self.tie:
+            return (f"tie within noise ({self.difference_pct:.1f} % vs spread {self.spread_pct:.1f} %), "
+                    f"broken by: {self.broken_by}")
+        if self.runner_up is None:
+            return "the only candidate"
+        return (f"faster than `{self.runner_up}` by {self.difference_pct:.1f} %, beyond the spread "
+                f"{self.spread_pct:.1f} %")
+
+    def as_dict(self) -> dict:
+        return {"winner": self.winner, "fastest": self.fastest, "tied": list(self.tied),
+                "difference_pct": None if self.difference_pct is None else round(self.difference_pct, 2),
+                "spread_pct": None if self.spread_pct is None else round(self.spread_pct, 2),
+                "broken_by": self.broken_by, "runner_up": self.runner_up, "sentence": self.sentence()}
+
+
+def slower_pct(p50_ms: float, fastest_ms: float) -> float:
+    """How much slower ``p50_ms`` is than ``fastest_ms``, in percent of the latter."""
+    if fastest_ms > 0:
+        return 100.0 * (p50_ms / fastest_ms - 1.0)
+    return 0.0 if p50_ms <= 0 else math.inf
+
+
+def pick(candidates: list[Candidate]) -> Verdict:
+    """The faster candidate, only when it is faster by more than the noise; else a tie, broken by
+    :data:`TIE_BREAKERS` (smaller file, then higher accuracy, then name).
+
+    The fastest is the lowest p50. Another candidate is tied with it when it is slower by no more than the larger
+    of the two spreads (:func:`slower_pct` against :func:`spread_pct`: a difference the rounds themselves vary by is
+    no difference). A NaN figure is never "beyond the noise" (``not x > y``)."""
+    if not candidates:
+        raise ValueError("nothing to pick from")
+    fastest = min(candidates, key=lambda c: (c.p50_ms, c.name))
+    gaps = [(slower_pct(c.p50_ms, fastest.p50_ms), max(fastest.spread_pct or 0.0, c.spread_pct or 0.0), c)
+            for c in candidates if c is not fastest]
+    tied = [g for g in gaps if not g[0] > g[1]]
+    if not tied:
+        if not gaps:
+            return Verdict(fastest.name, fastest.name)
+        x, y, c = min(gaps, key=lambda g: (g[0], g[2].name))
+        return Verdict(fastest.name, fastest.name, difference_pct=x, spread_pct=y, runner_up=c.name)
+    group = [fastest] + [g[2] for g in tied]
+    order = sorted(group, key=lambda c: tuple(key(c) for _, key in TIE_BREAKERS))
+    broken_by = next((rule for rule, key in TIE_BREAKERS if key(order[0]) != key(order[1])), TIE_BREAKERS[-1][0])
+    return Verdict(order[0].name, fastest.name, tied=tuple(c.name for c in order),
+                   difference_pct=max(g[0] for g in tied), spread_pct=max(g[1] for g in tied), broken_by=broken_by)

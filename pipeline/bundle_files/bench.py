@@ -9,6 +9,11 @@ With --engines it exits 1 when an engine's accuracy is more than --engine-tolera
 reported accuracy or its sidecar does not match; an engine without a sidecar (trtexec) still runs, and the
 checks that needed the sidecar are listed as not done. The TensorRT parts were never run by their authors.
 
+Timing is the pipeline's own (runtime/bench.py, shipped beside this script): every model is timed together with the
+others, in --rounds rounds of short bursts (at most --iterations calls or --seconds each) with the order rotated;
+p50 and throughput are medians over rounds, the spread is (max - min) / median of the rounds' p50s, and a warning
+says when the load average, other processes or CPU steal make the figures untrustworthy.
+
 For each model it classifies the 10,000 MNIST test images in data/mnist-test.npz, compares with the
 PyTorch reference logits in data/reference.npz (accuracy, agreement, max |logit diff|, flips), times
 it (warm-up, then p50/p90/p99 and throughput), and says whether it equals what the pipeline reported
@@ -31,6 +36,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # runtime/ ships beside this script (python -I leaves the script's folder off the path)
+sys.dont_write_bytecode = True  # no __pycache__ in the bundle: its MANIFEST.json lists every file it may hold
+from runtime.bench import check_rounds, interleave, untrusted  # noqa: E402  (the pipeline's own timing code)
+from runtime.errors import RuntimeInputError  # noqa: E402
 
 
 def device_state():
@@ -137,20 +146,17 @@ def classify(model, x, step=1000):
     return np.concatenate(outs).astype(np.float32)
 
 
-def timings(model, x, batch, warmup, iterations, seconds):
+def feed_of(x, batch):
+    """``batch`` images from ``x``, repeated when it holds fewer."""
     reps = -(-batch // len(x))
-    feed = np.ascontiguousarray(np.concatenate([x] * reps)[:batch])
-    for _ in range(warmup):
-        model(feed)
-    ts, deadline = [], time.perf_counter() + seconds
-    while len(ts) < iterations and (len(ts) < 10 or time.perf_counter() < deadline):
-        t = time.perf_counter_ns()
-        model(feed)
-        ts.append((time.perf_counter_ns() - t) / 1e6)
-    t = np.asarray(ts)
-    p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": t.mean(),
-            "throughput_per_s": batch * len(t) / (t.sum() / 1000)}
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch])
+
+
+def figures_of(st):
+    """The latency figures a row reports, from runtime.bench's LatencyStats (ms, images/s, spread in percent)."""
+    return {"p50_ms": st.p50_ms, "p90_ms": st.p90_ms, "p99_ms": st.p99_ms, "mean_ms": st.mean_ms,
+            "throughput_per_s": st.throughput_per_s, "rounds": st.rounds, "round_p50_ms": list(st.round_p50_ms),
+            "spread_pct": st.spread_pct}
 
 
 def compare(logits, ref, labels):
@@ -240,8 +246,9 @@ def main(argv=None):
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--engines", action="store_true", help="run engines/*.engine with TensorRT instead of ONNX")
     ap.add_argument("--batches", default="1,256")
-    ap.add_argument("--iterations", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=2.0, help="max timing seconds per batch size")
+    ap.add_argument("--rounds", type=int, default=7, help="timing rounds: each a burst per model and batch size")
+    ap.add_argument("--iterations", type=int, default=100, help="timed calls per burst (at most)")
+    ap.add_argument("--seconds", type=float, default=0.15, help="a burst's length in seconds (at most; at least 3 calls)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--engine-tolerance-pp", type=float, default=0.1,
@@ -250,6 +257,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.json:
         check_output_file(args.json)
+    try:
+        check_rounds(rounds=args.rounds, burst_calls=args.iterations, burst_seconds=args.seconds, warmup=10,
+                     names=("--rounds", "--iterations", "--seconds", "warm-up", "warm-up seconds"))
+    except RuntimeInputError as e:
+        sys.exit(f"error: {e}")
 
     manifest = json.loads((HERE / "MANIFEST.json").read_text())
     test = np.load(HERE / "data" / "mnist-test.npz")
@@ -260,7 +272,7 @@ def main(argv=None):
     paths = sorted((HERE / "engines").glob("*.engine")) if args.engines else sorted((HERE / "models").glob("*.onnx"))
     if not paths:
         sys.exit("no engines found: run build_engines.py first" if args.engines else "no ONNX models in models/")
-    rows = []
+    rows, calls = [], {}
     for path in paths:
         info = manifest.get("models", {}).get(path.stem, {})
         model = TrtModel(path, info, manifest.get("files", {})) if args.engines else \
@@ -275,13 +287,18 @@ def main(argv=None):
                "precision": model.meta.get("precision", "?"), "size_bytes": path.stat().st_size,
                **figures, "flips": len(figures["flip_indices"]), "reported_accuracy": expected,
                "matches_report": expected is not None and not failed, "failed_checks": failed,
-               "latency_includes": model.includes,
-               "latency": {str(b): timings(model, x[:256], b, 10, args.iterations, args.seconds) if lo <= b <= hi
-                           else None for b in batches}}
+               "latency_includes": model.includes, "latency": {str(b): None for b in batches}}
+        # timed below, with every other model, in rounds; the model stays loaded until then
+        calls[len(rows)] = {b: (lambda m, f: lambda: m(f))(model, feed_of(x[:256], b)) for b in batches if lo <= b <= hi}
         if args.engines:
             row.update(unchecked=model.unchecked, problems=model.problems, layer_precisions=model.layer_precisions,
                        batch_range=[lo, hi])
         rows.append(row)
+    stats, signals = interleave(calls, rounds=args.rounds, burst_calls=args.iterations, burst_seconds=args.seconds,
+                                warmup=10)
+    for i, by_batch in stats.items():
+        rows[i]["latency"].update({str(b): figures_of(st) for b, st in by_batch.items()})
+    noisy = untrusted(signals, {rows[i]["variant"]: by for i, by in stats.items()})
     small, big = str(batches[0]), str(batches[-1])
     head = (f"| variant | backend | precision | size | accuracy | agreement | max abs diff | flips | "
             f"p50 @{small} (ms) | p99 @{small} (ms) | throughput @{big} (img/s) | equals report |")
@@ -295,8 +312,11 @@ def main(argv=None):
               f"{s.get('p50_ms', float('nan')):.3f} | {s.get('p99_ms', float('nan')):.3f} | "
               f"{b.get('throughput_per_s', float('nan')):,.0f} | "
               f"{'yes' if r['matches_report'] else 'NO' if r['reported_accuracy'] is not None else '-'} |")
-    print("Timing: host wall clock per call after 10 warm-up calls; each call spans: "
+    print(f"Timing: host wall clock per call after 10 warm-up calls; all models together in {args.rounds} rounds of "
+          f"bursts (order rotated), p50 and throughput the median over rounds; each call spans: "
           + "; ".join(sorted({f"{r['backend']}: {r['latency_includes']}" for r in rows})) + ".")
+    if noisy:
+        print("WARNING: the timings are not to be trusted: " + "; ".join(noisy) + ". Close other programs and rerun.")
     for problem in reference_failed:
         print(f"REFERENCE BROKEN: {problem}; no row above can be trusted.")
     for r in rows:
@@ -314,7 +334,8 @@ def main(argv=None):
             print(f"{r['variant']}: layers by precision {r['layer_precisions'].get('by_precision')}")
     state = device_state()
     if args.json:
-        out = {"rows": rows, "reference_failed_checks": reference_failed, "device": state}
+        out = {"rows": rows, "reference_failed_checks": reference_failed, "device": state,
+               "contention": {**signals, "untrusted": noisy}}
         Path(args.json).write_text(json.dumps(strict_json(out), indent=2, allow_nan=False))
     broken = [r["variant"] for r in rows if r["nonfinite"]]
     if broken:

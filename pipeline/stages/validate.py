@@ -1,9 +1,10 @@
 """Stage ``validate``: every variant on all 10,000 test images (parity, latency), then the report.
 
-The stage only sequences: load the checkpoint, check it against the golden logits, run and time every
-variant of the table (:mod:`pipeline.variants`, each runner built by its row's factory), assemble the
-report (:func:`pipeline.report.assemble`), write it, and only then judge parity, so a failing run still
-leaves a report to inspect. Comparing and timing one variant is :mod:`pipeline.validate`.
+The stage only sequences: load the checkpoint, check it against the golden logits, run every variant of the
+table (:mod:`pipeline.variants`, each runner built by its row's factory), time them all together in interleaved
+rounds (docs/timing.md), assemble the report (:func:`pipeline.report.assemble`), write it, and only then judge
+parity, so a failing run still leaves a report to inspect. Comparing one variant and timing them all is
+:mod:`pipeline.validate`.
 """
 from __future__ import annotations
 
@@ -43,14 +44,15 @@ def run(ctx: Context) -> list[Path]:
     labels = ctx.splits.test_y.numpy()
     with _torch_threads(vcfg.threads):
         _check_golden(ctx, model)
-        rows, skipped, logits = _run_variants(ctx, model, images, labels)
+        rows, skipped, logits, sessions = _run_variants(ctx, model, images, labels)
     rep = report.assemble(ctx.cfg, ckpt, rows, skipped, logits, labels,
                           params=models.param_count(model), macs=models.macs_per_image(model),
                           peak_gflops=efficiency.peak_gflops(), environment=environment.capture(vcfg.threads),
                           history=_read_json(ctx.rd.history, {}).get("history"),
                           quantization=_quantization(ctx),
                           # a file left by an earlier run with QAT is not this run's rung
-                          qat_torch=_read_json(ctx.rd.qat_torch_json) if ctx.cfg.quant.qat else None)
+                          qat_torch=_read_json(ctx.rd.qat_torch_json) if ctx.cfg.quant.qat else None,
+                          timing=report.timing_record(vcfg, sessions))
     written = report.write_all(rep, ctx.rd.root)
     log.info("report: %s, %s and %s", ctx.rd.report_json, ctx.rd.report_md, ctx.rd.report_html)
     for msg in over_budget(rows):
@@ -76,54 +78,69 @@ def _torch_threads(threads: int):
             torch.set_num_threads(before)
 
 
-def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list[dict], dict]:
-    """Run and time every variant of the table that this config builds and this machine can run.
+def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list[dict], dict, list[dict]]:
+    """Run every variant of the table that this config builds and this machine can run, then time them all together.
 
-    Returns the report rows (the reference first), the skipped variants with the reason, and each run
-    variant's logits on the test set (name -> (N, 10) float32)."""
-    from ..validate import validate_variant
+    Each runner is activated once and stays active until the rounds are done: the logits (parity) are computed
+    variant by variant, then every variant is timed in interleaved rounds (:func:`pipeline.validate.latency`), so
+    a burst of other work lands on all of them alike instead of deciding which one looks fastest.
+
+    Returns the report rows (the reference first), the skipped variants with the reason, each run variant's
+    logits on the test set (name -> (N, 10) float32), and the timing sessions (contention signals; one for the
+    Python runtimes, one for the browser when it measured)."""
+    from ..validate import latency, log_latency, validate_variant
 
     vcfg = ctx.cfg.validate
-    rows, reference, skipped, logits_by_name, in_browser = [], None, [], {}, []
-    for v in variants.VARIANTS:
-        if not ctx.cfg.quant.builds(v.quant):
-            skipped.append({"name": v.name, "reason": f"not built with --quant {ctx.cfg.quant.mode}"})
-            continue
-        if v.backend == variants.BROWSER and not vcfg.browser:
-            skipped.append({"name": v.name, "reason": "not measured: --no-browser (the --quick budget's default)"})
-            continue
-        why = unavailable(v)
-        if why:
-            skipped.append({"name": v.name, "reason": why})
-            continue
-        if v.file and not ctx.rd.export_file(v.file).is_file():
-            raise PipelineError(f"{ctx.rd.export_file(v.file)} is missing; rerun with --force.")
-        if v.backend == variants.BROWSER:  # measured together, in one browser session, once the reference exists
-            in_browser.append(v)
-            continue
-        make = lambda v=v: v.runner(ctx.rd, model=model, threads=vcfg.threads)  # noqa: E731
-        row, logits = validate_variant(v, make, images, labels, reference, vcfg)
-        logits_by_name[v.name] = logits
-        if reference is None:  # the first row, variants.REFERENCE: every later one is compared with it
-            _require_finite_reference(ctx, row["nonfinite"], len(images), "test images")
-            reference = logits
-        path = ctx.rd.export_file(v.file) if v.file else ctx.rd.checkpoint
-        row["path"] = str(path)
-        row["size_bytes"] = path.stat().st_size
-        if v.backend == "tensorrt":
-            row["engine"] = _engine_summary(path)
-        rows.append(row)
+    rows, reference, skipped, logits_by_name, in_browser, runners = [], None, [], {}, [], {}
+    with contextlib.ExitStack() as active:
+        for v in variants.VARIANTS:
+            if not ctx.cfg.quant.builds(v.quant):
+                skipped.append({"name": v.name, "reason": f"not built with --quant {ctx.cfg.quant.mode}"})
+                continue
+            if v.backend == variants.BROWSER and not vcfg.browser:
+                skipped.append({"name": v.name, "reason": "not measured: --no-browser (the --quick budget's default)"})
+                continue
+            why = unavailable(v)
+            if why:
+                skipped.append({"name": v.name, "reason": why})
+                continue
+            if v.file and not ctx.rd.export_file(v.file).is_file():
+                raise PipelineError(f"{ctx.rd.export_file(v.file)} is missing; rerun with --force.")
+            if v.backend == variants.BROWSER:  # measured together, in one browser session, once the reference exists
+                in_browser.append(v)
+                continue
+            runner = active.enter_context(v.runner(ctx.rd, model=model, threads=vcfg.threads))
+            row, logits = validate_variant(v, runner, images, labels, reference)
+            logits_by_name[v.name] = logits
+            if reference is None:  # the first row, variants.REFERENCE: every later one is compared with it
+                _require_finite_reference(ctx, row["nonfinite"], len(images), "test images")
+                reference = logits
+            path = ctx.rd.export_file(v.file) if v.file else ctx.rd.checkpoint
+            row["path"] = str(path)
+            row["size_bytes"] = path.stat().st_size
+            if v.backend == "tensorrt":
+                row["engine"] = _engine_summary(path)
+            rows.append(row)
+            runners[v.name] = runner
+        log.info("validate: timing %d variants together, %d rounds", len(runners), vcfg.rounds)
+        timed, session = latency(runners, images, vcfg)
+    sessions = [session]
+    for row in rows:
+        row["latency"] = timed[row["name"]]
+        log_latency(row)
     if in_browser:
-        measured, failed = _in_browser(ctx, in_browser, reference, labels)
+        measured, failed, browser_session = _in_browser(ctx, in_browser, reference, labels)
         for row, logits in measured:
             logits_by_name[row["name"]] = logits
             rows.append(row)
         skipped += failed
-    return rows, skipped, logits_by_name
+        sessions += [browser_session] if browser_session else []
+    return rows, skipped, logits_by_name, sessions
 
 
-def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple[dict, object]], list[dict]]:
-    """The browser rows (``web-wasm-*``), measured in one headless Chromium session (:mod:`pipeline.browser`).
+def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple[dict, object]], list[dict], dict | None]:
+    """The browser rows (``web-wasm-*``), measured in one headless Chromium session (:mod:`pipeline.browser`), timed
+    in rotated rounds as the Python rows are; also returns that session's timing record (None when not measured).
 
     A browser that cannot measure (onnxruntime-web not fetchable, Chromium failing) skips these rows with the
     reason, as a missing GPU skips the CUDA rows: the Python figures stand on their own."""
@@ -131,8 +148,10 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
 
     from exporters.onnx import read_metadata
 
+    from runtime.bench import combine_rounds
+
     from .. import browser, bundle_js, ort_web
-    from ..validate import browser_row
+    from ..validate import browser_row, timing_session
 
     vcfg = ctx.cfg.validate
     exe = browser.find()
@@ -144,11 +163,11 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
         models = {v.name: {"path": ctx.rd.export_file(v.file),
                            "entry": bundle_js.preprocessing(read_metadata(ctx.rd.export_file(v.file)),
                                                             f"models/{v.file}", v.name, None)} for v in todo}
-        got = browser.measure(exe, models, pixels, batches=batches, warmup=vcfg.warmup, iterations=vcfg.iterations,
-                              max_seconds=vcfg.max_seconds)
+        got = browser.measure(exe, models, pixels, batches=batches, warmup=vcfg.warmup, rounds=vcfg.rounds,
+                              iterations=vcfg.iterations, max_seconds=vcfg.max_seconds)
     except PipelineError as e:
         log.warning("validate: the browser rows were not measured: %s", e)
-        return [], [{"name": v.name, "reason": f"not measured in the browser: {e}"} for v in todo]
+        return [], [{"name": v.name, "reason": f"not measured in the browser: {e}"} for v in todo], None
     where = (f"headless {name} on this host, onnxruntime-web {ort_web.VERSION} wasm "
              f"(SIMD, 1 thread, as classifier.js runs it; WebGPU "
              + ("offered but not measured: the web bundle carries the wasm build only)" if got["webgpu"]
@@ -160,7 +179,8 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
         row["path"] = str(models[v.name]["path"])
         row["size_bytes"] = models[v.name]["path"].stat().st_size
         out.append((row, m.logits))
-    return out, []
+    stats = {v.name: {b: combine_rounds(t, b) for b, t in got["models"][v.name].times_ms.items()} for v in todo}
+    return out, [], timing_session("browser", [v.name for v in todo], got["contention"], stats)
 
 
 def _engine_summary(engine: Path) -> dict:

@@ -30,24 +30,28 @@ def test_quick_run_measures_the_browser_rows_like_any_other(quick_run):
         assert "Chromium" in r["measured_in"] and "onnxruntime-web 1.30.0" in r["measured_in"]
         assert "WebGPU" in r["measured_in"]
         assert set(r["latency"]) == {"1", "256"}  # the quick budget's first and last batch sizes
-        one = r["latency"]["1"]
-        assert one["iterations"] >= 10 and 0 < one["p50_ms"] <= one["p99_ms"]
+        one = r["latency"]["1"]  # the quick budget: 3 rounds of at least 3 runs
+        assert one["rounds"] == 3 and len(one["round_p50_ms"]) == 3 and one["iterations"] >= 9
+        assert 0 < one["p50_ms"] <= one["p99_ms"] and one["spread_pct"] >= 0
     rec = rep["recommended"]["browser"]
     assert rec["measured"] is True and rec["variant"] in ("web-wasm-fp32", "web-wasm-int8")
+    assert rec["verdict"]["winner"] == rec["variant"]  # the same tie rule as the Python rows
+    ses = next(s for s in rep["timing"]["sessions"] if s["where"] == "browser")
+    assert ses["variants"] == ["web-wasm-fp32", "web-wasm-int8"] and ses["others_cpu_pct"] is None
     md = (quick_run["dir"] / "report.md").read_text()
     assert "wasm²" in md and "² Measured in headless Chromium" in md
     assert (quick_run["dir"] / "report" / "pareto-browser.png").is_file()
 
 
-def _model(quick_run, tmp_path, garbage: bool = False) -> dict:
+def _model(quick_run, tmp_path, garbage: bool = False, key: str = "model-fp32") -> dict:
     from exporters.onnx import read_metadata
 
     path = quick_run["dir"] / "export" / "model-fp32.onnx"
-    entry = bundle_js.preprocessing(read_metadata(path), "models/model-fp32.onnx", "onnx-fp32", None)
+    entry = bundle_js.preprocessing(read_metadata(path), f"models/{key}.onnx", "onnx-fp32", None)
     if garbage:
         path = tmp_path / "model-fp32.onnx"
         path.write_bytes(b"this is not an ONNX file")
-    return {"model-fp32": {"path": path, "entry": entry}}
+    return {key: {"path": path, "entry": entry}}
 
 
 def test_measure_returns_logits_and_timings_for_the_images_given(quick_run, data_root, tmp_path):
@@ -56,8 +60,9 @@ def test_measure_returns_logits_and_timings_for_the_images_given(quick_run, data
 
     raw = ensure_raw(data_root)
     pixels = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)[:40]
-    got = browser.measure(browser.find(), _model(quick_run, tmp_path), pixels, batches=(1, 3), warmup=1,
-                          iterations=12, max_seconds=0.05)
+    models = {**_model(quick_run, tmp_path), **_model(quick_run, tmp_path, key="copy")}
+    got = browser.measure(browser.find(), models, pixels, batches=(1, 3), warmup=1, rounds=4, iterations=5,
+                          max_seconds=5.0)
     m = got["models"]["model-fp32"]
     import onnxruntime as ort
 
@@ -67,15 +72,29 @@ def test_measure_returns_logits_and_timings_for_the_images_given(quick_run, data
          / np.float32(entry["std"][0])).reshape(-1, 1, 28, 28)
     ref = sess.run(None, {"input": x})[0]
     assert m.logits.shape == (40, 10) and np.abs(m.logits - ref).max() <= 1e-4
-    assert sorted(m.times_ms) == [1, 3] and all(len(t) >= 10 for t in m.times_ms.values())
+    # both models timed in the same 4 rounds: per round and batch size, one burst of 5 runs each
+    for key in ("model-fp32", "copy"):
+        times = got["models"][key].times_ms
+        assert sorted(times) == [1, 3] and all(len(rounds) == 4 and all(len(r) == 5 for r in rounds)
+                                               for rounds in times.values())
+    assert np.array_equal(got["models"]["copy"].logits, m.logits)
     assert "HeadlessChrome" in got["user_agent"] and got["cross_origin_isolated"] is True
+    assert got["contention"]["cores"] >= 1 and got["contention"]["others_cpu_pct"] is None  # Chromium is not "us"
+
+
+@pytest.mark.parametrize("posted", [None, [], [[1.0], [2.0]], [[1.0], [], [2.0]], [[1.0], [float("nan")], [2.0]],
+                                    [[1.0], [-1.0], [2.0]], [[1.0], ["2"], [2.0]], [[1.0], [True], [2.0]], "x"])
+def test_timings_the_page_posts_are_checked_before_use(posted):
+    with pytest.raises(PipelineError, match="not 3 rounds of finite, non-negative milliseconds"):
+        browser._rounds(posted, 3, "m at batch 1")
+    assert browser._rounds([[1.0, 2], [3.5], [0]], 3, "m") == [[1.0, 2.0], [3.5], [0.0]]
 
 
 def test_a_model_the_page_cannot_load_is_one_paragraph(quick_run, tmp_path):
     require_chromium()
     with pytest.raises(PipelineError) as e:
         browser.measure(browser.find(), _model(quick_run, tmp_path, garbage=True), np.zeros((2, 28, 28), np.uint8),
-                        batches=(1,), warmup=0, iterations=1, max_seconds=0.01, timeout=120)
+                        batches=(1,), warmup=0, rounds=3, iterations=1, max_seconds=0.01, timeout=120)
     assert "The measuring page in Chromium failed" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -83,7 +102,7 @@ def test_a_browser_that_exits_at_once_is_one_paragraph(quick_run, tmp_path):
     """An executable that is not a working browser (here /bin/false): a clear error, no hang."""
     with pytest.raises(PipelineError) as e:
         browser.measure("/bin/false", _model(quick_run, tmp_path), np.zeros((2, 28, 28), np.uint8), batches=(1,),
-                        warmup=0, iterations=1, max_seconds=0.01, timeout=60)
+                        warmup=0, rounds=3, iterations=1, max_seconds=0.01, timeout=60)
     assert "exited with code 1 before the measuring page reported" in str(e.value) and "\n" not in str(e.value)
 
 

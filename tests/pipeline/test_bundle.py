@@ -28,6 +28,9 @@ def test_bundle_contents(bundle):
     assert "--stronglyTyped" in (bundle / "build_engines.sh").read_text()
     # the build script is the exporter itself, so there is one implementation of engine building
     assert (bundle / "build_engines.py").read_text() == open(trtx.__file__).read()
+    # bench.py times with the pipeline's own runtime/bench.py (rounds, spread, contention), shipped beside it
+    for name in ("__init__.py", "bench.py", "errors.py"):
+        assert (bundle / "runtime" / name).read_bytes() == (ROOT / "runtime" / name).read_bytes(), name
 
 
 def test_verify_passes_then_catches_one_altered_byte(bundle, tmp_path):

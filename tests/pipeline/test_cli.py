@@ -255,7 +255,7 @@ def test_predict_and_bench_print_markup_names_literally(quick_run, digit_png, tm
                "--warmup-seconds", "0", "--json", out)
     assert r.exit_code == 0, r.output
     _printed(r, model.name)
-    assert json.loads(out.read_text())["model"] == str(model)
+    assert json.loads(out.read_text())["models"][0]["model"] == str(model)
 
 
 @pytest.mark.parametrize("name", MARKUP_NAMES, ids=repr)

@@ -25,15 +25,15 @@ DEFAULTS = {
               "schedule": "onecycle", "label_smoothing": 0.05, "augment": True, "ema": 0.998, "channels_last": True,
               "seed": 0, "device": "auto", "threads": 0},
     "export": {"opset": 18, "golden_count": 64},
-    "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "iterations": 200, "max_seconds": 1.5, "golden_atol": 1e-5,
-                 "threads": 0, "browser": True},
+    "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "rounds": 7, "iterations": 100, "max_seconds": 0.15,
+                 "golden_atol": 1e-5, "threads": 0, "browser": True},
     "quant": {"mode": "both", "calib_size": 512, "calib_method": "minmax", "calib_seed": 0, "qat_epochs": 1,
               "qat_lr": 1e-4, "qat_max_images": 0, "cpu_variant": True, "sqnr_images": 256, "sensitivity": True,
               "int8_budget": None},
 }
 #: ...and today's --quick budget: what differs from the defaults under --quick.
 QUICK_TODAY = {"data": {"val_size": 1000, "max_train": 4000}, "train": {"epochs": 2},
-               "validate": {"warmup": 3, "iterations": 20, "max_seconds": 0.1, "browser": False},
+               "validate": {"warmup": 3, "rounds": 3, "iterations": 10, "max_seconds": 0.02, "browser": False},
                "quant": {"calib_size": 128, "qat_max_images": 1024, "sqnr_images": 64}}
 
 
@@ -100,7 +100,7 @@ def test_cli_quick_config_equals_the_python_one(captured, args, python):
 def test_explicit_options_win_over_the_quick_budget():
     cfg = build_config(quick=True, epochs=5, val_size=2000, calib_size=64, threads=2)
     assert (cfg.train.epochs, cfg.data.val_size, cfg.quant.calib_size) == (5, 2000, 64)
-    assert cfg.data.max_train == 4000 and cfg.validate.iterations == 20  # the rest of the budget stays
+    assert cfg.data.max_train == 4000 and cfg.validate.iterations == 10  # the rest of the budget stays
     assert cfg.train.threads == cfg.validate.threads == 2  # --threads sets both
 
 
@@ -267,3 +267,17 @@ def test_nproc_parses_whole_numbers(text, value):
     from pipeline.config import parse_nproc
 
     assert parse_nproc(text) == value
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("rounds", 2, "validate rounds must be 3 to 1000"), ("rounds", 10**6, "validate rounds must be 3 to 1000"),
+    ("iterations", 0, "validate iterations (timed runs per burst) must be at least 1"),
+    ("max_seconds", float("inf"), "validate max_seconds (per burst) must be a finite number"),
+    ("max_seconds", float("nan"), "validate max_seconds (per burst) must be a finite number"),
+    ("warmup", -1, "validate warmup must be 0..10,000 calls"),
+])
+def test_timing_rounds_are_checked_once_when_the_config_is_built(field, value, says):
+    from pipeline.config import ValidateConfig
+
+    with pytest.raises(PipelineError, match=re.escape(says)):
+        ValidateConfig(**{field: value})

@@ -25,6 +25,16 @@ def _within_budget(r) -> bool:
     return r["accuracy_delta"] >= -(v.budget_pp or 0.0) - 1e-9
 
 
+def _expected_pick(rows: list[dict]) -> dict:
+    """The tie rule, written apart from runtime.bench.pick: the fastest p50 at batch 1; every row slower by no more
+    than the larger of the two spreads ties with it; a tie goes to the smaller file, then the higher accuracy."""
+    fastest = min(rows, key=lambda r: (r["latency"]["1"]["p50_ms"], r["name"]))
+    f = fastest["latency"]["1"]
+    tied = [r for r in rows if 100 * (r["latency"]["1"]["p50_ms"] / f["p50_ms"] - 1)
+            <= max(f["spread_pct"], r["latency"]["1"]["spread_pct"])]
+    return min(tied, key=lambda r: (r["size_bytes"], -r["accuracy"], r["name"]))
+
+
 def test_the_cpu_recommendation_is_the_fastest_onnxruntime_cpu_row_within_budget(quick_run):
     rep = quick_run["report"]
     # the CPU is measured by onnxruntime CPU rows with its default optimizations; the Q/DQ-as-written (basic)
@@ -32,7 +42,7 @@ def test_the_cpu_recommendation_is_the_fastest_onnxruntime_cpu_row_within_budget
     rows = [r for r in rep["variants"] if r["backend"] == "onnxruntime" and r["provider"] == "cpu"
             and r["ort_optimization"] == "all"]
     assert {r["name"] for r in rows} >= {"onnx-fp32", "onnx-fp16", "onnx-int8-cpu"}
-    best = min((r for r in rows if _within_budget(r)), key=lambda r: r["latency"]["1"]["p50_ms"])
+    best = _expected_pick([r for r in rows if _within_budget(r)])
     rec = rep["recommended"]["cpu"]
     assert rec["variant"] == best["name"] and rec["measured"] is True
     assert rec["file"] == variants.BY_NAME[best["name"]].file
@@ -126,6 +136,7 @@ def _gpu_row(rep, src, name, p50, delta=0.0):
                accuracy_delta=delta, budget_pp=variants.BY_NAME[name].budget_pp)
     row.pop("ort_optimization", None)
     row["latency"]["1"]["p50_ms"] = p50
+    row["latency"]["1"]["spread_pct"] = 5.0  # a quiet GPU's: the 2x gaps below are beyond it
     rep["variants"].append(row)
 
 
@@ -225,3 +236,85 @@ def test_pareto_front_keeps_only_points_nothing_beats():
     pts = [("a", 1.0, 99.0), ("b", 2.0, 99.5), ("c", 3.0, 99.2), ("d", 0.5, 98.0), ("e", 2.0, 99.4)]
     assert recommend.pareto(pts) == ["d", "a", "b"]  # c: b is faster and better; e: as fast as b, less accurate
     assert recommend.pareto([("x", 1.0, 99.0), ("y", 1.0, 99.0)]) == ["x", "y"]  # ties beat nobody
+
+
+# ---------------------------------------------------------------------------- the tie rule (runtime.bench.pick)
+
+
+def _cpu(name, p50, spread, size, accuracy=0.99):
+    """A CPU row that keeps its tolerance and budget, with the figures the tie rule reads."""
+    return {"name": name, "backend": "onnxruntime", "provider": "cpu", "precision": "fp32", "ort_optimization": "all",
+            "nonfinite": 0, "agreement": 1.0, "max_abs_diff": 0.0, "accuracy_delta": 0.0, "accuracy": accuracy,
+            "budget_pp": variants.BY_NAME[name].budget_pp, "size_bytes": size,
+            "latency": {"1": {"p50_ms": p50, "spread_pct": spread}, "256": {"throughput_per_s": 1000.0}}}
+
+
+def _cpu_pick(*rows):
+    return recommend.recommend({"model": "edgenet", "variants": list(rows)})["cpu"]
+
+
+def test_a_difference_within_the_noise_is_a_tie_broken_by_the_smaller_file():
+    # FP32 is 5.3 % faster, but the rounds of FP32 varied by 8 %: no difference, and the INT8 file is smaller
+    rec = _cpu_pick(_cpu("onnx-fp32", 0.95, 8.0, 400_000), _cpu("onnx-int8-cpu", 1.00, 6.0, 110_000))
+    assert rec["variant"] == "onnx-int8-cpu" and rec["spread_pct"] == 6.0
+    assert rec["verdict"]["tied"] == ["onnx-int8-cpu", "onnx-fp32"] and rec["verdict"]["fastest"] == "onnx-fp32"
+    assert rec["verdict"]["broken_by"] == "smaller file"
+    assert rec["reason"].startswith("tie within noise (5.3 % vs spread 8.0 %), broken by: smaller file")
+    # beyond the noise, the faster file wins whatever its size
+    rec = _cpu_pick(_cpu("onnx-fp32", 0.95, 3.0, 400_000), _cpu("onnx-int8-cpu", 1.00, 2.0, 110_000))
+    assert rec["variant"] == "onnx-fp32" and rec["verdict"]["tied"] == [] and rec["verdict"]["broken_by"] is None
+    assert "faster than `onnx-int8-cpu` by 5.3 %, beyond the spread 3.0 %" in rec["reason"]
+
+
+def test_the_noise_is_the_larger_spread_of_the_two_and_the_boundary_is_a_tie():
+    # the slower row's own spread counts too
+    assert _cpu_pick(_cpu("onnx-fp32", 1.0, 0.0, 400_000), _cpu("onnx-int8-cpu", 1.25, 25.0, 110_000))["variant"] \
+        == "onnx-int8-cpu"  # exactly 25 % slower against a 25 % spread: not beyond it
+    assert _cpu_pick(_cpu("onnx-fp32", 1.0, 0.0, 400_000), _cpu("onnx-int8-cpu", 1.25, 24.9, 110_000))["variant"] \
+        == "onnx-fp32"
+    assert _cpu_pick(_cpu("onnx-fp32", 1.0, 25.0, 400_000), _cpu("onnx-int8-cpu", 1.25, 0.0, 110_000))["variant"] \
+        == "onnx-int8-cpu"  # the faster row's spread counts as much
+
+
+def test_a_tie_between_files_of_one_size_goes_to_the_higher_accuracy_then_the_name():
+    rec = _cpu_pick(_cpu("onnx-fp32", 1.00, 5.0, 200_000, accuracy=0.990),
+                    _cpu("onnx-fp16", 1.02, 5.0, 200_000, accuracy=0.991))
+    assert rec["variant"] == "onnx-fp16" and rec["verdict"]["broken_by"] == "higher accuracy"
+    assert "broken by: higher accuracy" in rec["reason"]
+    rec = _cpu_pick(_cpu("onnx-fp32", 1.00, 5.0, 200_000), _cpu("onnx-fp16", 1.00, 5.0, 200_000))
+    assert rec["variant"] == "onnx-fp16" and rec["verdict"]["broken_by"] == "name"
+
+
+def test_three_rows_only_those_within_the_noise_of_the_fastest_tie():
+    rec = _cpu_pick(_cpu("onnx-fp32", 1.00, 4.0, 400_000), _cpu("onnx-fp16", 1.03, 4.0, 200_000),
+                    _cpu("onnx-int8-cpu", 1.50, 4.0, 110_000))  # the smallest, but 50 % slower: out of the tie
+    assert rec["variant"] == "onnx-fp16" and rec["verdict"]["tied"] == ["onnx-fp16", "onnx-fp32"]
+    assert rec["verdict"]["difference_pct"] == 3.0 and rec["verdict"]["spread_pct"] == 4.0
+
+
+def test_rows_timed_before_rounds_existed_have_no_spread_and_the_fastest_wins():
+    a, b = _cpu("onnx-fp32", 1.00, 0.0, 400_000), _cpu("onnx-int8-cpu", 1.01, 0.0, 110_000)
+    for r in (a, b):
+        del r["latency"]["1"]["spread_pct"]
+    rec = _cpu_pick(a, b)
+    assert rec["variant"] == "onnx-fp32" and rec["spread_pct"] is None and rec["verdict"]["tied"] == []
+
+
+def test_the_report_shows_the_tie_and_its_rule(quick_run, tmp_path):
+    rep = copy.deepcopy(quick_run["report"])
+    rep.pop("recommended")
+    for r in rep["variants"]:
+        if r["name"] in ("onnx-fp32", "onnx-int8-cpu"):
+            r["latency"]["1"].update(p50_ms=1.0 if r["name"] == "onnx-fp32" else 1.02, spread_pct=4.0)
+        else:
+            r["nonfinite"] = 1  # out of the running
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(rep))
+    r = invoke("report", run)
+    assert r.exit_code == 0, r.output
+    md = (run / "report.md").read_text()
+    assert "tie within noise (2.0 % vs spread 4.0 %), broken by: smaller file" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| x86/ARM CPU, onnxruntime |"))
+    assert "`onnx-int8-cpu`" in line and "| 4.0 % |" in line and "broken by: smaller file |" in line
+    assert "tie within noise (2.0 % vs spread 4.0 %)" in (run / "report.html").read_text()

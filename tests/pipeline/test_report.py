@@ -100,6 +100,39 @@ def test_report_command_rebuilds_from_json_alone(quick_run, tmp_path):
     assert len(list((run / "report").glob("*.png"))) == 7 + browser  # + the browser's accuracy-vs-latency figure
 
 
+def test_the_timing_section_and_figures_not_to_be_trusted(quick_run, tmp_path):
+    """The Timing section states the rounds, the spread's definition and each session's contention signals; a session
+    that says its figures are not to be trusted puts a warning, with the reasons, at the top of "What to ship"."""
+    import copy
+
+    rep = copy.deepcopy(quick_run["report"])
+    timing = rep["timing"]
+    assert timing["rounds"] == 3 and timing["spread"] == "(max - min) / median of the per-round p50 latencies, in percent"
+    assert [s["where"] for s in timing["sessions"]][0] == "python"
+    for v in rep["variants"]:
+        for st in v["latency"].values():
+            assert st["rounds"] == 3 and len(st["round_p50_ms"]) == 3 and st["spread_pct"] >= 0
+    run = tmp_path / "run"
+    run.mkdir()
+    for ses in timing["sessions"]:
+        ses.update(load_1min=9.5, cores=2, others_cpu_pct=80.0, untrusted=["the 1-minute load average was 9.50 on 2 "
+                                                                          "cores (over 1.5 per core)"])
+    timing.update(trusted=False, untrusted=["python: the 1-minute load average was 9.50 on 2 cores (over 1.5 per core)"])
+    (run / "report.json").write_text(json.dumps(rep))
+    r = invoke("report", run)
+    assert r.exit_code == 0, r.output
+    md = (run / "report.md").read_text()
+    ship = md.split("## What to ship", 1)[1].split("\n## ", 1)[0]
+    assert "**Timing figures not to be trusted**: python: the 1-minute load average was 9.50 on 2 cores" in ship
+    section = md.split("## Timing", 1)[1].split("\n## ", 1)[0]
+    assert "3 rounds" in section and "(max - min) / median" in section
+    assert "| python | `torch-fp32`," in section and "| 9.50 / 2 | 80 % |" in section
+    assert "NOT to be trusted: the 1-minute load average was 9.50" in section
+    assert "Timing figures not to be trusted" in (run / "report.html").read_text()
+    quiet = quick_run["report"]["timing"]
+    assert ("Timing figures not to be trusted" in (quick_run["dir"] / "report.md").read_text()) == (not quiet["trusted"])
+
+
 def test_report_command_bad_input(tmp_path):
     r = invoke("report", tmp_path)
     assert r.exit_code == 2 and "does not exist" in r.output
@@ -195,6 +228,11 @@ DAMAGED_REPORTS = {
     "confusion matrix not square": _set(["confusion", "matrix"], [[1, 2], [3, 4]]),
     "sqnr as a string": _set(["quantization", "variants", "onnx-int8-ptq", 0, "sqnr_db"], "high"),
     "speedup ratio negative": _set(["speedup_vs_torch", "onnx-fp32", "throughput_ratio"], -1.0),
+    "spread negative": _set(["variants", 1, "latency", "1", "spread_pct"], -3.0),
+    "round p50s as a string": _set(["variants", 1, "latency", "1", "round_p50_ms"], "1.0, 2.0"),
+    "timing trusted as a string": _set(["timing", "trusted"], "no"),
+    "timing session from nowhere": _set(["timing", "sessions", 0, "where"], "gpu"),
+    "tie broken by an unknown rule": _set(["recommended", "cpu", "verdict", "broken_by"], "coin toss"),
     "top level a list": lambda rep: json.dumps([rep]),
     "top level a number": lambda rep: "42",
     "NaN literal": lambda rep: json.dumps(rep).replace('"agreement": 1.0', '"agreement": NaN', 1),

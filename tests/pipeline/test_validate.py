@@ -169,13 +169,15 @@ def test_latency_is_labelled_with_what_it_includes_and_stays_in_the_profile(fake
 
     engine = fake_engine_file(tmp_path / "m.engine", quick_run["dir"] / "export" / "model-fp32.onnx")
     images = np.zeros((300, 1, 28, 28), np.float32)
-    cfg = ValidateConfig(batches=(1, 256), warmup=1, iterations=3, max_seconds=0.01)
+    cfg = ValidateConfig(batches=(1, 256), warmup=1, rounds=3, iterations=3, max_seconds=0.01)
     with TensorRTRunner(engine) as runner:
-        lat = latency(runner, images, cfg)
-        assert set(lat) == {"1", "256"}
+        by_name, session = latency({"trt-fp32": runner}, images, cfg)
+        lat = by_name["trt-fp32"]
+        assert set(lat) == {"1", "256"} and session["variants"] == ["trt-fp32"]
         for stats in lat.values():
             assert "copies_excluded" not in stats
             assert "H2D" in stats["includes"] and "D2H" in stats["includes"] and "GPU compute" in stats["includes"]
         assert not hasattr(runner, "device_time_ms")
         with pytest.raises(PipelineError, match="accepts batches 1 to 256"):
-            latency(runner, images, ValidateConfig(batches=(1, 257), warmup=0, iterations=1, max_seconds=0.01))
+            latency({"trt-fp32": runner}, images, ValidateConfig(batches=(1, 257), warmup=0, iterations=1,
+                                                                 max_seconds=0.01))

@@ -22,9 +22,12 @@ def test_bench_sweeps_batches_and_writes_json(quick_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert "Timing method" in r.output and "MACs per image" in r.output
     data = json.loads(out.read_text())
-    assert [row["batch"] for row in data["results"]] == [1, 8]
-    assert all(row["p50_ms"] > 0 and row["throughput_per_s"] > 0 for row in data["results"])
-    assert data["macs_per_image"] == macs_per_image(build("edgenet"))
+    (one,) = data["models"]
+    assert [row["batch"] for row in one["results"]] == [1, 8]
+    assert all(row["p50_ms"] > 0 and row["throughput_per_s"] > 0 and row["rounds"] == 7 and row["spread_pct"] >= 0
+               for row in one["results"])
+    assert one["macs_per_image"] == macs_per_image(build("edgenet")) and data["verdict"] is None
+    assert {"load_1min", "cores", "steal_pct", "others_cpu_pct", "untrusted"} <= set(data["contention"])
 
 
 def _without_image_shape(quick_run, path, name: str):
@@ -167,3 +170,170 @@ def test_measure_respects_iteration_bounds():
     assert s.iterations == 30 and len(calls) == 35
     s = measure(lambda: None, batch=1, warmup=0, iterations=10**9, max_seconds=0.05, min_iterations=3)
     assert 3 <= s.iterations < 10**9
+
+
+# ---------------------------------------------------------------------------- rounds, spread and contention
+def test_spread_is_max_minus_min_over_the_median_of_the_round_p50s_in_percent():
+    from runtime.bench import spread_pct
+
+    assert spread_pct([1.0, 2.0, 4.0]) == pytest.approx(150.0)  # (4 - 1) / 2
+    assert spread_pct([3.0, 3.0, 3.0]) == 0.0
+    assert spread_pct([0.0, 0.0, 0.0]) == 0.0
+    with pytest.raises(ValueError):
+        spread_pct([])
+
+
+def test_rounds_combine_to_medians_that_one_slow_round_does_not_move():
+    from runtime.bench import combine_rounds
+
+    rounds = [[1.0, 1.0, 1.2], [1.1, 1.1, 0.9], [10.0] * 5]  # the third round ran under a load burst
+    s = combine_rounds(rounds, batch=2)
+    assert s.rounds == 3 and s.round_p50_ms == (1.0, 1.1, 10.0) and s.iterations == 11
+    assert s.p50_ms == 1.1  # the median of the per-round medians; the pooled calls' median is 1.2
+    assert s.throughput_per_s == pytest.approx(2 * 3 / (3.2 / 1000))  # the median round's throughput (1,875/s)
+    assert s.spread_pct == pytest.approx(100 * 9.0 / 1.1) and s.noisy
+    assert s.p99_ms > 9 and s.min_ms == 0.9  # tails over all calls: what a user sees
+    pooled = summarize([t for r in rounds for t in r], 2)
+    assert pooled.throughput_per_s < s.throughput_per_s / 2  # pooled, the slow round would have dragged it down
+    s = combine_rounds([[2.0], [1.0], [3.0], [100.0], [1.5]], batch=1)
+    assert s.p50_ms == 2.0 and s.as_dict()["round_p50_ms"] == (2.0, 1.0, 3.0, 100.0, 1.5)
+    with pytest.raises(ValueError):
+        combine_rounds([[1.0], []], batch=1)
+
+
+def test_interleave_rotates_the_order_each_round_and_keeps_every_burst_short():
+    from runtime.bench import interleave, rotated
+
+    assert [rotated(["a", "b", "c"], r) for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                                              ["a", "b", "c"]]
+    log = []
+    calls = {n: {b: (lambda n=n, b=b: log.append((n, b))) for b in (1, 4)} for n in ("a", "b", "c")}
+    stats, signals = interleave(calls, rounds=4, burst_calls=5, burst_seconds=10.0, warmup=2)
+    assert log[:12] == [(n, b) for n in "abc" for b in (1, 4) for _ in range(2)]  # warm-up, untimed
+    timed = log[12:]
+    assert len(timed) == 4 * 2 * 3 * 5  # rounds x batches x variants x burst calls
+    bursts = [timed[i] for i in range(0, len(timed), 5)]
+    assert all(timed[i:i + 5] == [timed[i]] * 5 for i in range(0, len(timed), 5))
+    expected = [(n, b) for r in range(4) for b in (1, 4) for n in rotated(["a", "b", "c"], r)]
+    assert bursts == expected  # per round, batch by batch, every variant once, in the rotated order
+    assert set(stats) == {"a", "b", "c"} and all(st.rounds == 4 and st.iterations == 20 and len(st.round_p50_ms) == 4
+                                                 for by in stats.values() for st in by.values())
+    assert signals["cores"] >= 1 and signals["seconds"] >= 0
+
+
+def test_interleave_bounds_a_burst_by_time_and_refuses_what_would_hang():
+    from runtime.bench import interleave
+
+    n = []
+    stats, _ = interleave({"x": {1: lambda: n.append(1)}}, rounds=3, burst_calls=10**9, burst_seconds=0.02, warmup=0)
+    assert 3 * 3 <= stats["x"][1].iterations == len(n) < 10**9  # at least 3 calls per burst, bounded by time
+    for kw, says in ((dict(rounds=2), "rounds must be 3 to 1000"), (dict(burst_seconds=math.inf), "burst seconds"),
+                     (dict(burst_calls=0), "burst calls must be at least 1"), (dict(warmup_seconds=math.nan), "warmup")):
+        called = []
+        with deadline(10), pytest.raises(RuntimeInputError, match=says):
+            interleave({"x": {1: lambda: called.append(1)}}, **{**dict(rounds=3, burst_calls=1, burst_seconds=0.01,
+                                                                       warmup=0), **kw})
+        assert called == []
+
+
+BUSY = "while True: pass"
+
+
+@contextlib.contextmanager
+def busy_loops(n: int | None = None):
+    """One CPU-bound process per core (or ``n``) beside the test, killed (by their own ids) afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n or os.cpu_count() or 1)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_contention_sees_other_processes_and_says_why_not_to_trust():
+    import time
+
+    from runtime.bench import Contention, untrusted
+
+    with busy_loops() as procs:
+        time.sleep(0.5)  # let them start
+        with Contention() as watch:
+            time.sleep(1.5)  # this process does nothing: every busy tick is someone else's
+        assert all(p.poll() is None for p in procs)
+    sig = watch.signals()
+    assert sig["others_cpu_pct"] > 50, sig  # one busy loop per core: most of the machine
+    assert 0 <= sig["steal_pct"] <= 100 and sig["load_1min"] >= 0
+    why = untrusted(sig)
+    assert any("other processes used" in w for w in why), why
+    # a process that does the work itself is not "others": the busy loop here is this one's
+    with Contention(own=False) as blind:
+        pass
+    assert blind.signals()["others_cpu_pct"] is None
+
+
+def _matmul_chain(path, layers: int, dim: int = 384):
+    """An ONNX model of ``layers`` identical dim x dim MatMul layers (a tanh after each, so values stay finite): the
+    work per image is exactly proportional to ``layers``, and at dim 384 a call is far above per-call overhead."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), "w")
+    nodes, prev = [], "x"
+    for i in range(layers):
+        nodes += [helper.make_node("MatMul", [prev, "w"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
+        prev = f"t{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dim])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_2x_work_difference_keeps_its_order_beside_one_busy_loop_per_core(tmp_path):
+    """Two files, one doing twice the other's work, benchmarked together while every core also runs a busy loop:
+    the order is kept (the rounds put the load on both alike), and the faster file is picked. The faster file is
+    made the larger one, so a tie (broken by the smaller file) could not pick it by accident."""
+    import os
+
+    fast, slow = _matmul_chain(tmp_path / "fast.onnx", 6), _matmul_chain(tmp_path / "slow.onnx", 12)
+    m = onnx.load(str(fast))
+    m.doc_string = "x" * (slow.stat().st_size - fast.stat().st_size + 4096)  # padding: fast is now the larger file
+    onnx.save(m, str(fast))
+    assert fast.stat().st_size > slow.stat().st_size
+    out = tmp_path / "b.json"
+    with busy_loops():
+        r = invoke("bench", fast, slow, "--batch", "16", "--threads", "1", "--rounds", "7", "--iterations", "20",
+                   "--duration", "0.15", "--warmup", "3", "--warmup-seconds", "0", "--json", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    p50 = {m["label"]: m["results"][0]["p50_ms"] for m in data["models"]}
+    assert p50["fast.onnx"] < p50["slow.onnx"], p50
+    verdict = data["verdict"]
+    assert verdict["fastest"] == "fast.onnx" and verdict["winner"] == "fast.onnx" and verdict["tied"] == [], verdict
+    assert verdict["difference_pct"] > verdict["spread_pct"]
+    assert "Faster at batch 16: fast.onnx (faster than `slow.onnx` by" in " ".join(r.output.split())
+    if os.cpu_count() and os.path.exists("/proc/stat"):
+        assert data["contention"]["others_cpu_pct"] > 30  # the busy loops were seen
+        assert "not to be trusted" in " ".join(r.output.split())
+
+
+def test_two_copies_of_one_file_are_a_tie(tmp_path):
+    a = _matmul_chain(tmp_path / "m.onnx", 4)
+    (tmp_path / "copy").mkdir()
+    b = tmp_path / "copy" / "m.onnx"
+    b.write_bytes(a.read_bytes())
+    out = tmp_path / "b.json"
+    r = invoke("bench", a, b, "--batch", "8", "--threads", "1", "--rounds", "7", "--iterations", "20",
+               "--duration", "0.05", "--warmup", "3", "--warmup-seconds", "0", "--json", out)
+    assert r.exit_code == 0, r.output
+    verdict = json.loads(out.read_text())["verdict"]
+    assert sorted(verdict["tied"]) == sorted([str(a), str(b)]) and verdict["broken_by"] == "name", verdict
+    assert "tie within noise (" in " ".join(r.output.split())

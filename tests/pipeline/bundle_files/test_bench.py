@@ -19,7 +19,8 @@ def test_bench_script_reproduces_the_report_without_the_repo(bundle, quick_run, 
     # run from a copy outside the repo, with the repo off sys.path; numpy + onnxruntime are all it imports
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-I", str(bundle / "bench.py"), "--seconds", "0.1", "--iterations", "10",
-                           "--batches", "1,8", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
+                           "--rounds", "3", "--batches", "1,8", "--json", str(out)], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     reported = {v["name"]: v for v in quick_run["report"]["variants"]}
@@ -27,6 +28,15 @@ def test_bench_script_reproduces_the_report_without_the_repo(bundle, quick_run, 
         assert rows[name]["accuracy"] == reported[name]["accuracy"], name
         assert rows[name]["agreement"] == reported[name]["agreement"], name
     assert "| onnx-fp32 |" in proc.stdout and "equals report" in proc.stdout
+    # timed with the pipeline's rounds: every model together, medians over 3 rounds, the spread, the contention
+    assert "all models together in 3 rounds" in proc.stdout
+    for r in rows.values():
+        for st in r["latency"].values():
+            assert st["rounds"] == 3 and len(st["round_p50_ms"]) == 3 and st["spread_pct"] >= 0 and st["p50_ms"] > 0
+    contention = json.loads(out.read_text())["contention"]
+    assert contention["cores"] >= 1 and isinstance(contention["untrusted"], list)
+    assert ("WARNING: the timings are not to be trusted" in proc.stdout) == bool(contention["untrusted"])
+    assert not list(bundle.rglob("__pycache__"))  # nothing the bundle's MANIFEST.json does not list
 
 
 # ---------------------------------------------------------------- bench.py checks what validate checks

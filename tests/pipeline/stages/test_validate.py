@@ -121,3 +121,62 @@ def test_a_browser_that_cannot_measure_skips_its_rows_and_keeps_the_rest(quick_c
     for name in ("web-wasm-fp32", "web-wasm-int8"):
         assert skipped[name].startswith("not measured in the browser: Chromium (/usr/bin/chromium) exited"), name
     assert report["recommended"]["browser"]["measured"] is False
+
+
+def test_the_stage_activates_each_runner_once_and_times_them_together_in_rotated_rounds(quick_copy, data_root,
+                                                                                        monkeypatch):
+    """Parity first, variant by variant; then every variant timed in rounds, one burst each per round and batch,
+    the order rotated: a load burst can no longer fall on one variant's whole turn. Each runner is activated
+    once, and the report carries the rounds, their spread and the contention signals."""
+    import json
+
+    from pipeline import efficiency, validate, variants
+    from runtime import bench
+    from runtime.base import BaseRunner
+
+    events = []
+    real_activate, real_interleave = BaseRunner.activate, bench.interleave
+
+    def activate(self):
+        events.append(("activate", id(self)))
+        return real_activate(self)
+
+    def interleave(calls, **kw):
+        def spy(name, b, run):
+            return lambda: (events.append(("call", name, b)), run())[1]
+        return real_interleave({n: {b: spy(n, b, run) for b, run in by.items()} for n, by in calls.items()}, **kw)
+
+    monkeypatch.setattr(BaseRunner, "activate", activate)
+    monkeypatch.setattr(validate, "interleave", interleave)
+    monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)
+    monkeypatch.setattr(variants, "VARIANTS", variants.VARIANTS[:3])  # torch-fp32, onnx-fp32, onnx-fp16
+    names = [v.name for v in variants.VARIANTS]
+    from pipeline.stages import validate as vstage
+
+    ctx = _stage_context(quick_copy, data_root, batches=(1, 4), rounds=4, warmup=1, iterations=2, max_seconds=5.0)
+    vstage.run(ctx)
+    activations = [e[1] for e in events if e[0] == "activate"]
+    assert len(activations) == len(set(activations)) == 3  # one runner per variant, activated once, not per round
+    calls = [e[1:] for e in events if e[0] == "call"]
+    warm, timed = calls[:6], calls[6:]
+    assert warm == [(n, b) for n in names for b in (1, 4)]  # one warm-up call each, before the rounds
+    bursts = [timed[i] for i in range(0, len(timed), 2)]
+    assert bursts == [(n, b) for r in range(4) for b in (1, 4) for n in names[r % 3:] + names[:r % 3]]
+
+    report = json.loads((quick_copy / "edgenet" / "report.json").read_text())
+    for row in report["variants"]:
+        for b in ("1", "4"):
+            st = row["latency"][b]
+            assert st["rounds"] == 4 and len(st["round_p50_ms"]) == 4 and st["iterations"] == 8
+            assert st["p50_ms"] == float(np.median(st["round_p50_ms"]))
+            spread = 100 * (max(st["round_p50_ms"]) - min(st["round_p50_ms"])) / st["p50_ms"]
+            assert st["spread_pct"] == pytest.approx(spread)
+    timing = report["timing"]
+    assert timing["rounds"] == 4 and timing["burst_calls"] == 2 and timing["spread"].startswith("(max - min) / median")
+    (session,) = timing["sessions"]
+    assert session["where"] == "python" and session["variants"] == names and session["cores"] >= 1
+    assert timing["trusted"] == (not session["untrusted"])
+    assert report["recommended"]["cpu"]["verdict"]["winner"] == report["recommended"]["cpu"]["variant"]
+    md = (quick_copy / "edgenet" / "report.md").read_text()
+    assert "## Timing" in md and "| python | `torch-fp32`, `onnx-fp32`, `onnx-fp16` |" in md
+    assert ("**Timing figures not to be trusted**" in md) == (not timing["trusted"])
