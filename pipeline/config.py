@@ -230,6 +230,12 @@ class QuantConfig:
     qat_epochs: int = 1  # fine-tuning epochs with fake quantization, from the FP32 checkpoint
     qat_lr: float = 1e-4  # low, constant-then-cosine learning rate for QAT fine-tuning
     qat_max_images: int = 0  # cap on training images per QAT epoch (0 = whole split)
+    # QAT recipe (docs/qat.md, "What was tried"): the fake-quant observers learn the activation and weight ranges
+    # for this many optimizer steps, then freeze (0 = never), so the rest of the fine-tuning fits the weights to
+    # fixed grids, the grids that ship
+    qat_observer_steps: int = 0
+    qat_ema: float = 0.0  # decay of an EMA of the QAT weights, the copy converted and exported (0 = off)
+    qat_augment: bool = False  # fine-tune on the training run's random affine augmentation (clean images if off)
     cpu_variant: bool = True  # also write onnx-int8-cpu (uint8 activations, fused by onnxruntime CPU)
     sqnr_images: int = 256  # calibration images used to measure per-layer SQNR
     sensitivity: bool = True  # rank the PTQ file's layers by validation accuracy (pipeline.sensitivity)
@@ -248,6 +254,9 @@ class QuantConfig:
         _check(self.calib_size >= 1, f"--calib-size must be at least 1, got {self.calib_size}.")
         _check(self.qat_epochs >= 1, f"--qat-epochs must be at least 1, got {self.qat_epochs}.")
         _check(_finite(self.qat_lr) and 0 < self.qat_lr < 1, f"--qat-lr must be in (0, 1), got {self.qat_lr}.")
+        _check(self.qat_observer_steps >= 0, f"qat_observer_steps must be 0 (never frozen) or more, got "
+                                             f"{self.qat_observer_steps}.")
+        _check(_finite(self.qat_ema) and 0 <= self.qat_ema < 1, f"qat_ema must be in [0, 1) (0 = off), got {self.qat_ema}.")
 
     def builds(self, switch: str | None) -> bool:
         """Whether this config builds the variant tagged ``switch`` (ptq | qat | cpu | None)."""
