@@ -88,8 +88,11 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
     """Quantization-aware fine-tuning from the FP32 weights, then QDQ ONNX written to ``final``.
 
     ``batch_size`` and ``seed`` are the training run's (``--batch-size``, ``--seed``): QAT is more training,
-    so the options that shape training shape it too. ``cfg`` gives its epochs, learning rate (SGD with
-    momentum 0.9, cosine to zero over all steps) and images per epoch. ``tensorrt_rules`` (the variant table's
+    so the options that shape training shape it too. ``cfg`` gives the recipe: epochs, learning rate (SGD with
+    momentum 0.9, cosine to zero over all steps), images per epoch, the step after which the observers freeze,
+    the weight EMA that is exported, augmentation (:class:`Recipe`; docs/qat.md says why the defaults are a
+    short, gentle fine-tuning). The model starts from the checkpoint's weights, which are the training run's EMA
+    (:class:`pipeline.train.WeightEMA` is what training keeps). ``tensorrt_rules`` (the variant table's
     ``tensorrt`` column) checks TensorRT's Q/DQ placement rules before the file is written.
     ``simulated_json``, when given, receives the converted model's test accuracy in torch before export (its
     quantize/dequantize ops simulate INT8 in float): the accuracy ladder's rung between torch FP32 and the
