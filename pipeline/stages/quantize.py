@@ -78,8 +78,7 @@ def run(ctx: Context) -> list[Path]:
     if q.qat:
         model = checkpoint.restore(ckpt)
         v = BY_NAME["onnx-int8-qat"]
-        path = qat.qat(model, ctx.splits, q, ctx.rd.export_file(v.file),
-                       meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}"), ctx.cfg.export.opset,
+        path = qat.qat(model, ctx.splits, q, ctx.rd.export_file(v.file), meta(_qat_method(q)), ctx.cfg.export.opset,
                        batch_size=ctx.cfg.train.batch_size, seed=ctx.cfg.train.seed, tensorrt_rules=v.tensorrt,
                        progress=ctx.progress, simulated_json=ctx.rd.qat_torch_json)
         outputs.append(path)
@@ -87,7 +86,7 @@ def run(ctx: Context) -> list[Path]:
                  f"{path.stat().st_size:,}")
         v = BY_NAME["onnx-int8-qat-cpu"]
         path = _qat_cpu(path, ctx.rd.export_file(v.file), calib,
-                        meta(f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}/onnxruntime-u8s8"))
+                        meta(_qat_method(q) + "/onnxruntime-u8s8"))
         outputs.append(path)
         log.info("quantize: CPU INT8 from QAT (its learned scales, fused placement) -> %s (%s bytes)", path,
                  f"{path.stat().st_size:,}")
@@ -116,6 +115,12 @@ def run(ctx: Context) -> list[Path]:
         ctx.rd.sensitivity_json.unlink(missing_ok=True)
         ctx.rd.sensitivity_png.unlink(missing_ok=True)
     return outputs
+
+
+def _qat_method(q: QuantConfig) -> str:
+    """The QAT recipe as the file's ``quantization`` metadata: epochs, learning rate, observer freeze, EMA, augmentation."""
+    return (f"qat/torchao-pt2e/{q.qat_epochs}ep/lr{q.qat_lr:g}/freeze{q.qat_observer_steps}/ema{q.qat_ema:g}"
+            + ("/augment" if q.qat_augment else ""))
 
 
 def _qat_cpu(qdq: Path, final: Path, images, metadata: dict) -> Path:

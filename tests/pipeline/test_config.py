@@ -28,7 +28,8 @@ DEFAULTS = {
     "validate": {"batches": (1, 8, 64, 256), "warmup": 10, "rounds": 7, "iterations": 100, "max_seconds": 0.15,
                  "golden_atol": 1e-5, "threads": 0, "browser": True},
     "quant": {"mode": "both", "calib_size": 512, "calib_method": "minmax", "calib_seed": 0, "qat_epochs": 1,
-              "qat_lr": 1e-4, "qat_max_images": 0, "cpu_variant": True, "sqnr_images": 256, "sensitivity": True,
+              "qat_lr": 3e-5, "qat_max_images": 16384, "qat_observer_steps": 32, "qat_ema": 0.98, "qat_augment": False,
+              "cpu_variant": True, "sqnr_images": 256, "sensitivity": True,
               "int8_budget": None},
 }
 #: ...and today's --quick budget: what differs from the defaults under --quick.

@@ -161,3 +161,23 @@ def test_the_qat_cpu_file_keeps_the_learned_activation_scales(quick_run):
     assert props["precision"] == "int8" and props["quantization"].startswith("qat/")
     sim = json.loads((quick_run["dir"] / "quantize" / "qat-torch.json").read_text())
     assert sim["images"] == 10000 and 0.9 < sim["test_accuracy"] <= 1
+
+
+def test_the_qat_file_quantizes_weights_per_output_channel(quick_run):
+    """QAT's weight fake quantization is per channel (pipeline.qat.symmetric_int8_quantizer), and the exported QDQ
+    file keeps it: each of edgenet's 6 weight tensors (5 convs, the classifier) is int8 with one scale per output
+    channel on axis 0, and the scales differ (one per-tensor scale repeated would pass a length check)."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(quick_run["dir"] / "export" / "model-int8-qat.onnx"))
+    consts = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
+                   if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    weights = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts
+               and consts[n.input[0]].ndim >= 2]
+    assert len(weights) == 6, [n.name for n in weights]
+    for n in weights:
+        w, scale = consts[n.input[0]], consts[n.input[1]]
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        assert w.dtype == np.int8 and scale.shape == (w.shape[0],) and axis == 0, (n.name, w.shape, scale.shape, axis)
+        assert len(np.unique(scale)) > 1, n.name
