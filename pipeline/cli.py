@@ -560,7 +560,7 @@ def bench(
     if len(models) > 1:
         small = min(sizes)
         verdict = pick([Candidate(r["label"], results[r["label"]][small].p50_ms, results[r["label"]][small].spread_pct,
-                                  r["size_bytes"]) for r in report])
+                                  r["size_bytes"], rounds=results[r["label"]][small].round_p50_ms) for r in report])
         out.print(literal(f"Faster at batch {small}: {verdict.winner} ({verdict.sentence()})."), soft_wrap=True)
     why = untrusted(signals, results)
     if why:

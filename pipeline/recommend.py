@@ -103,9 +103,10 @@ def spread(row: dict, batch: str) -> float | None:
 
 
 def candidate(row: dict, batch: str) -> Candidate:
-    """A report row as :func:`runtime.bench.pick` sees it: p50 and spread at ``batch``, file size, accuracy."""
+    """A report row as :func:`runtime.bench.pick` sees it: p50, spread and each round's p50 at ``batch``, file
+    size, accuracy. The rows of one target were timed in the same rounds (one validate stage), so their rounds pair."""
     return Candidate(row["name"], figures(row, batch, batch)[0], spread(row, batch), row.get("size_bytes"),
-                     row.get("accuracy"))
+                     row.get("accuracy"), tuple(row.get("latency", {}).get(batch, {}).get("round_p50_ms") or ()))
 
 
 def disqualified(row: dict) -> str | None:

@@ -435,6 +435,9 @@ class Candidate:
     spread_pct: float | None = None
     size_bytes: int | None = None
     accuracy: float | None = None
+    #: each round's p50 (ms), in the order the rounds ran: when two candidates were timed in the same rounds, they
+    #: are compared round by round (:func:`paired_gap`), which a drift that slows every variant alike cannot sway
+    rounds: tuple[float, ...] = ()
 
 
 #: what breaks a tie within the noise, in order (a key where smaller wins; unknown values tie)
@@ -488,18 +491,45 @@ def slower_pct(p50_ms: float, fastest_ms: float) -> float:
     return 0.0 if p50_ms <= 0 else math.inf
 
 
+def paired_gap(c: Candidate, fastest: Candidate) -> tuple[float, float] | None:
+    """(how much slower ``c`` is than ``fastest``, the noise of that figure), both in percent, from the rounds the
+    two were timed in together: per round the ratio of their p50s; the difference is the median ratio, the noise
+    the spread of the ratios ((max - min) / median, as :func:`spread_pct`). None when they were not timed in the
+    same rounds (different counts, fewer than 3, or a figure that is not a positive finite number).
+
+    Why paired: on a shared machine every variant of a round slows down together (measured here on a quiet AMD
+    EPYC VM: one variant's p50 at batch 256 moved between 38 and 88 ms from round to round), so each variant's own
+    spread is wide while the ratio inside a round barely moves. Holding the ratio against its own spread calls a
+    real 1.5x difference a difference, and still calls two copies of one file a tie."""
+    a, b = np.asarray(c.rounds, np.float64), np.asarray(fastest.rounds, np.float64)
+    if a.size != b.size or a.size < 3 or not (np.isfinite(a).all() and np.isfinite(b).all()
+                                              and (a > 0).all() and (b > 0).all()):
+        return None
+    ratio = a / b
+    med = float(np.median(ratio))
+    # not slower round by round than the one with the lowest median p50: no difference at all (and so a tie)
+    return max(0.0, 100.0 * (med - 1.0)), 100.0 * float(ratio.max() - ratio.min()) / med
+
+
+def _gap(c: Candidate, fastest: Candidate) -> tuple[float, float]:
+    """(difference, noise) in percent: paired over the rounds where both have them, else the two medians held
+    against the larger of the two spreads."""
+    return paired_gap(c, fastest) or (slower_pct(c.p50_ms, fastest.p50_ms),
+                                      max(fastest.spread_pct or 0.0, c.spread_pct or 0.0))
+
+
 def pick(candidates: list[Candidate]) -> Verdict:
     """The faster candidate, only when it is faster by more than the noise; else a tie, broken by
     :data:`TIE_BREAKERS` (smaller file, then higher accuracy, then name).
 
-    The fastest is the lowest p50. Another candidate is tied with it when it is slower by no more than the larger
-    of the two spreads (:func:`slower_pct` against :func:`spread_pct`: a difference the rounds themselves vary by is
-    no difference). A NaN figure is never "beyond the noise" (``not x > y``)."""
+    The fastest is the lowest p50. Another candidate is tied with it when it is slower by no more than the noise
+    (:func:`_gap`: round by round when both were timed in the same rounds, else the larger of the two spreads: a
+    difference the rounds themselves vary by is no difference). A NaN figure is never "beyond the noise"
+    (``not x > y``)."""
     if not candidates:
         raise ValueError("nothing to pick from")
     fastest = min(candidates, key=lambda c: (c.p50_ms, c.name))
-    gaps = [(slower_pct(c.p50_ms, fastest.p50_ms), max(fastest.spread_pct or 0.0, c.spread_pct or 0.0), c)
-            for c in candidates if c is not fastest]
+    gaps = [(*_gap(c, fastest), c) for c in candidates if c is not fastest]
     tied = [g for g in gaps if not g[0] > g[1]]
     if not tied:
         if not gaps:

@@ -337,3 +337,30 @@ def test_two_copies_of_one_file_are_a_tie(tmp_path):
     verdict = json.loads(out.read_text())["verdict"]
     assert sorted(verdict["tied"]) == sorted([str(a), str(b)]) and verdict["broken_by"] == "name", verdict
     assert "tie within noise (" in " ".join(r.output.split())
+
+
+def test_candidates_timed_in_the_same_rounds_are_compared_round_by_round():
+    """Figures from a quiet run on this shared AMD VM: every variant slowed by up to 2x from round to round, so each
+    one's own spread (over 60 %) swallowed a real 1.5x difference and the medians alone called a tie. Paired by round,
+    the ratio barely moves, so the faster one wins; without paired rounds the old rule (and its tie) stands."""
+    from runtime.bench import Candidate, paired_gap, pick, spread_pct
+
+    slow = (37.6, 70.2, 72.1, 76.8, 84.3, 87.8, 75.7)
+    fast = tuple(round(t / r, 3) for t, r in zip(slow, (1.55, 1.45, 1.50, 1.48, 1.52, 1.49, 1.46)))
+    a = Candidate("int8", 1.0, spread_pct(fast), 100, rounds=fast)
+    b = Candidate("fp32", 1.0, spread_pct(slow), 400, rounds=slow)
+    a, b = (Candidate(c.name, float(sorted(c.rounds)[3]), c.spread_pct, c.size_bytes, rounds=c.rounds) for c in (a, b))
+    diff, noise = paired_gap(b, a)
+    assert 45 < diff < 55 and noise < 10, (diff, noise)
+    v = pick([a, b])
+    assert not v.tie and v.winner == "int8" and v.runner_up == "fp32"
+    unpaired = pick([Candidate(a.name, a.p50_ms, a.spread_pct, 100), Candidate(b.name, b.p50_ms, b.spread_pct, 400)])
+    assert unpaired.tie  # each variant's own spread is wider than the difference
+    # rounds that do not pair (another count, too few, a NaN) fall back to the medians and spreads
+    for other in (slow[:5], slow[:2], (math.nan,) + slow[1:]):
+        assert paired_gap(Candidate("x", 1.0, rounds=other), a) is None
+    # two copies of one file, timed in the same drifting rounds: a tie, whatever the drift
+    jitter = tuple(t * (1 + 0.03 * ((i % 3) - 1)) for i, t in enumerate(slow))
+    v = pick([Candidate("a", sorted(slow)[3], spread_pct(slow), 10, rounds=slow),
+              Candidate("b", sorted(jitter)[3], spread_pct(jitter), 10, rounds=jitter)])
+    assert v.tie and v.broken_by == "name"
