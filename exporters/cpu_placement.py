@@ -129,7 +129,7 @@ def input_layers(proto) -> list[str]:
     nothing to multiply per output and pays for quantizing the image and repacking its output; in float it
     is faster. Measured on the quick model (Intel Xeon, AVX2/FMA, AVX-512 VNNI, AVX-VNNI, AMX-INT8, one
     thread): batch-1 latency 1.65-1.76x FP32's with the first conv in float against 1.36-1.45x all int8,
-    batch-256 throughput the same (1.6x), test accuracy within 0.03 pp. See the README's CPU INT8 section.
+    batch-256 throughput the same (1.6x), test accuracy within 0.03 pp. See docs/quantization.md, "CPU INT8 speed".
     """
     shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
     inputs = {i.name for i in proto.graph.input} - set(shapes)

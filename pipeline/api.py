@@ -8,7 +8,7 @@ printing it. Because it runs inside the caller's process it behaves as a library
 torch's thread count and random state as it found them.
 
 ``model`` may also be an ``nn.Module`` object, for instance a class defined in the notebook itself: see
-:func:`pipeline.models.adopt` for how it is checked, fingerprinted and copied, and README "Python API".
+:func:`pipeline.models.adopt` for how it is checked, fingerprinted and copied, and docs/usage.md "Python API".
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class RunResult:
     """What :func:`run` produced.
 
     ``report`` is the validate stage's report (``report.json`` as a dict: accuracies, parity, latency per
-    variant; see README "Report contract"), also when validate was skipped as up to date. It is ``None`` when
+    variant; see docs/report.md "Report contract"), also when validate was skipped as up to date. It is ``None`` when
     ``stage`` stops before validate: the stage's files are then in ``run_dir`` (``train/history.json`` holds
     the training summary).
     """

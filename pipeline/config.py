@@ -140,7 +140,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 6  # full passes over the training split (README, "Recipes tried")
+    epochs: int = 6  # full passes over the training split (docs/history.md, "Recipes tried")
     batch_size: int = 128
     optimizer: str = "adamw"  # adamw | adam | sgd (momentum 0.9, Nesterov)
     lr: float = 3e-3  # peak learning rate for onecycle, initial otherwise

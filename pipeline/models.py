@@ -33,7 +33,7 @@ def edgenet():
     Why this shape: on a CPU, training time goes to the full-resolution (28x28) layers, whose feature maps
     are the largest to write, normalize and back-propagate; so only one cheap conv (1 to 16 channels) sees
     28x28, and the channels grow where the maps are small (14x14, 7x7, 3x3). About 108k parameters and
-    4.4 M MACs per image, so it trains to about 99.6 % in about two minutes on a 2-core CPU (README,
+    4.4 M MACs per image, so it trains to about 99.6 % in about two minutes on a 2-core CPU (docs/history.md,
     "Recipes tried") and runs fast on an edge device. BatchNorm folds into the convs at export and
     quantization; every op maps onto TensorRT INT8 kernels.
     """

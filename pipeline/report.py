@@ -2,7 +2,7 @@
 
 :func:`assemble` builds one dict; :func:`write_all` writes it as report.json (checked against the contract
 in :mod:`pipeline.schema` first), report.md, a self-contained report.html and the figures. The JSON is a
-contract later stages and external checks read (see the README's "Report contract"). The markdown, HTML
+contract later stages and external checks read (see docs/report.md, "Report contract"). The markdown, HTML
 and figures derive everything from the JSON, so ``pipeline report`` can rebuild them from the file alone.
 """
 from __future__ import annotations
@@ -288,7 +288,7 @@ def write(report: dict, json_path: Path, md_path: Path) -> None:
 def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], logits: dict, labels, *,
              params: int, macs: int, peak_gflops: float, environment: dict, history: list | None,
              quantization: dict | None, qat_torch: dict | None = None, timing: dict | None = None) -> dict:
-    """The report dict (the README's "Report contract") from what the validate stage measured.
+    """The report dict (docs/report.md, "Report contract") from what the validate stage measured.
 
     ``rows`` are the variants' figures (the reference first), ``logits`` each run variant's test-set logits
     (name -> (N, 10)), ``timing`` how they were timed (:func:`timing_record`), ``labels`` the test labels; ``ckpt`` is the loaded checkpoint (training summary,

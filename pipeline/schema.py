@@ -9,7 +9,7 @@ edge, before anything is rendered or rewritten.
 
 The models are strict (no ``"0.98"`` for 0.98, no ``true`` for 1), reject
 NaN/Infinity, bound integers to 64 bits (so ``size / 1024`` cannot overflow),
-and allow extra keys: the README's "Report contract" is the set of keys
+and allow extra keys: docs/report.md's "Report contract" is the set of keys
 others may rely on, not a ban on adding more. pydantic is imported lazily,
 when a file is checked.
 """

@@ -47,7 +47,7 @@ def _activation_scales(path):
     "percentile",
     pytest.param("entropy", marks=pytest.mark.xfail(strict=True, reason=(
         "onnxruntime 1.31's quantize_static runs its entropy calibrator with 128 histogram bins and 128 quantized "
-        "bins, so the KL search has one candidate, the full range: MinMax's scales (README, Limits)"))),
+        "bins, so the KL search has one candidate, the full range: MinMax's scales (docs/limits.md)"))),
 ])
 def test_calibration_method_changes_the_activation_scales(quick_run, data_root, tmp_path, method):
     from pipeline.config import DataConfig

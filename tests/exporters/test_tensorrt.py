@@ -5,7 +5,7 @@ No GPU and no TensorRT here, so TensorRT is replaced by stand-ins that behave as
 ``tests/fixtures/trt_standins.py`` and sit in ``sys.modules`` for one test at a time, never in the package.
 The bundle's ``build_engines.py`` is this module, copied, so its ``main()`` is tested here too; the bundle's
 trtexec script is tested with the bundle (``tests/pipeline/test_bundle.py``), the runner with the runtime
-(``tests/runtime/test_tensorrt.py``). What only a GPU can confirm is listed in the README ("TensorRT"); the
+(``tests/runtime/test_tensorrt.py``). What only a GPU can confirm is listed in docs/deploy.md ("TensorRT"); the
 gpu-marked test at the end confirms the build on such a machine.
 """
 import json
