@@ -505,7 +505,10 @@ def paired_gap(c: Candidate, fastest: Candidate) -> tuple[float, float] | None:
     if a.size != b.size or a.size < 3 or not (np.isfinite(a).all() and np.isfinite(b).all()
                                               and (a > 0).all() and (b > 0).all()):
         return None
-    ratio = a / b
+    with np.errstate(over="ignore"):  # figures from a damaged report may overflow: then they do not pair
+        ratio = a / b
+    if not np.isfinite(ratio).all():
+        return None
     med = float(np.median(ratio))
     # not slower round by round than the one with the lowest median p50: no difference at all (and so a tie)
     return max(0.0, 100.0 * (med - 1.0)), 100.0 * float(ratio.max() - ratio.min()) / med

@@ -357,8 +357,8 @@ def test_candidates_timed_in_the_same_rounds_are_compared_round_by_round():
     unpaired = pick([Candidate(a.name, a.p50_ms, a.spread_pct, 100), Candidate(b.name, b.p50_ms, b.spread_pct, 400)])
     assert unpaired.tie  # each variant's own spread is wider than the difference
     # rounds that do not pair (another count, too few, a NaN) fall back to the medians and spreads
-    for other in (slow[:5], slow[:2], (math.nan,) + slow[1:]):
-        assert paired_gap(Candidate("x", 1.0, rounds=other), a) is None
+    for other in (slow[:5], slow[:2], (math.nan,) + slow[1:], (1e308,) + slow[1:]):
+        assert paired_gap(Candidate("x", 1.0, rounds=other), Candidate("y", 1.0, rounds=(1e-300,) + fast[1:])) is None
     # two copies of one file, timed in the same drifting rounds: a tie, whatever the drift
     jitter = tuple(t * (1 + 0.03 * ((i % 3) - 1)) for i, t in enumerate(slow))
     v = pick([Candidate("a", sorted(slow)[3], spread_pct(slow), 10, rounds=slow),
