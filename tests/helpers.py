@@ -125,3 +125,36 @@ def quick_bundle(quick_run: dict, data_root: Path, out: Path, target: str) -> Pa
                "--data-root", data_root)
     assert r.exit_code == 0, r.output
     return out / f"edgenet-{target}-bundle"
+
+
+#: what a symlink of each kind points at, given the folder it stands in
+SYMLINK_TARGETS = {
+    "symlink to stdout": lambda d: "/proc/self/fd/1",
+    "symlink to /dev/null": lambda d: "/dev/null",
+    "symlink to a regular file": lambda d: d / "real.json",
+    "dangling symlink": lambda d: d / "nowhere.json",
+    "symlink to a folder": lambda d: d,
+}
+
+
+def make_path_of_kind(path: Path, kind: str) -> None:
+    """Put at ``path`` something of ``kind``: a ``fifo``, ``folder``, ``socket``, ``existing regular file``, a
+    ``new file`` (nothing), or one of :data:`SYMLINK_TARGETS` (a regular ``real.json`` beside it exists either way):
+    the things an output option may find where it is told to write."""
+    import os
+    import socket
+
+    (path.parent / "real.json").write_text("{}")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(path))
+    elif kind == "existing regular file":
+        path.write_text("{}")
+    elif kind in SYMLINK_TARGETS:
+        os.symlink(SYMLINK_TARGETS[kind](path.parent), path)
+    elif kind != "new file":
+        raise ValueError(f"no such kind: {kind}")

@@ -147,24 +147,9 @@ def _fake_result(n=3, classes=10, logits=None, times=None):
 
 # ------------------------------------------------------------------------------------------ output paths, signals
 def _out_setup(kind):
-    def setup(env: Env):
-        p = env.ws / "out.json"
-        if kind == "fifo":
-            os.mkfifo(p)
-        elif kind.startswith("symlink to "):
-            os.symlink({"symlink to stdout": "/proc/self/fd/1", "symlink to /dev/null": "/dev/null",
-                        "symlink to a file": str(env.ws / "real.json"), "symlink to nowhere": str(env.ws / "none"),
-                        "symlink to a folder": str(env.ws)}[kind], p)
-            (env.ws / "real.json").write_text("{}")
-        elif kind == "folder":
-            p.mkdir()
-        elif kind == "socket":
-            s = socket.socket(socket.AF_UNIX)
-            s.bind(str(p))
-            s.close()
-        elif kind == "existing regular file":
-            p.write_text("{}")
-    return setup
+    from tests.helpers import make_path_of_kind
+
+    return lambda env: make_path_of_kind(env.ws / "out.json", kind)
 
 
 def _bundle_signal(sig):
@@ -280,7 +265,7 @@ def cases() -> list[Case]:
 
     # output files that are not ours to replace
     fast = ["--batch", "1", "--duration", "0.05", "--warmup-seconds", "0", "--iterations", "3"]
-    for kind in ("fifo", "symlink to stdout", "symlink to /dev/null", "symlink to a file", "symlink to nowhere",
+    for kind in ("fifo", "symlink to stdout", "symlink to /dev/null", "symlink to a regular file", "dangling symlink",
                  "symlink to a folder", "folder", "socket"):
         add(Case("output paths", f"bench --json to a {kind}", ["bench", "{fp32}", *fast, "--json", "{ws}/out.json"],
                  setup=_out_setup(kind)))

@@ -4,37 +4,20 @@ exactly as it was (a rename onto it would have replaced it with a regular file).
 from __future__ import annotations
 
 import os
-import socket
 import stat
 
 import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.layout import check_output_file
-from tests.helpers import invoke
+from tests.helpers import invoke, make_path_of_kind
 
 
 def _make(kind: str, tmp_path):
-    p = tmp_path / "out.json"
-    if kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "symlink to stdout":
-        os.symlink("/proc/self/fd/1", p)
-    elif kind == "symlink to a regular file":
-        (tmp_path / "real.json").write_text("{}")
-        os.symlink(tmp_path / "real.json", p)
-    elif kind == "dangling symlink":
-        os.symlink(tmp_path / "nowhere.json", p)
-    elif kind == "symlink to a folder":
-        os.symlink(tmp_path, p)
-    elif kind == "folder":
-        p.mkdir()
-    elif kind == "socket":
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(p))
-        s.close()
-    elif kind == "/dev/null":
+    if kind == "/dev/null":
         return "/dev/null", "character device"
+    p = tmp_path / "out.json"
+    make_path_of_kind(p, kind)
     return p, {"fifo": "fifo", "folder": "folder", "socket": "socket"}.get(kind, "symbolic link")
 
 
