@@ -189,15 +189,8 @@ def interleave(calls: dict[str, dict[int, Callable[[], object]]], *, rounds: int
                 for name in rotated(names, r):
                     if b not in calls[name]:
                         continue
-                    run, sync, burst = calls[name][b], syncs.get(name), []
-                    deadline = time.perf_counter() + burst_seconds
-                    while len(burst) < burst_calls and (len(burst) < floor or time.perf_counter() < deadline):
-                        start = time.perf_counter_ns()
-                        run()
-                        if sync:
-                            sync()
-                        burst.append((time.perf_counter_ns() - start) / 1e6)
-                    times[name][b].append(burst)
+                    times[name][b].append(_timed_calls(calls[name][b], syncs.get(name), burst_calls, floor,
+                                                       burst_seconds))
     stats = {n: {b: combine_rounds(per_round, b) for b, per_round in by_batch.items()} for n, by_batch in times.items()}
     return stats, watch.signals()
 
@@ -219,15 +212,23 @@ def measure(run: Callable[[], object], batch: int, *, warmup: int = 10, iteratio
         done += 1
     if sync:
         sync()
+    return summarize(_timed_calls(run, sync, iterations, min_iterations, max_seconds), batch)
+
+
+def _timed_calls(run: Callable[[], object], sync: Callable[[], None] | None, most: int, least: int,
+                 seconds: float) -> list[float]:
+    """Milliseconds of each timed call of ``run()`` (then ``sync()``, which a GPU runner needs inside the timed
+    region): at least ``least`` calls, then more until ``most`` calls or ``seconds`` have passed. The one timed
+    loop of :func:`measure` and of each burst of :func:`interleave`."""
     times = []
-    deadline = time.perf_counter() + max_seconds
-    while len(times) < iterations and (len(times) < min_iterations or time.perf_counter() < deadline):
+    deadline = time.perf_counter() + seconds
+    while len(times) < most and (len(times) < least or time.perf_counter() < deadline):
         start = time.perf_counter_ns()
         run()
         if sync:
             sync()
         times.append((time.perf_counter_ns() - start) / 1e6)
-    return summarize(times, batch)
+    return times
 
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

@@ -39,20 +39,16 @@ def _cli(*args: str) -> None:
 
 @contextlib.contextmanager
 def _environ(**values):
-    old = {k: os.environ.get(k) for k in values}
-    try:
+    """The environment with ``values`` set (None: unset) inside the block, and restored whole after it."""
+    from unittest import mock
+
+    with mock.patch.dict(os.environ):
         for k, v in values.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
         yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ------------------------------------------------------------------------------------------ section 7: API types
