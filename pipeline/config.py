@@ -79,23 +79,6 @@ KINDS = {
     "str": ("text", lambda v: isinstance(v, str)),
     "bool": ("True or False", lambda v: isinstance(v, bool)),
 }
-#: The type of every tuning field: one table for the CLI, :func:`pipeline.run` and the dataclasses, checked before
-#: any range check and so before any work (``run(epochs=2.5)`` would otherwise train, then fail in ``range``).
-#: ``int8_budget`` is not here: it takes a number or the CLI's text (:func:`parse_budget`). A ``?`` allows None.
-FIELD_TYPES: dict[str, str] = {
-    "data.val_size": "int", "data.split_seed": "int", "data.max_train": "int?",
-    "train.epochs": "int", "train.batch_size": "int", "train.optimizer": "str", "train.lr": "float",
-    "train.weight_decay": "float", "train.schedule": "str", "train.label_smoothing": "float", "train.augment": "bool",
-    "train.ema": "float", "train.channels_last": "bool", "train.seed": "int", "train.device": "str",
-    "train.threads": "int", "train.world_size": "int",
-    "validate.warmup": "int", "validate.iterations": "int", "validate.max_seconds": "float",
-    "validate.golden_atol": "float", "validate.threads": "int", "validate.browser": "bool",
-    "quant.mode": "str", "quant.calib_size": "int", "quant.calib_method": "str", "quant.calib_seed": "int",
-    "quant.qat_epochs": "int", "quant.qat_lr": "float", "quant.qat_max_images": "int", "quant.cpu_variant": "bool",
-    "quant.sqnr_images": "int", "quant.sensitivity": "bool",
-}
-
-
 def _field_name(target: str) -> str:
     """How a message names a field: the keyword and the option (``epochs (--epochs)``), else ``section.field``."""
     option = next((o for o, ts in RUN_OPTIONS.items() if target in ts), None)
@@ -104,7 +87,8 @@ def _field_name(target: str) -> str:
 
 def check_types(config, section: str) -> None:
     """Refuse, naming all of them at once, the fields of ``config`` whose type is not :data:`FIELD_TYPES`' (the
-    value shown as its repr and type, so ``lr='0.01'`` is not reported as "got 0.01")."""
+    value shown as its repr and type, so ``lr='0.01'`` is not reported as "got 0.01"). Checked before any range
+    check and so before any work: ``run(epochs=2.5)`` would otherwise train, then fail in ``range``."""
     problems = []
     for target, kind in FIELD_TYPES.items():
         sec, _, name = target.partition(".")
@@ -414,6 +398,28 @@ RUN_OPTIONS: dict[str, tuple[str, ...]] = {
 #: The sub-configs of :class:`RunConfig`, by field name.
 SECTIONS: dict[str, type] = {"data": DataConfig, "train": TrainConfig, "export": ExportConfig,
                              "validate": ValidateConfig, "quant": QuantConfig}
+
+#: Fields whose annotation is not what they accept: ``int8_budget`` takes a number or the CLI's text
+#: (:func:`parse_budget` checks it).
+UNTYPED = frozenset({"quant.int8_budget"})
+
+
+def _field_types() -> dict[str, str]:
+    """``section.field`` -> its kind in :data:`KINDS` (``?``: None allowed), read from the config dataclasses' own
+    annotations, so a field added to a config is type-checked without being listed a second time."""
+    out = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            base, _, rest = f.type.partition(" | ")
+            target = f"{section}.{f.name}"
+            if base in KINDS and rest in ("", "None") and target not in UNTYPED:
+                out[target] = base + ("?" if rest else "")
+    return out
+
+
+#: The type of every tuning field (derived, see :func:`_field_types`): one table for the CLI, :func:`pipeline.run`
+#: and the dataclasses.
+FIELD_TYPES: dict[str, str] = _field_types()
 
 
 def build_config(*, model="edgenet", artifacts: Path | str = "artifacts", data_root: Path | str | None = None,
