@@ -4,9 +4,9 @@ Why: a busy machine used to decide "What to ship" (issue 20: a busy run ranked o
 throughput where the quiet run measured 0.92x), because variants were timed one after another, minutes apart. The
 validate stage now times them together in rotated rounds (docs/timing.md); this shows, on one machine, what load
 still does to the figures and whether the recommendation holds. It times the run's onnxruntime CPU files (the rows
-the CPU target is judged on) with the validate stage's own code (:func:`pipeline.validate.latency`, so the same
+the CPU target is judged on) with the validate stage's own code (:func:`pipeline.measure.compare.latency`, so the same
 rounds, medians and spreads), recomputes the CPU recommendation from the run's report.json with the new figures
-(:func:`pipeline.recommend.recommend`, the tie rule included), and prints a Markdown table. Not a test: it asserts
+(:func:`pipeline.report.recommend.recommend`, the tie rule included), and prints a Markdown table. Not a test: it asserts
 nothing; the figures depend on the machine. Writes nothing but ``--out`` and ``--json``.
 
     python -m benchmarks.contention artifacts/edgenet                 # the default run's timing budget
@@ -48,6 +48,7 @@ def busy_loops(n: int):
 def _rows_to_time(report: dict, run: Path) -> list:
     """The variant rows the CPU target is judged on, whose file this run has: onnxruntime, CPU, default optimizations."""
     from pipeline import variants
+    from pipeline.measure.runners import build
 
     names = {r["name"] for r in report["variants"]}
     return [v for v in variants.VARIANTS if v.name in names and v.backend == "onnxruntime" and v.provider == "cpu"
@@ -58,15 +59,16 @@ def phase(run: Path, report: dict, cfg, label: str) -> dict:
     """Time the run's CPU files together (the validate stage's rounds) and recompute the CPU recommendation."""
     import numpy as np
 
-    from pipeline import recommend
-    from pipeline.layout import RunDir
-    from pipeline.validate import latency
+    from pipeline.measure.runners import build
+    from pipeline.report import recommend
+    from pipeline.store.paths import RunDir
+    from pipeline.measure.compare import latency
 
     rd = RunDir(run)
     todo = _rows_to_time(report, run)
     images = np.random.default_rng(0).standard_normal((max(cfg.batches), 1, 28, 28)).astype(np.float32)
     with contextlib.ExitStack() as active:
-        runners = {v.name: active.enter_context(v.runner(rd, threads=cfg.threads)) for v in todo}
+        runners = {v.name: active.enter_context(build(v, rd, threads=cfg.threads)) for v in todo}
         lat, session = latency(runners, images, cfg)
     rows = []
     for r in report["variants"]:
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from pipeline.config import QUICK, ValidateConfig
-    from pipeline.environment import cpu_flags, cpu_name
+    from pipeline.measure.environment import cpu_flags, cpu_name
 
     report_path = args.run / "report.json"
     if not report_path.is_file():

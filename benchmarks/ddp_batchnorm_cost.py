@@ -20,7 +20,7 @@ def _rank(rank, port, rounds):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     from pipeline import models
-    from pipeline.batchnorm import training_view
+    from pipeline.training.batchnorm import training_view
     from torch.nn.parallel import DistributedDataParallel as DDP
     nets = {}
     for mode in ("global", "perrank"):

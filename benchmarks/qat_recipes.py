@@ -1,6 +1,6 @@
 """Score QAT recipes against PTQ on trained checkpoints: accuracy delta and flips vs torch FP32, and seconds.
 
-Why: the default QAT recipe (``pipeline/config.py``'s ``QuantConfig``, ``pipeline/qat.py``) was chosen by
+Why: the default QAT recipe (``pipeline/config.py``'s ``QuantConfig``, ``pipeline/training/qat.py``) was chosen by
 comparing candidates on the default model over seeds 0, 1 and 2 (docs/qat.md); this is the tool those
 comparisons ran on. It needs each seed's run folder up to the export stage (a checkpoint and the FP32 ONNX):
 
@@ -10,7 +10,7 @@ comparisons ran on. It needs each seed's run folder up to the export stage (a ch
 
 Per seed it writes, into a scratch folder, the PTQ files (``onnx-int8-ptq``, ``onnx-int8-cpu``) and, per
 recipe, ``onnx-int8-qat`` and ``onnx-int8-qat-cpu``, all through the quantize stage's own functions, and runs
-each through the validate stage's runner and :func:`pipeline.validate.compare` on the 10,000 test images
+each through the validate stage's runner and :func:`pipeline.measure.compare.compare` on the 10,000 test images
 against the torch FP32 checkpoint, as ``pipeline run validate`` does. A recipe is ``name`` (the QuantConfig
 defaults) or ``name:field=value,...`` (any ``QuantConfig`` field; values parsed as Python literals). The
 seconds are QAT (fine-tuning, convert, export) plus the CPU form, on whatever else the machine was running:
@@ -63,12 +63,14 @@ def main(argv=None) -> int:
     from exporters.cpu_placement import qat_cpu_int8
     from exporters.onnx import build_metadata
     from exporters.precision import quantize_file
-    from pipeline import checkpoint, qat
+    from pipeline.store import checkpoint
+    from pipeline.training import qat
     from pipeline.config import build_config
-    from pipeline.data import load_splits
-    from pipeline.layout import RunDir
+    from pipeline.dataset import load_splits
+    from pipeline.store.paths import RunDir
     from pipeline.stages.quantize import calibration_images
-    from pipeline.validate import compare, run_logits
+    from pipeline.measure.compare import compare, run_logits
+    from pipeline.measure.runners import build
     from pipeline.variants import BY_NAME
 
     recipes = [_recipe(r) for r in args.recipe] or [("default", {})]
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         ckpt = checkpoint.load(rd.checkpoint)
         fp32 = rd.export_file(BY_NAME["onnx-fp32"].file)
         images, labels = splits.test_x.numpy(), splits.test_y.numpy()
-        with BY_NAME["torch-fp32"].runner(rd, model=checkpoint.restore(ckpt)) as runner:
+        with build(BY_NAME["torch-fp32"], rd, model=checkpoint.restore(ckpt)) as runner:
             reference = run_logits(runner, images)
         norm = ckpt["normalization"]
         meta = build_metadata(model_name=ckpt["model"], mean=norm["mean"], std=norm["std"], classes=ckpt["classes"],
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
 
         def score(name, scratch, recipe, seconds):
             v = BY_NAME[name]
-            with v.runner(scratch, model=None) as runner:
+            with build(v, scratch, model=None) as runner:
                 f = compare(run_logits(runner, images), reference, labels)
             row = {"seed": seed, "recipe": recipe, "variant": name, "accuracy": round(100 * f["accuracy"], 2),
                    "delta_pp": f["accuracy_delta"], "flips": len(f["flips"]), "seconds": round(seconds, 1),

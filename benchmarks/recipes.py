@@ -2,7 +2,7 @@
 
 Why: the default model and recipe (``pipeline/config.py``, ``pipeline/models.py``) were chosen by comparing
 candidates on test accuracy against training cost; this is the tool those comparisons ran on, so anyone can
-repeat a row of the "recipes tried" table of docs/history.md. It calls :func:`pipeline.train.train` on the splits the
+repeat a row of the "recipes tried" table of docs/history.md. It calls :func:`pipeline.training.fit.train` on the splits the
 pipeline itself loads, builds its config through :func:`pipeline.config.build_config` (so defaults and
 validation are the pipeline's), seeds before building the model exactly as the train stage does, and writes
 nothing but its output. Selection is on the validation split; the test accuracy is that of the kept weights.
@@ -44,8 +44,8 @@ def main(argv=None) -> int:
 
     from pipeline import models
     from pipeline.config import build_config
-    from pipeline.data import load_splits
-    from pipeline.train import train
+    from pipeline.dataset import load_splits
+    from pipeline.training.fit import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # the per-epoch lines
     options = {}

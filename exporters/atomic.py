@@ -1,8 +1,8 @@
 """Atomic file writes (a temp file beside the target, fsync, then ``os.replace``) and scratch files.
 
 A killed process never leaves a half-written file that looks complete. This is the one implementation:
-it lives here, not in ``pipeline.layout``, because exporters import nothing from the pipeline (they are
-library functions that take paths and arrays), and :func:`pipeline.layout.atomic_path` wraps it to turn a
+it lives here, not in ``pipeline.store.paths``, because exporters import nothing from the pipeline (they are
+library functions that take paths and arrays), and :func:`pipeline.store.paths.atomic_path` wraps it to turn a
 refused write (full disk, read-only folder) into a one-paragraph ``PipelineError``. Here such a write
 raises the plain ``OSError``. (``exporters/tensorrt.py`` keeps its own small copy: it is also shipped
 alone, as a bundle's ``build_engines.py``.)

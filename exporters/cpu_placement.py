@@ -1,6 +1,6 @@
 """A TensorRT-placed INT8 QDQ file re-placed in onnxruntime's fused CPU form, keeping the scales it learned.
 
-Why: the QAT file (:mod:`pipeline.qat`) is written for TensorRT: symmetric int8 activations, a Q/DQ pair on
+Why: the QAT file (:mod:`pipeline.training.qat`) is written for TensorRT: symmetric int8 activations, a Q/DQ pair on
 each layer's *input* only, the ReLU left in float between a Conv and the next Q. onnxruntime's CPU provider
 fuses ``DQ -> Conv -> Q`` into QLinearConv only when the layer's *output* is quantized too, so that file runs
 every layer as dequantize -> float Conv -> quantize, slower than FP32. The PTQ CPU file
@@ -18,7 +18,7 @@ shifted to uint8. Weights are re-quantized per channel to 7 bits by default, as 
 (:func:`cpu_form` says why, and keeps QAT's 8-bit weights exactly on request).
 Tensors QAT did not quantize (a Conv's output before its ReLU is folded, the logits) are calibrated on the
 images given, the way the PTQ CPU file is. As in the PTQ CPU file, a narrow conv reading the image stays in
-float (:func:`input_layers` says why).
+float (:func:`exporters.precision.input_layers` says why).
 
 Only ``onnx``, ``numpy`` and (when called) onnxruntime's quantizer are imported; nothing here trains.
 :func:`exporters.qdq.check_qdq` does not apply to the result: like the PTQ CPU file it is not for TensorRT.
@@ -116,27 +116,6 @@ def _non_negative(nodes) -> set[str]:
     return out
 
 
-#: a Conv reading the image with at most this many input channels (per group) stays in float in the CPU form
-FLOAT_FIRST_CONV_CHANNELS = 4
-
-
-def input_layers(proto) -> list[str]:
-    """Names of the Conv nodes that read a graph input (the image) directly with few input channels (at most
-    :data:`FLOAT_FIRST_CONV_CHANNELS`): the layers the CPU form keeps in float. A Gemm/MatMul reading the
-    input (an MLP's wide first layer) is not one of them.
-
-    Why: the first conv of an image model has one (or three) input channels, so its int8 kernel has almost
-    nothing to multiply per output and pays for quantizing the image and repacking its output; in float it
-    is faster. Measured on the quick model (Intel Xeon, AVX2/FMA, AVX-512 VNNI, AVX-VNNI, AMX-INT8, one
-    thread): batch-1 latency 1.65-1.76x FP32's with the first conv in float against 1.36-1.45x all int8,
-    batch-256 throughput the same (1.6x), test accuracy within 0.03 pp. See docs/quantization.md, "CPU INT8 speed".
-    """
-    shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
-    inputs = {i.name for i in proto.graph.input} - set(shapes)
-    return [n.name for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[0] in inputs
-            and len(shapes.get(n.input[1], [])) > 1 and shapes[n.input[1]][1] <= FLOAT_FIRST_CONV_CHANNELS]
-
-
 def cpu_form(qdq: Path, scratch_beside: Path, images: np.ndarray, *, weight_bits: int = 7,
              float_nodes: tuple[str, ...] | None = None):
     """The CPU-form INT8 ModelProto of the QDQ file ``qdq``, with its learned scales (nothing kept on disk).
@@ -146,7 +125,7 @@ def cpu_form(qdq: Path, scratch_beside: Path, images: np.ndarray, *, weight_bits
     (onnxruntime's ``reduce_range``): x86 CPUs without VNNI multiply u8 x s8 pairs into saturating 16-bit
     sums, and 8-bit weights can overflow them; 8 keeps QAT's int8 weights exactly (safe on VNNI, AMX and
     ARM dot-product CPUs). Both gave the same test accuracy within 0.05 pp on the quick run. ``float_nodes``
-    (Conv/Gemm node names of the float graph) stay in float; None: :func:`input_layers`, as the PTQ CPU file.
+    (Conv/Gemm node names of the float graph) stay in float; None: :func:`exporters.precision.input_layers`, as the PTQ CPU file.
     Scratch files go beside ``scratch_beside``.
     """
     import onnx
@@ -166,6 +145,8 @@ def cpu_form(qdq: Path, scratch_beside: Path, images: np.ndarray, *, weight_bits
         onnx.save(float_proto, str(fl))
         quant_pre_process(str(fl), str(pre))
         if float_nodes is None:
+            from .precision import input_layers
+
             float_nodes = input_layers(onnx.load(str(pre)))
         quantize_static(str(pre), str(raw), BatchReader(images), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

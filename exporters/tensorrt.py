@@ -106,7 +106,7 @@ def sha256_file(path) -> str:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Temp file + rename, so a killed build never leaves a half-written engine that looks complete.
 
-    (This file is also shipped alone in bundles, so it cannot use ``pipeline.layout``.)"""
+    (This file is also shipped alone in bundles, so it cannot use ``pipeline.store.paths``.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")  # the hidden-temp pattern a run sweeps after a kill

@@ -51,8 +51,8 @@ class RunResult:
         """``pipeline bundle --target TARGET`` for this run: a folder and a ``.tar.gz`` (returned) under ``out``
         (default ``<artifacts>/bundles``). In the session that ran it, this works for a model given as an object
         too, which a later ``pipeline bundle`` in a new process cannot rebuild."""
-        from . import bundle
-        from .layout import RunDir, check_output_dir
+        from .bundle import build as bundle
+        from .store.paths import RunDir, check_output_dir
 
         out = Path(out) if out is not None else self.run_dir.parent / "bundles"
         with _library_errors():
@@ -80,7 +80,7 @@ def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifac
     """
     from . import stages
     from .config import build_config
-    from .layout import RunDir
+    from .store.paths import RunDir
 
     with _library_errors():
         until = stages.until(stage)
@@ -123,7 +123,7 @@ def _library_errors():
     runtime's input errors, a missing backend, and a write the file system refused outside an atomic write."""
     from runtime.errors import BackendUnavailable, RuntimeInputError
 
-    from .layout import DISK_ERRNOS, PATH_ERRNOS, disk_error, path_error
+    from .store.paths import DISK_ERRNOS, PATH_ERRNOS, disk_error, path_error
 
     try:
         yield

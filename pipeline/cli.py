@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import unicodedata
 from pathlib import Path
 from typing import Optional
 
@@ -16,8 +15,9 @@ import typer
 
 from .config import (CALIB_METHODS, DEVICES, OPTIMIZERS, QUANT_MODES, QUICK, RUN_OPTIONS, SCHEDULES, LaunchConfig,
                      build_config, default_data_root, default_of, parse_nproc)
+from .console import console as _console, error as _error, escape, literal, setup_logging as _setup_logging
 from .errors import PipelineError
-from .layout import RUN_ADVICE, WriteAdvice
+from .store.paths import RUN_ADVICE, WriteAdvice
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,71 +26,7 @@ app = typer.Typer(
 log = logging.getLogger("pipeline")
 
 
-def escape(text: str) -> str:
-    """``text`` with rich markup escaped, so a path or key like ``[/x]`` is printed, never parsed."""
-    from rich.markup import escape as _escape
-
-    return _escape(text)
-
-
-def _console():
-    from rich.console import Console
-
-    import shutil
-
-    return Console(stderr=True, width=max(120, shutil.get_terminal_size((120, 24)).columns))
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    from rich.logging import RichHandler
-
-    class LiteralHandler(RichHandler):
-        """Log records name user paths too: no markup (``markup=False``) and no raw control characters."""
-
-        def render_message(self, record, message):
-            return super().render_message(record, shown(message))
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True,
-        handlers=[LiteralHandler(console=_console(), show_path=False, show_time=False, markup=False)],
-    )
-    for noisy in ("torch", "onnxscript", "onnx_ir", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def shown(text) -> str:
-    """User-supplied text as printed: control characters (ESC, BEL, DEL, C1) become visible escapes such as
-    ``\\x1b``, so a file name cannot recolour, retitle or clear the terminal; newlines and tabs stay. Bytes that
-    are not UTF-8 (surrogate-escaped in ``str(Path)``) are shown the same way instead of failing to print."""
-    out = []
-    for c in str(text):
-        cat = unicodedata.category(c)
-        if cat == "Cc" and c not in "\n\t":
-            out.append(f"\\x{ord(c):02x}")
-        elif cat == "Cs":
-            out.append(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def literal(*parts):
-    """A rich ``Text`` from plain strings and ``(string, style)`` pairs, never parsed as markup.
-
-    Everything that can hold user text (paths, model names, labels from a model's metadata, exception
-    messages naming them) is printed through this, so ``[/x]`` in a file name is a name, not a closing tag
-    that crashes rich, and ``[bold]`` is shown, not applied.
-    """
-    from rich.text import Text
-
-    return Text.assemble(*((shown(p[0]), p[1]) if isinstance(p, tuple) else shown(p) for p in parts))
-
-
-def _error(message, prefix: str = "error:") -> None:
-    _console().print(literal((prefix, "bold red"), " ", str(message)), soft_wrap=True)
-
-
-#: What each command's user should change after a refused write (see :class:`pipeline.layout.DiskError`).
+#: What each command's user should change after a refused write (see :class:`pipeline.store.paths.DiskError`).
 ADVICE = {
     "report": WriteAdvice("run folder (copy it elsewhere and run `pipeline report COPY`)",
                           "report.json is only read, and the previous report files are still in place"),
@@ -114,7 +50,7 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
 
         from runtime.modelfile import check_path
 
-        from .layout import DISK_ERRNOS, PATH_ERRNOS, DiskError, disk_error, path_error
+        from .store.paths import DISK_ERRNOS, PATH_ERRNOS, DiskError, disk_error, path_error
 
         try:
             for name, value in kwargs.items():  # a name the OS cannot hold: Path.exists() would raise in 3.11
@@ -132,9 +68,9 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
             _error(e)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
-            from .signals import Terminated
+            from .bundle.signals import Terminated
 
-            if isinstance(e, Terminated):  # SIGTERM or SIGHUP (pipeline.signals): the same cleanup ran
+            if isinstance(e, Terminated):  # SIGTERM or SIGHUP (pipeline.bundle.signals): the same cleanup ran
                 _error("the command was stopped; its temp files were removed, and finished stages and files are "
                        "kept; rerun to continue.", prefix=f"terminated by {e.name}:")
                 raise typer.Exit(128 + e.signum) from None
@@ -220,7 +156,8 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the pipeline up to STAGE (default: all), skipping stages whose inputs are unchanged."""
-    from . import distributed, stages
+    from .training import distributed
+    from . import stages
 
     until = stages.until(stage)
     launch = LaunchConfig(nproc=parse_nproc(nproc))
@@ -289,9 +226,9 @@ def list_models() -> None:
 def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
                                           help="A run folder holding report.json, or that report.json itself.")) -> None:
     """Rebuild report.md, report.html and the figures from report.json alone."""
-    from . import manifest
-    from . import report as report_mod
-    from .schema import check_report, strict_loads
+    from .store import manifest
+    from .report import assemble as report_mod
+    from .store.schema import check_report, strict_loads
 
     if run_dir.is_file() and run_dir.name == "report.json":  # the file itself: a likely, harmless slip
         run_dir = run_dir.parent
@@ -339,7 +276,7 @@ def predict(
 
     if top < 1:
         raise PipelineError("--top must be at least 1.")
-    from . import manifest
+    from .store import manifest
 
     manifest.require_intact_if_recorded(model, "pipeline predict")  # a run's artifact must be what it wrote
     arrays = [load_image(p) for p in images]  # fails on the first unreadable file, before any inference
@@ -373,9 +310,9 @@ def bundle_cmd(
                                            "made elsewhere, instead of fetching it into the user cache."),
 ) -> None:
     """Folder + .tar.gz with the ONNX variants, test data, reference outputs, build and bench scripts."""
-    from . import bundle
-    from .layout import RunDir, check_output_dir
-    from .signals import as_interrupt
+    from .bundle import build as bundle
+    from .store.paths import RunDir, check_output_dir
+    from .bundle.signals import as_interrupt
 
     _setup_logging()
     run_dir = RunDir.for_model(artifacts, model)
@@ -397,9 +334,9 @@ def demo(
 ) -> None:
     """Serve the web bundle (built first if missing, checked like `pipeline verify`) on 127.0.0.1 and print its URL;
     Ctrl-C stops it."""
-    from . import bundle, demo as demo_mod
-    from .layout import RunDir
-    from .signals import as_interrupt
+    from .bundle import build as bundle, demo as demo_mod
+    from .store.paths import RunDir
+    from .bundle.signals import as_interrupt
 
     _setup_logging()
     run = RunDir.for_model(artifacts, model)
@@ -431,7 +368,7 @@ def verify(path: Path = typer.Argument(..., help="A bundle folder, a bundle .tar
     """Check every file against its recorded SHA-256 (bundle MANIFEST.json or a run's stages.json)."""
     from rich.console import Console
 
-    from . import bundle
+    from .bundle import build as bundle
 
     if not path.exists():
         raise PipelineError(f"{path} does not exist.")
@@ -499,8 +436,8 @@ def bench(
                                check_rounds, feeds, image_shape_of, interleave, pick, untrusted)
     from runtime.onnxrt import OnnxrtRunner
 
-    from . import efficiency, environment
-    from .layout import check_output_file, write_json
+    from .measure import efficiency, environment
+    from .store.paths import check_output_file, write_json
 
     sizes = _ints(batches, "--batch")
     override = _ints(shape, "--shape") if shape else None
@@ -509,7 +446,7 @@ def bench(
                  names=("--rounds", "--iterations", "--duration", "--warmup", "--warmup-seconds"))
     if json_out:
         check_output_file(json_out, "--json")  # before the benchmark, so its results are never lost
-    from . import manifest
+    from .store import manifest
 
     for model in models:
         manifest.require_intact_if_recorded(model, "pipeline bench")  # a run's artifact must be what it wrote

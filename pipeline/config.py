@@ -166,7 +166,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """How ``--nproc`` local workers are started and watched (:mod:`pipeline.distributed`).
+    """How ``--nproc`` local workers are started and watched (:mod:`pipeline.training.distributed`).
 
     Not a sub-config of :class:`RunConfig` and never stamped: it changes how processes start and how soon a
     stuck one is given up on, not what is trained (the world size, which is, lives in :class:`TrainConfig`).
@@ -305,7 +305,7 @@ class QuantConfig:
     qat_augment: bool = False  # fine-tune on the training run's random affine augmentation (clean images if off)
     cpu_variant: bool = True  # also write onnx-int8-cpu (uint8 activations, fused by onnxruntime CPU)
     sqnr_images: int = 256  # calibration images used to measure per-layer SQNR
-    sensitivity: bool = True  # rank the PTQ file's layers by validation accuracy (pipeline.sensitivity)
+    sensitivity: bool = True  # rank the PTQ file's layers by validation accuracy (pipeline.measure.budget)
     # validation accuracy drop (percentage points vs the FP32 ONNX) a PTQ file may lose before layers are kept in
     # FP32 (greedy by sensitivity, measured). None = no fallback: every layer stays INT8 and the report still ranks
     # them. Opt-in, because a layer kept in FP32 changes what ships: TensorRT runs it in float, and onnxruntime's

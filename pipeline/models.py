@@ -228,7 +228,7 @@ class ModelObject:
 
 
 #: Objects adopted in this process, by fingerprint: how a checkpoint trained from an object finds its
-#: architecture again (validate, bundle, :func:`pipeline.checkpoint.restore`). Per process by nature: a
+#: architecture again (validate, bundle, :func:`pipeline.store.checkpoint.restore`). Per process by nature: a
 #: class defined in a notebook exists nowhere else. Holds small CPU copies only, one per distinct object.
 _ADOPTED: dict[str, ModelObject] = {}
 

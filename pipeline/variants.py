@@ -8,15 +8,13 @@ already writes is one row (Ultralytics' ``export_formats()`` habit); ``tests/pip
 
 The code that chooses variants (the validate and engines stages, the report, the bundle) reads the table
 through this module at call time (``variants.VARIANTS``, or :data:`BY_NAME`, a live view of it), never a
-copy taken at import, so a row added at run time is seen everywhere. Importing this module is cheap: each
-runner factory (:mod:`pipeline.runners`) imports its backend only when it is called.
+copy taken at import, so a row added at run time is seen everywhere. The table imports nothing: how a backend's
+runner is built, and whether this machine can run a row, is :mod:`pipeline.measure.runners`'s business.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-
-from . import runners
 
 #: the ``pipeline bundle --target`` values run by Python (bench.py; jetson and gpu bundles also build TensorRT engines
 #: on the device)
@@ -28,18 +26,15 @@ JS_TARGETS = ("node", "web")
 TARGETS = PYTHON_TARGETS + JS_TARGETS
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
 REFERENCE = "torch-fp32"
-#: how a backend's runner is built: ``factory(variant, run_dir, model=..., threads=...)`` -> an unactivated
-#: runner (:class:`runtime.base.BaseRunner`). Each factory imports its backend when called, not here.
-RUNNERS = {"torch": runners.torch_runner, "onnxruntime": runners.onnxrt_runner, "tensorrt": runners.tensorrt_runner}
 #: the backend measured in a web browser rather than by a Python runner: every row with it is run in one headless
-#: Chromium session (:mod:`pipeline.browser`) by the validate stage, through the web bundle's own classifier.js
+#: Chromium session (:mod:`pipeline.measure.browser`) by the validate stage, through the web bundle's own classifier.js
 BROWSER = "onnxruntime-web"
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    backend: str  # torch | onnxruntime | tensorrt (a key of RUNNERS: how its runner is built) | BROWSER
+    backend: str  # torch | onnxruntime | tensorrt (a key of measure.runners.RUNNERS) | BROWSER
     provider: str  # cpu | cuda | wasm (onnxruntime-web's WebAssembly build, single-threaded as classifier.js runs it)
     precision: str  # fp32 | fp16 | int8
     file: str | None  # file name under <run>/export/ (None for the torch reference: it runs the checkpoint)
@@ -57,15 +52,6 @@ class Variant:
     # one keeps TensorRT's Q/DQ placement (exporters.qdq.check_qdq, which the quantizer enforces before writing)
     tensorrt: bool = False
     bundle: tuple[str, ...] = ()  # the TARGETS whose bundle ships this file (and its report figures)
-
-    def runner(self, run_dir, model=None, threads: int = 0):
-        """This variant's runner, not yet activated, built by its backend's factory (:data:`RUNNERS`).
-
-        ``run_dir`` (a :class:`pipeline.layout.RunDir`) locates the file; ``model`` is the restored torch
-        model (torch rows only); ``threads`` is the intra-op thread count (0: the backend's default)."""
-        if self.backend not in RUNNERS:
-            raise ValueError(f"{self.name} is measured in a browser (pipeline.browser), not by a Python runner")
-        return RUNNERS[self.backend](self, run_dir, model=model, threads=threads)
 
 
 #: node ships onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000 test
@@ -117,38 +103,3 @@ class _ByName(Mapping):
 
 
 BY_NAME: Mapping[str, Variant] = _ByName()
-
-
-def unavailable(v: Variant) -> str | None:
-    """Why this machine cannot run ``v`` (None when it can).
-
-    Never imports tensorrt (which loads CUDA libraries): only onnxruntime's provider list and, for TensorRT
-    rows on a host that has TensorRT, torch's view of the GPU."""
-    import importlib.util
-
-    if v.requires is None:
-        return None
-    if v.requires == "browser":
-        from . import browser
-
-        return None if browser.find() else ("no Chromium or Chrome on PATH to measure it in (Debian: apt-get install "
-                                            "chromium)")
-    try:
-        import onnxruntime
-
-        providers = onnxruntime.get_available_providers()
-    except ImportError:
-        providers = []
-    if v.requires == "cuda":
-        if "CUDAExecutionProvider" not in providers:
-            return "onnxruntime has no CUDA provider here (install the `gpu` extra, onnxruntime-gpu, on a machine with an NVIDIA GPU)"
-        return None
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (GPU hosts: pip install tensorrt; Jetson: JetPack 6)"
-    if importlib.util.find_spec("polygraphy") is None:
-        return "polygraphy is not installed (pip install -e .[trt])"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no NVIDIA GPU is visible"
-    return None

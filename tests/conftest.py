@@ -15,7 +15,7 @@ from tests.helpers import invoke, quick_bundle
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """A private data root with the four verified MNIST IDX files."""
-    from pipeline.data import ensure_raw
+    from pipeline.dataset import ensure_raw
 
     root = tmp_path_factory.mktemp("mnist")
     ensure_raw(root)

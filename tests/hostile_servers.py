@@ -1,6 +1,6 @@
 """Hostile-sweep cases for issue 21's classes 1, 2 and 5 (tests/hostile_sweep.py extends its cases with these):
 
-* the local servers (:mod:`pipeline.serve`, as `pipeline demo` and the measuring page run it): traversal in every
+* the local servers (:mod:`pipeline.bundle.serve`, as `pipeline demo` and the measuring page run it): traversal in every
   encoding, symlinks, hidden and temp files, listings, fifos, NUL and control bytes, odd Host headers, methods,
   malformed request lines, slow and idle clients, and every kind of bad POST to the measuring page's ``/result``;
 * `pipeline demo` on a bundle that fails `pipeline verify`;
@@ -39,7 +39,7 @@ class _Failures(logging.Handler):
 
 
 def _serving(env: Env, routes=None, limits=None):
-    from pipeline.serve import Limits, Server
+    from pipeline.bundle.serve import Limits, Server
 
     server = Server(env.ws / SITE / "site", 0, routes=routes, limits=limits or Limits(read_s=1.0, idle_s=1.0,
                                                                                     connections=8))
@@ -69,7 +69,7 @@ def _http(raw_of, routes_of=None, refused=range(400, 500), check=None):
     """A case action: serve the case's site, send ``raw_of(port, token)``, judge the answer."""
     def action(env: Env):
         failures = _Failures()
-        log = logging.getLogger("pipeline.serve")
+        log = logging.getLogger("pipeline.bundle.serve")
         log.addHandler(failures)
         state = routes_of() if routes_of else None
         server = _serving(env, routes=state[0] if state else None)
@@ -96,7 +96,7 @@ def _raw(data: bytes):
 
 
 def _measuring():
-    from pipeline.browser import Inbox
+    from pipeline.measure.browser import Inbox
 
     inbox = Inbox({"model-fp32": 10}, 3, (1, 8), 20)
     return {"/result": inbox.route()}, inbox
@@ -154,9 +154,9 @@ def _out_setup(kind):
 
 def _bundle_signal(sig):
     def action(env: Env):
-        from pipeline.bundle import make_bundle
+        from pipeline.bundle.build import make_bundle
         from pipeline.errors import PipelineError
-        from pipeline.layout import RunDir
+        from pipeline.store.paths import RunDir
 
         out = env.ws / "out"
         repo = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def cases() -> list[Case]:
     add(Case("servers: slow", "half a request line, then silence", _http(_slow, refused=(None, 400, 408)), setup=site))
     add(Case("servers: slow", "300 idle connections", _http(_idle_flood, refused=(503,)), setup=site))
 
-    # the measuring page's POST /result (the inbox of pipeline.browser, served as measure() serves it)
+    # the measuring page's POST /result (the inbox of pipeline.measure.browser, served as measure() serves it)
     posts = {
         "no token": _post(_fake_result(), token=None), "empty token": _post(_fake_result(), token=""),
         "wrong token": _post(_fake_result(), token="x" * 43),

@@ -247,7 +247,7 @@ def _edit_json(path: Path, mutate, record_in_manifest: bool = True) -> None:
 
 
 def _rerecord(path: Path) -> None:
-    from pipeline.layout import sha256_file
+    from pipeline.store.paths import sha256_file
 
     run = path.parent
     while not (run / "stages.json").exists():
@@ -629,7 +629,7 @@ def _tamper_reference(env: Env) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, logits=logits)
     ref_path.write_bytes(buf.getvalue())
-    from pipeline.layout import sha256_file
+    from pipeline.store.paths import sha256_file
 
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
     manifest["files"]["data/reference.npz"] = sha256_file(ref_path)  # so `verify` alone cannot catch it
@@ -731,8 +731,8 @@ def run_case(case: Case, env: Env) -> Outcome:
 
 def sweep(quick_artifacts: Path, data_root: Path, work: Path, only: str | None = None, log=print) -> list[Outcome]:
     """Run every case, each in a fresh workspace holding a copy of ``quick_artifacts``."""
-    from pipeline.bundle import make_bundle
-    from pipeline.layout import RunDir
+    from pipeline.bundle.build import make_bundle
+    from pipeline.store.paths import RunDir
 
     bundles = work / "bundle-src"
     bundle_src, _ = make_bundle(RunDir.for_model(quick_artifacts, "edgenet"), "cpu", bundles, data_root)
@@ -778,7 +778,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the outcomes here")
     args = ap.parse_args(argv)
     from pipeline.config import default_data_root
-    from pipeline.data import ensure_raw
+    from pipeline.dataset import ensure_raw
 
     data_root = args.data_root or default_data_root()
     ensure_raw(data_root)

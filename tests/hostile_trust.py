@@ -104,7 +104,7 @@ def _deep_folder(root: Path, levels: int = 1100) -> Path:
 
 def _remove_deep(root: Path) -> None:
     """Remove a deep tree without recursion (shutil.rmtree recurses in Python 3.11)."""
-    from pipeline.layout import walk_tree
+    from pipeline.store.paths import walk_tree
 
     entries = list(walk_tree(root))
     for p, mode in reversed(entries):
@@ -148,7 +148,7 @@ def _cache_case(env: Env, variable: str, kind: str) -> None:
 
 def _empty_xdg_is_unset(env: Env) -> None:
     from pipeline.config import default_data_root
-    from pipeline.ort_web import cache_dir
+    from pipeline.bundle.ort_web import cache_dir
 
     with _environ(XDG_CACHE_HOME="", PIPELINE_DATA=None):
         want = Path.home() / ".cache" / "edge-export-pipeline"
@@ -203,7 +203,7 @@ JS_BROKEN = {
 
 
 def _node_bundle(env: Env, **over) -> Path:
-    from pipeline.bundle_js import NODE_FILES
+    from pipeline.bundle.js import NODE_FILES
     from tests.js.env import NODE_MODULES
 
     if shutil.which("node") is None or not (NODE_MODULES / "onnxruntime-node").is_dir():

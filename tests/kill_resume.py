@@ -49,7 +49,7 @@ def _figures(report: dict) -> dict:
 
 
 def _stage_seconds(run: Path) -> dict[str, float]:
-    from pipeline import manifest
+    from pipeline.store import manifest
 
     return {k: float(v.get("seconds", 0)) for k, v in manifest.load(run / "stages.json").items()}
 
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", type=Path, help="report.json of an uninterrupted run with the same options")
     ap.add_argument("run_args", nargs="*", help="extra `pipeline run all` options, after --")
     a = ap.parse_args(argv)
-    from pipeline import bundle, manifest
+    from pipeline.bundle import build as bundle
+    from pipeline.store import manifest
 
     rng = random.Random(a.seed)
     model = next((a.run_args[i + 1] for i, x in enumerate(a.run_args[:-1]) if x in ("--model", "-m")), "edgenet")

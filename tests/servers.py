@@ -1,4 +1,4 @@
-"""Shared by the server tests (tests/pipeline/test_serve.py) and their hostile-sweep cases (tests/hostile_servers.py):
+"""Shared by the server tests (tests/pipeline/bundle/test_serve.py) and their hostile-sweep cases (tests/hostile_servers.py):
 a hostile site folder, a real server in a child process, and a raw-socket client that sends exactly the bytes given."""
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def make_site(root: Path) -> Path:
 
 def make_web_bundle(folder: Path) -> Path:
     """The smallest folder `pipeline verify` passes: index.html and a MANIFEST.json recording its hash."""
-    from pipeline.bundle import FORMAT
+    from pipeline.bundle.build import FORMAT
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.html").write_bytes(INDEX)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import manifest
+from pipeline.store import manifest
 from tests.helpers import Child, invoke, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.layout import sha256_file
-from pipeline.schema import check_report, strict_loads
+from pipeline.store.paths import sha256_file
+from pipeline.store.schema import check_report, strict_loads
 from tests.helpers import invoke, one_paragraph, snapshot
 
 
@@ -63,7 +63,7 @@ def test_diverging_training_stops_naming_epoch_step_and_lr(tmp_path, data_root):
     assert "Training diverged: the loss became nan at epoch 1 of 2, step 1 of 32" in out
     assert "lower --lr (now 0.003)" in out and "--schedule (now onecycle)" in out
     run = art / "tests.fixtures.user_models__Diverging"
-    from pipeline import manifest
+    from pipeline.store import manifest
 
     rec = manifest.load(run / "stages.json")
     assert set(rec) == {"data"} and manifest.check(run, rec) == []  # the finished stage is kept, intact
@@ -96,7 +96,7 @@ def test_fp16_variant_with_infinite_logits_fails_validate_and_the_report_stays_s
 
 def test_torch_reference_with_nan_logits_stops_validate_without_a_report(quick_copy, data_root, monkeypatch):
     """The trained model gives NaN on some test images only (its golden inputs are fine): exit 2, no report."""
-    from pipeline.torch_runner import TorchRunner
+    from pipeline.measure.torch_runner import TorchRunner
 
     real = TorchRunner.infer_impl
 
@@ -166,7 +166,7 @@ def test_predict_command_exits_2_on_a_nan_model(quick_run, tmp_path):
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, np.float64("nan")])
 @pytest.mark.parametrize("shape", ["top", "nested", "list"])
 def test_write_json_refuses_nan_and_inf_and_writes_nothing(tmp_path, bad, shape):
-    from pipeline.layout import write_json
+    from pipeline.store.paths import write_json
 
     obj = {"top": bad} if shape == "top" else {"a": {"b": [1.0, {"c": bad}]}} if shape == "nested" else [0.5, bad]
     where = {"top": "['top']", "nested": "['a']['b'][1]['c']", "list": "[1]"}[shape]
@@ -180,7 +180,7 @@ def test_write_json_refuses_nan_and_inf_and_writes_nothing(tmp_path, bad, shape)
 
 def test_written_report_is_checked_against_the_contract_before_writing(quick_run, tmp_path):
     """A report the pipeline builds wrongly is a bug (RuntimeError), and nothing is written."""
-    from pipeline import report
+    from pipeline.report import assemble as report
 
     rep = json.loads(json.dumps(quick_run["report"]))
     rep["variants"][1]["accuracy"] = 1.5  # not a fraction
@@ -199,9 +199,10 @@ def test_nan_loss_stops_qat_fine_tuning_naming_epoch_step_and_qat_lr(data_root, 
     import torch
     import torch.nn.functional as F
 
-    from pipeline import models, qat
+    from pipeline import models
+    from pipeline.training import qat
     from pipeline.config import DataConfig, QuantConfig
-    from pipeline.data import load_splits
+    from pipeline.dataset import load_splits
     from pipeline.errors import PipelineError
 
     splits = load_splits(DataConfig(root=data_root, val_size=500, max_train=1000))

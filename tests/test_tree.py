@@ -1,7 +1,7 @@
 """The tests' own layout (tests/README.md): the tests of ``<package>/<path>/<module>.py`` are in
 ``tests/<package>/<path>/test_<module>.py``, and only tests of the whole system sit at the top of tests/.
 
-Every test folder is a package, so pytest imports ``tests/pipeline/test_bundle.py`` as
+Every test folder is a package, so pytest imports ``tests/pipeline/bundle/test_build.py`` as
 ``tests.pipeline.test_bundle``; were ``tests/`` itself put on ``sys.path`` (a test folder without
 ``__init__.py`` does that), the folder ``tests/pipeline`` could stand in for the real ``pipeline``.
 """

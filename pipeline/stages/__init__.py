@@ -7,7 +7,7 @@ previous stages' artifacts by path (through :class:`RunDir`) and writes its
 own. Each stage is one module here with two functions: ``key(ctx)`` (what its
 result depends on) and ``run(ctx)`` (do it, return the files written). A stage is skipped when its *key* (a hash of its config and the SHA-256
 of the files it reads) matches the one recorded in the manifest (``stages.json``,
-see :mod:`pipeline.manifest`) and every file it wrote is still there with the
+see :mod:`pipeline.store.manifest`) and every file it wrote is still there with the
 same SHA-256. A missing output makes its stage run again; an altered or
 truncated one stops the run before anything reads or overwrites it.
 ``--force`` redoes every stage.
@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import checkpoint, manifest, models
-from ..config import RunConfig
-from ..errors import PipelineError
-from ..layout import RunDir, atomic_write, check_writable
+from pipeline.store import checkpoint, manifest
+from pipeline import models
+from pipeline.config import RunConfig
+from pipeline.errors import PipelineError
+from pipeline.store.paths import RunDir, atomic_write, check_writable
 from . import data, engines, export, quantize, train, validate
 from .context import Context
 
@@ -66,7 +67,7 @@ def until(stage: str) -> str:
 def run(cfg: RunConfig, until: str = "validate", progress=None, group=None) -> dict[str, str]:
     """Run the stages up to and including ``until``; return what each did, in order: ``"ran"`` or ``"skipped"``.
 
-    ``group`` (rank 0 of a DDP run, :mod:`pipeline.distributed`) is handed to the train stage; the stages run
+    ``group`` (rank 0 of a DDP run, :mod:`pipeline.training.distributed`) is handed to the train stage; the stages run
     and write here, on rank 0, exactly as in one process."""
     if until not in STAGE_NAMES:
         raise PipelineError(f"Unknown stage '{until}'. Stages: {', '.join(STAGE_NAMES)}, or all.")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RunConfig
-from ..errors import PipelineError
-from ..layout import RunDir, sha256_file
+from pipeline.config import RunConfig
+from pipeline.errors import PipelineError
+from pipeline.store.paths import RunDir, sha256_file
 
 
 class Context:
@@ -15,13 +15,13 @@ class Context:
         self.cfg = cfg
         self.rd = RunDir.for_model(cfg.artifacts, cfg.model)
         self.progress = progress
-        self.group = group  # rank 0's pipeline.distributed.Group in a DDP run (the train stage trains with it)
+        self.group = group  # rank 0's pipeline.training.distributed.Group in a DDP run (the train stage trains with it)
         self._splits = None
 
     @property
     def splits(self):
         if self._splits is None:
-            from ..data import load_splits
+            from pipeline.dataset import load_splits
 
             self._splits = load_splits(self.cfg.data)
         return self._splits

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import stamp
-from ..layout import write_json
+from pipeline.config import stamp
+from pipeline.store.paths import write_json
 from .context import Context
 
 log = logging.getLogger(__name__)
@@ -16,8 +16,8 @@ def key(ctx: Context) -> dict:
 
 
 def run(ctx: Context) -> list[Path]:
-    from .. import plots
-    from ..data import CLASSES, RAW_FILES
+    from pipeline.report import figures as plots
+    from pipeline.dataset import CLASSES, RAW_FILES
 
     s = ctx.splits
     summary = {

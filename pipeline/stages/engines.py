@@ -5,10 +5,10 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import PipelineError
-from ..layout import write_json
-from .. import variants
-from ..variants import unavailable
+from pipeline.errors import PipelineError
+from pipeline.store.paths import write_json
+from pipeline import variants
+from pipeline.measure.runners import unavailable
 from .context import Context
 
 log = logging.getLogger(__name__)

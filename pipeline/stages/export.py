@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .. import checkpoint
-from ..config import stamp
-from ..errors import PipelineError
-from ..variants import BY_NAME
+from pipeline.store import checkpoint
+from pipeline.config import stamp
+from pipeline.errors import PipelineError
+from pipeline.variants import BY_NAME
 from .context import Context
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def run(ctx: Context) -> list[Path]:
     from exporters.onnx import ExportError, build_metadata, export_fp32
     from exporters.precision import export_fp16
 
-    from ..layout import atomic_path, refused_writes
+    from pipeline.store.paths import atomic_path, refused_writes
 
     ckpt = checkpoint.load(ctx.rd.checkpoint)
     model = checkpoint.restore(ckpt)

@@ -1,8 +1,8 @@
 """Stage ``quantize``: INT8 QDQ ONNX by PTQ (onnxruntime) and QAT (torchao), the CPU INT8 variants, SQNR.
 
 The ONNX -> ONNX work (PTQ, CPU INT8, SQNR) is :mod:`exporters.precision`, the QAT file in the CPU form
-:mod:`exporters.cpu_placement`; QAT, a torch fine-tuning, is :mod:`pipeline.qat`; the per-layer sensitivity on
-validation accuracy, and the layers a PTQ file keeps in FP32 under ``--int8-budget``, are :mod:`pipeline.sensitivity`.
+:mod:`exporters.cpu_placement`; QAT, a torch fine-tuning, is :mod:`pipeline.training.qat`; the per-layer sensitivity on
+validation accuracy, and the layers a PTQ file keeps in FP32 under ``--int8-budget``, are :mod:`pipeline.measure.budget`.
 This module chooses the calibration images, names the files and words errors.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import checkpoint
-from ..config import QuantConfig, stamp
-from ..errors import PipelineError
-from ..layout import refused_writes, write_json
-from ..variants import BY_NAME, VARIANTS
+from pipeline.store import checkpoint
+from pipeline.config import QuantConfig, stamp
+from pipeline.errors import PipelineError
+from pipeline.store.paths import refused_writes, write_json
+from pipeline.variants import BY_NAME, VARIANTS
 from .context import Context
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def key(ctx: Context) -> dict:
-    # QAT fine-tunes at the training batch size, shuffled by the training seed (see pipeline.qat)
+    # QAT fine-tunes at the training batch size, shuffled by the training seed (see pipeline.training.qat)
     train = ctx.cfg.train
     return {"data": ctx.sha(ctx.rd.data_summary), "checkpoint": ctx.sha(ctx.rd.checkpoint),
             "fp32": ctx.sha(ctx.rd.export_file(BY_NAME["onnx-fp32"].file)), "quant": stamp(ctx.cfg.quant),
@@ -48,8 +48,9 @@ def calibration_images(train_x, cfg: QuantConfig) -> np.ndarray:
 def run(ctx: Context) -> list[Path]:
     from exporters import precision
 
-    from .. import plots, qat
-    from ..sensitivity import Sensitivity
+    from pipeline.report import figures as plots
+    from pipeline.training import qat
+    from pipeline.measure.budget import Sensitivity
 
     q = ctx.cfg.quant
     if q.mode == "none":

@@ -7,9 +7,10 @@ import json
 import logging
 from pathlib import Path
 
-from .. import checkpoint, models
-from ..config import stamp
-from ..layout import write_json
+from pipeline.store import checkpoint
+from pipeline import models
+from pipeline.config import stamp
+from pipeline.store.paths import write_json
 from .context import Context
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,9 @@ def key(ctx: Context) -> dict:
 def run(ctx: Context) -> list[Path]:
     import torch
 
-    from .. import plots
-    from ..data import CLASSES
-    from ..train import train
+    from pipeline.report import figures as plots
+    from pipeline.dataset import CLASSES
+    from pipeline.training.fit import train
 
     cfg = ctx.cfg
     torch.manual_seed(cfg.train.seed)  # initial weights come from the global RNG: seed it before building
@@ -67,8 +68,8 @@ def run(ctx: Context) -> list[Path]:
 
 def _throughput(result, macs: int) -> dict | None:
     """Training images/s over the epochs' training loops (validation excluded; every rank's images in a DDP
-    run) and what that achieves against the CPU's measured peak (:func:`pipeline.efficiency.training`)."""
-    from .. import efficiency
+    run) and what that achieves against the CPU's measured peak (:func:`pipeline.measure.efficiency.training`)."""
+    from pipeline.measure import efficiency
 
     rows = [h for h in result.history if h.get("train_seconds")]  # states saved before it existed lack it
     if not rows:

@@ -2,9 +2,9 @@
 
 The stage only sequences: load the checkpoint, check it against the golden logits, run every variant of the
 table (:mod:`pipeline.variants`, each runner built by its row's factory), time them all together in interleaved
-rounds (docs/timing.md), assemble the report (:func:`pipeline.report.assemble`), write it, and only then judge
+rounds (docs/timing.md), assemble the report (:func:`pipeline.report.assemble.assemble`), write it, and only then judge
 parity, so a failing run still leaves a report to inspect. Comparing one variant and timing them all is
-:mod:`pipeline.validate`.
+:mod:`pipeline.measure.compare`.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-from .. import checkpoint, variants
-from ..config import stamp
-from ..errors import PipelineError
-from ..variants import unavailable
+from pipeline.store import checkpoint
+from pipeline import variants
+from pipeline.config import stamp
+from pipeline.errors import PipelineError
+from pipeline.measure.runners import build as build_runner, unavailable
 from .context import Context
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,10 @@ def key(ctx: Context) -> dict:
 def run(ctx: Context) -> list[Path]:
     import numpy as np
 
-    from .. import efficiency, environment, models, report
-    from ..validate import check_parity, over_budget
+    from pipeline.measure import efficiency, environment
+    from pipeline import models
+    from pipeline.report import assemble as report
+    from pipeline.measure.compare import check_parity, over_budget
 
     vcfg = ctx.cfg.validate
     ckpt = checkpoint.load(ctx.rd.checkpoint)
@@ -82,13 +85,13 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
     """Run every variant of the table that this config builds and this machine can run, then time them all together.
 
     Each runner is activated once and stays active until the rounds are done: the logits (parity) are computed
-    variant by variant, then every variant is timed in interleaved rounds (:func:`pipeline.validate.latency`), so
+    variant by variant, then every variant is timed in interleaved rounds (:func:`pipeline.measure.compare.latency`), so
     a burst of other work lands on all of them alike instead of deciding which one looks fastest.
 
     Returns the report rows (the reference first), the skipped variants with the reason, each run variant's
     logits on the test set (name -> (N, 10) float32), and the timing sessions (contention signals; one for the
     Python runtimes, one for the browser when it measured)."""
-    from ..validate import latency, log_latency, validate_variant
+    from pipeline.measure.compare import latency, log_latency, validate_variant
 
     vcfg = ctx.cfg.validate
     rows, reference, skipped, logits_by_name, in_browser, runners = [], None, [], {}, [], {}
@@ -109,7 +112,7 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
             if v.backend == variants.BROWSER:  # measured together, in one browser session, once the reference exists
                 in_browser.append(v)
                 continue
-            runner = active.enter_context(v.runner(ctx.rd, model=model, threads=vcfg.threads))
+            runner = active.enter_context(build_runner(v, ctx.rd, model=model, threads=vcfg.threads))
             row, logits = validate_variant(v, runner, images, labels, reference)
             logits_by_name[v.name] = logits
             if reference is None:  # the first row, variants.REFERENCE: every later one is compared with it
@@ -139,7 +142,7 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
 
 
 def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple[dict, object]], list[dict], dict | None]:
-    """The browser rows (``web-wasm-*``), measured in one headless Chromium session (:mod:`pipeline.browser`), timed
+    """The browser rows (``web-wasm-*``), measured in one headless Chromium session (:mod:`pipeline.measure.browser`), timed
     in rotated rounds as the Python rows are; also returns that session's timing record (None when not measured).
 
     A browser that cannot measure (onnxruntime-web not fetchable, Chromium failing) skips these rows with the
@@ -150,8 +153,9 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
 
     from runtime.bench import combine_rounds
 
-    from .. import browser, bundle_js, ort_web
-    from ..validate import browser_row, timing_session
+    from pipeline.measure import browser
+    from pipeline.bundle import js as bundle_js, ort_web
+    from pipeline.measure.compare import browser_row, timing_session
 
     vcfg = ctx.cfg.validate
     exe = browser.find()

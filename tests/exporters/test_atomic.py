@@ -1,4 +1,4 @@
-"""The one atomic write (exporters/atomic.py) and how the pipeline words a refused one (pipeline/layout.py)."""
+"""The one atomic write (exporters/atomic.py) and how the pipeline words a refused one (pipeline/store/paths.py)."""
 import contextlib
 import errno
 import os
@@ -6,8 +6,8 @@ import os
 import pytest
 
 from exporters.atomic import atomic_path, scratch_path
-from pipeline.layout import DiskError
-from pipeline.layout import atomic_path as pipeline_atomic_path
+from pipeline.store.paths import DiskError
+from pipeline.store.paths import atomic_path as pipeline_atomic_path
 
 
 def _full(fd):

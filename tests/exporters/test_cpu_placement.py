@@ -5,7 +5,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporters.cpu_placement import input_layers, split_qdq
+from exporters.cpu_placement import split_qdq
+from exporters.precision import input_layers
 
 
 def test_split_qdq_gives_the_float_graph_and_the_learned_grids(quick_run):

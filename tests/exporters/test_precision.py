@@ -22,7 +22,7 @@ def test_fp16_model_keeps_fp32_io_and_halves_the_file(quick_run):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_other_calibration_methods_give_conforming_qdq(quick_run, data_root, tmp_path, method):
     from pipeline.config import DataConfig
-    from pipeline.data import load_splits
+    from pipeline.dataset import load_splits
 
     splits = load_splits(DataConfig(root=data_root, val_size=1000, max_train=4000))
     images = calibration_images(splits.train_x, QuantConfig(calib_size=64))
@@ -51,7 +51,7 @@ def _activation_scales(path):
 ])
 def test_calibration_method_changes_the_activation_scales(quick_run, data_root, tmp_path, method):
     from pipeline.config import DataConfig
-    from pipeline.data import load_splits
+    from pipeline.dataset import load_splits
 
     splits = load_splits(DataConfig(root=data_root, val_size=1000, max_train=4000))
     images = calibration_images(splits.train_x, QuantConfig(calib_size=64))

@@ -18,7 +18,7 @@ BUDGET_PP = 0.5
 def fragile_run(data_root, tmp_path_factory):
     """FragileNet trained 2 epochs on 4,000 MNIST images, made fragile (factor 300), exported; its validation split."""
     from pipeline.config import DataConfig
-    from pipeline.data import load_splits
+    from pipeline.dataset import load_splits
 
     splits = load_splits(DataConfig(root=data_root, val_size=1000, max_train=4000))
     model = fragile.make_fragile(fragile.train(fragile.FragileNet(), splits.train_x, splits.train_y), 300.0)
@@ -71,7 +71,7 @@ def test_fragile_layer_ranks_first_and_the_fallback_recovers_within_the_budget(f
     import onnx
 
     dq_inputs = {i for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear" for i in n.input}
-    from exporters.cpu_placement import input_layers
+    from exporters.precision import input_layers
 
     # the CPU form keeps the layer reading the image in float whatever the budget (exporters.cpu_placement)
     always_float = set() if for_tensorrt else set(input_layers(onnx.load(str(fragile_run["fp32"]))))
@@ -102,7 +102,7 @@ def test_a_model_without_conv_gemm_or_matmul_is_refused_naming_its_ops(tmp_path)
 
 def test_a_single_fragile_layer_leaves_only_fp32(data_root, tmp_path):
     from pipeline.config import DataConfig
-    from pipeline.data import load_splits
+    from pipeline.dataset import load_splits
 
     splits = load_splits(DataConfig(root=data_root, val_size=1000, max_train=4000))
     model = fragile.train(fragile.DeadPixelLinear(), splits.train_x, splits.train_y, epochs=1)

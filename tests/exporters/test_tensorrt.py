@@ -4,7 +4,7 @@ No GPU and no TensorRT here, so TensorRT is replaced by stand-ins that behave as
 (TensorRT 10.3/11.1 Python API) and build from the real ONNX files of the quick run; they live in
 ``tests/fixtures/trt_standins.py`` and sit in ``sys.modules`` for one test at a time, never in the package.
 The bundle's ``build_engines.py`` is this module, copied, so its ``main()`` is tested here too; the bundle's
-trtexec script is tested with the bundle (``tests/pipeline/test_bundle.py``), the runner with the runtime
+trtexec script is tested with the bundle (``tests/pipeline/bundle/test_build.py``), the runner with the runtime
 (``tests/runtime/test_tensorrt.py``). What only a GPU can confirm is listed in docs/deploy.md ("TensorRT"); the
 gpu-marked test at the end confirms the build on such a machine.
 """
@@ -30,7 +30,7 @@ def test_tensorrt_version_comes_from_the_module_not_the_distribution(monkeypatch
     (true here); the engines stage, the validate stage and the run manifest read tensorrt.__version__."""
     from importlib import metadata
 
-    from pipeline import manifest
+    from pipeline.store import manifest
     from pipeline.stages import engines
 
     with pytest.raises(metadata.PackageNotFoundError):
@@ -260,7 +260,7 @@ def test_engines_build_match_onnx_and_refuse_when_stale(quick_run, data_root, tm
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU hosts: pip install tensorrt; Jetson: JetPack 6)")
     pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install -e .[trt])")
     from exporters.onnx import read_metadata
-    from pipeline.validate import run_logits
+    from pipeline.measure.compare import run_logits
     from runtime.tensorrt import TensorRTRunner
 
     d = quick_run["dir"] / "export"

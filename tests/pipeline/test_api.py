@@ -85,7 +85,7 @@ def test_the_same_call_again_skips_every_stage(api_run):
 
 
 def test_checkpoint_restore_and_bundle_work_in_the_same_process(api_run, tmp_path):
-    from pipeline import checkpoint
+    from pipeline.store import checkpoint
 
     r = api_run["result"]
     ckpt = checkpoint.load(r.run_dir / "train" / "model.pt")

@@ -1,6 +1,6 @@
 """pipeline/cli.py: `pipeline run` end to end on real MNIST (`--quick`), and every bad input of the CLI: options
 refused before anything is written, names printed literally, outputs that cannot be written. A command's own
-work is tested with the module that does it (`bundle`/`verify`: tests/pipeline/test_bundle.py, `report`:
+work is tested with the module that does it (`bundle`/`verify`: tests/pipeline/bundle/test_build.py, `report`:
 test_report.py, `bench`: tests/runtime/test_bench.py, `predict`: tests/runtime/test_classifier.py, `check-qdq`:
 tests/exporters/test_qdq.py); the option values' checks without the CLI: tests/pipeline/test_config.py."""
 import errno
@@ -51,7 +51,7 @@ def test_quick_run_artifacts_describe_themselves(quick_run):
     assert props["model_name"] == "edgenet" and props["input_layout"] == "NCHW"
     assert json.loads(props["classes"]) == [str(i) for i in range(10)]
     assert len(json.loads(props["normalization_mean"])) == 1 and len(props["checkpoint_sha256"]) == 64
-    from pipeline.layout import sha256_file
+    from pipeline.store.paths import sha256_file
 
     assert props["checkpoint_sha256"] == sha256_file(d / "train" / "model.pt")
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
@@ -82,7 +82,7 @@ def test_foreign_checkpoint_is_refused_with_a_paragraph(quick_copy, data_root):
 
     ckpt = quick_copy / "edgenet" / "train" / "model.pt"
     torch.save({"weights": torch.zeros(3)}, ckpt)
-    from pipeline.layout import sha256_file
+    from pipeline.store.paths import sha256_file
 
     stages = quick_copy / "edgenet" / "stages.json"
     rec = json.loads(stages.read_text())

@@ -13,8 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import config, stages
-from pipeline.config import (QUICK, RUN_OPTIONS, DataConfig, RunConfig, TrainConfig, build_config, default_of,
-                             stamp)
+from pipeline.config import QUICK, RUN_OPTIONS, DataConfig, RunConfig, TrainConfig, build_config, default_of, stamp
 from pipeline.errors import PipelineError
 from tests.helpers import invoke
 

@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import variants
-from pipeline.variants import BROWSER, REFERENCE, RUNNERS, TARGETS, VARIANTS, Variant
+from pipeline.measure.runners import RUNNERS
+from pipeline.variants import BROWSER, REFERENCE, TARGETS, VARIANTS, Variant
 from tests.helpers import ROOT, invoke
 
 
@@ -47,7 +48,7 @@ def test_by_name_is_a_live_view_of_the_table(monkeypatch):
 
 def _record_output(run: Path, stage: str, rel: str) -> None:
     """Record ``rel`` as an output of ``stage`` in stages.json, as that stage would after writing it."""
-    from pipeline.layout import sha256_file
+    from pipeline.store.paths import sha256_file
 
     path = run / "stages.json"
     rec = json.loads(path.read_text())
@@ -59,7 +60,8 @@ def test_adding_one_row_is_enough_for_validate_report_and_bundle(quick_copy, dat
     """One new row, and nothing else in the code: validate runs and judges it, the report shows it, the
     bundle ships it. The only thing besides the row is its file, which the stage that would write it (here
     the test, copying the FP32 file as the export stage would) records in the run's manifest."""
-    from pipeline import efficiency, stages
+    from pipeline.measure import efficiency
+    from pipeline import stages
     from pipeline.config import build_config
 
     monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)  # the CPU probe (seconds) is not under test

@@ -1,5 +1,5 @@
 """runtime/bench.py and `pipeline bench` on any ONNX classifier: the timing statistics and loop, and what bench
-refuses before timing anything. (The MACs count bench prints: tests/pipeline/test_efficiency.py.)"""
+refuses before timing anything. (The MACs count bench prints: tests/pipeline/measure/test_efficiency.py.)"""
 import contextlib
 import json
 import math

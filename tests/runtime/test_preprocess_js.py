@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline.bundle_js import NODE_FILES, PIXEL_TOLERANCE, golden_images
+from pipeline.bundle.js import NODE_FILES, PIXEL_TOLERANCE, golden_images
 from runtime.preprocess import load_image
 from tests.js.env import link_node_modules, require_node
 

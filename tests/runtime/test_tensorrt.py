@@ -32,7 +32,7 @@ def test_trt_runner_batches_within_the_engine_profile_and_owns_its_outputs(fake_
                                                                              tmp_path):
     """Bugs 1 and 2: run_logits batches to the profile maximum read from the engine, and the logits of every
     batch survive Polygraphy's reused output buffer: accuracy equals onnxruntime's on the same ONNX exactly."""
-    from pipeline.validate import run_logits
+    from pipeline.measure.compare import run_logits
     from runtime.onnxrt import OnnxrtRunner
     from runtime.tensorrt import TensorRTRunner
 

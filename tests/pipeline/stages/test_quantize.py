@@ -49,7 +49,7 @@ def test_per_layer_sqnr_is_reported(quick_run):
 
 def test_calibration_never_reads_the_test_set_and_is_seeded(data_root):
     from pipeline.config import DataConfig
-    from pipeline.data import load_splits
+    from pipeline.dataset import load_splits
 
     s = load_splits(DataConfig(root=data_root, val_size=1000, max_train=1000))
     a = calibration_images(s.train_x, QuantConfig(calib_size=100))
@@ -118,7 +118,7 @@ def test_every_cpu_int8_file_is_fused_into_integer_kernels(quick_run, tmp_path, 
     """No Conv, Gemm or MatMul is left in float in onnxruntime's optimized graph but the one the CPU form keeps
     in float on purpose, the first conv (it reads the one-channel image; faster in float): every other layer
     of the FP32 model became one integer kernel (the quick model: 6 QLinearConv and 1 QGemm)."""
-    from exporters.cpu_placement import input_layers
+    from exporters.precision import input_layers
 
     d = quick_run["dir"] / "export"
     ops = _optimized_ops(d / v.file, tmp_path)
@@ -164,7 +164,7 @@ def test_the_qat_cpu_file_keeps_the_learned_activation_scales(quick_run):
 
 
 def test_the_qat_file_quantizes_weights_per_output_channel(quick_run):
-    """QAT's weight fake quantization is per channel (pipeline.qat.symmetric_int8_quantizer), and the exported QDQ
+    """QAT's weight fake quantization is per channel (pipeline.training.qat.symmetric_int8_quantizer), and the exported QDQ
     file keeps it: each of edgenet's 6 weight tensors (5 convs, the classifier) is int8 with one scale per output
     channel on axis 0, and the scales differ (one per-tensor scale repeated would pass a length check)."""
     from onnx import numpy_helper

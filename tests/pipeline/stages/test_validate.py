@@ -1,5 +1,5 @@
 """pipeline/stages/validate.py: every variant of the quick run validated like FP32, the stage's thread count
-given back, and its golden-file tolerance. The comparisons it uses: tests/pipeline/test_validate.py."""
+given back, and its golden-file tolerance. The comparisons it uses: tests/pipeline/measure/test_compare.py."""
 import numpy as np
 import pytest
 
@@ -9,7 +9,7 @@ def _rows(quick_run):
 
 
 def test_every_variant_is_validated_like_fp32(quick_run):
-    from pipeline import browser
+    from pipeline.measure import browser
 
     rows = _rows(quick_run)
     in_browser = {"web-wasm-fp32", "web-wasm-int8"} if browser.find() else set()  # the quick run asks for --browser
@@ -56,9 +56,10 @@ def test_validate_stage_times_with_its_threads_and_gives_the_callers_back(quick_
     the stage fails half-way (a notebook calling the Python API keeps its own torch settings)."""
     import torch
 
-    from pipeline import efficiency, variants
+    from pipeline.measure import efficiency
+    from pipeline import variants
     from pipeline.stages import validate as vstage
-    from pipeline.torch_runner import TorchRunner
+    from pipeline.measure.torch_runner import TorchRunner
 
     seen, real = [], TorchRunner.infer_impl
 
@@ -83,7 +84,7 @@ def test_validate_stage_times_with_its_threads_and_gives_the_callers_back(quick_
 
 def test_golden_tolerance_is_read_from_the_validate_config(quick_copy, data_root):
     """golden.npz's logits moved by 1e-4: refused under the default tolerance (1e-5), accepted under 1e-3."""
-    from pipeline import checkpoint
+    from pipeline.store import checkpoint
     from pipeline.errors import PipelineError
     from pipeline.stages import validate as vstage
 
@@ -103,7 +104,7 @@ def test_a_browser_that_cannot_measure_skips_its_rows_and_keeps_the_rest(quick_c
     web-wasm rows with the reason in the report; the Python rows are still measured and the stage succeeds."""
     import json
 
-    from pipeline import browser, efficiency
+    from pipeline.measure import browser, efficiency
     from pipeline.errors import PipelineError
     from pipeline.stages import validate as vstage
 
@@ -130,7 +131,8 @@ def test_the_stage_activates_each_runner_once_and_times_them_together_in_rotated
     once, and the report carries the rounds, their spread and the contention signals."""
     import json
 
-    from pipeline import efficiency, validate, variants
+    from pipeline.measure import efficiency, compare as validate
+    from pipeline import variants
     from runtime import bench
     from runtime.base import BaseRunner
 

@@ -1,0 +1,104 @@
+"""How a variant's runner is built, per backend (:data:`RUNNERS`), and whether this machine can run a variant.
+
+Every factory has the same signature, ``factory(variant, run_dir, *, model, threads)``, and returns a runner
+that is not yet activated (:class:`runtime.base.BaseRunner`), so the validate stage treats every backend
+alike. Each imports its backend inside the call: importing this module (and with it the table) loads no
+torch, onnxruntime or TensorRT, and a backend that is missing breaks only its own rows.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from runtime.base import BaseRunner
+
+    from pipeline.store.paths import RunDir
+    from pipeline.variants import Variant
+
+
+def torch_runner(v: Variant, run_dir: RunDir, *, model, threads: int = 0) -> BaseRunner:
+    """PyTorch eager on the restored checkpoint (``model``); the caller sets torch's thread count."""
+    from .torch_runner import TorchRunner
+
+    return TorchRunner(model)
+
+
+def onnxrt_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int = 0) -> BaseRunner:
+    """onnxruntime on the row's file, with its execution provider and graph optimization level."""
+    from runtime.onnxrt import OnnxrtRunner
+
+    return OnnxrtRunner(run_dir.export_file(v.file), provider=v.provider, threads=threads,
+                        optimization=v.ort_optimization)
+
+
+def tensorrt_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int = 0) -> BaseRunner:
+    """A TensorRT runner, after refusing an engine whose sidecar does not match this ONNX, TensorRT (the
+    module's ``__version__``: hosts with only ``tensorrt-cu12``/``-cu13`` or JetPack's apt package have no
+    distribution named ``tensorrt``), GPU, or the build parameters the engines stage uses."""
+    from exporters import tensorrt as trtx
+    from exporters.onnx import read_metadata
+    from runtime.tensorrt import TensorRTRunner
+
+    engine, src = run_dir.export_file(v.file), run_dir.export_file(v.source)
+    try:
+        version = trtx.installed_version()
+        if version is None:
+            raise trtx.TensorRTError("TensorRT cannot be imported here.")
+        shape = tuple(json.loads(read_metadata(src).get("input_shape", "[1, 28, 28]")))  # as the engines stage
+        trtx.require_fresh(engine, src, version, trtx.gpu_identity(), trtx.build_params(v.precision, shape))
+    except trtx.TensorRTError as e:
+        raise PipelineError(f"{e} Run `pipeline run all --force` to rebuild.") from None
+    return TensorRTRunner(engine)
+
+
+#: how a backend's runner is built: ``factory(variant, run_dir, model=..., threads=...)`` -> an unactivated
+#: runner (:class:`runtime.base.BaseRunner`). Each factory imports its backend when called, not here.
+RUNNERS = {"torch": torch_runner, "onnxruntime": onnxrt_runner, "tensorrt": tensorrt_runner}
+
+
+def build(v: Variant, run_dir: RunDir, model=None, threads: int = 0) -> BaseRunner:
+    """``v``'s runner, not yet activated, built by its backend's factory (:data:`RUNNERS`).
+
+    ``run_dir`` locates the file; ``model`` is the restored torch model (torch rows only); ``threads`` is the
+    intra-op thread count (0: the backend's default)."""
+    if v.backend not in RUNNERS:
+        raise ValueError(f"{v.name} is measured in a browser (pipeline.measure.browser), not by a Python runner")
+    return RUNNERS[v.backend](v, run_dir, model=model, threads=threads)
+
+
+def unavailable(v: Variant) -> str | None:
+    """Why this machine cannot run ``v`` (None when it can).
+
+    Never imports tensorrt (which loads CUDA libraries): only onnxruntime's provider list and, for TensorRT
+    rows on a host that has TensorRT, torch's view of the GPU."""
+    import importlib.util
+
+    if v.requires is None:
+        return None
+    if v.requires == "browser":
+        from . import browser
+
+        return None if browser.find() else ("no Chromium or Chrome on PATH to measure it in (Debian: apt-get install "
+                                            "chromium)")
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        providers = []
+    if v.requires == "cuda":
+        if "CUDAExecutionProvider" not in providers:
+            return "onnxruntime has no CUDA provider here (install the `gpu` extra, onnxruntime-gpu, on a machine with an NVIDIA GPU)"
+        return None
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (GPU hosts: pip install tensorrt; Jetson: JetPack 6)"
+    if importlib.util.find_spec("polygraphy") is None:
+        return "polygraphy is not installed (pip install -e .[trt])"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no NVIDIA GPU is visible"
+    return None

@@ -1,0 +1,1 @@
+"""Training: fitting the model, one process or several, and quantization-aware training."""

@@ -1,0 +1,185 @@
+"""Declared schemas (pipeline/store/schema.py): damaged-but-valid-JSON stages.json and report.json are refused."""
+import copy
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.store.schema import SchemaError, check_report
+from tests.helpers import invoke, one_paragraph, snapshot
+
+
+def _edit(fn):
+    def mutate(rec):
+        fn(rec)
+        return json.dumps(rec, indent=2)
+    return mutate
+
+
+MODEL_PT = "train/model.pt"
+DAMAGED_MANIFESTS = {
+    "sha256 not hex": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(sha256="xyz")),
+    "size negative": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(size=-1)),
+    "size a string": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(size="1234")),
+    "size huge": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(size=10**30)),
+    "sha256 missing": _edit(lambda r: r["train"]["outputs"][MODEL_PT].pop("sha256")),
+    "output a number": _edit(lambda r: r["train"]["outputs"].update({MODEL_PT: 12345})),
+    "outputs a list": _edit(lambda r: r["train"].update(outputs=[MODEL_PT])),
+    "outputs null": _edit(lambda r: r["train"].update(outputs=None)),
+    "key missing": _edit(lambda r: r["train"].pop("key")),
+    "stage null": _edit(lambda r: r.update(train=None)),
+    "stage a list": _edit(lambda r: r.update(train=[])),
+    "seconds a string": _edit(lambda r: r["data"].update(seconds="4.8")),
+    "versions of numbers": _edit(lambda r: r["data"].update(versions={"torch": 2.14})),
+    "inputs a string": _edit(lambda r: r["data"].update(inputs="x")),
+    "output outside the run folder": _edit(lambda r: r["train"]["outputs"].update({"../../etc/passwd": "0" * 64})),
+    "unknown format": _edit(lambda r: r.update(format="someone-else/manifest-v9")),
+    "key with markup": _edit(lambda r: r.update({"[/x]": {"key": "[bold]"}})),
+    "NaN literal": lambda r: json.dumps(r).replace('"seconds": ', '"seconds": NaN, "was": ', 1),
+    "number too big": lambda r: json.dumps(r).replace('"seconds": ', '"seconds": 1e999, "was": ', 1),
+    "top level a list": lambda r: json.dumps([r]),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_MANIFESTS))
+def test_damaged_but_valid_json_manifest_is_refused_by_run_verify_and_report(quick_copy, data_root, case):
+    run = quick_copy / "edgenet"
+    rec = json.loads((run / "stages.json").read_text())
+    (run / "stages.json").write_text(DAMAGED_MANIFESTS[case](rec))
+    def files():  # the lock file holds the last run's pid
+        return {k: v for k, v in snapshot(quick_copy).items() if not k.endswith(".lock")}
+
+    before = files()
+    for args in (["run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root],
+                 ["verify", run], ["report", run]):
+        r = invoke(*args)
+        out = one_paragraph(r)
+        assert f"The run manifest {run / 'stages.json'} is unreadable" in out, (args[0], out)
+        assert files() == before
+
+
+def test_a_v1_manifest_with_bare_hashes_is_still_accepted(quick_copy):
+    run = quick_copy / "edgenet"
+    rec = json.loads((run / "stages.json").read_text())
+    rec.pop("format")
+    for entry in rec.values():  # v1: bare SHA-256 strings, no inputs, no versions
+        entry["outputs"] = {rel: o["sha256"] for rel, o in entry["outputs"].items()}
+        entry.pop("inputs")
+        entry.pop("versions")
+    (run / "stages.json").write_text(json.dumps(rec))
+    r = invoke("verify", run)
+    assert r.exit_code == 0, r.output
+
+
+def test_the_messages_name_the_field_and_the_problem(quick_copy):
+    from pipeline.store import manifest
+    from pipeline.errors import PipelineError
+
+    run = quick_copy / "edgenet"
+    rec = json.loads((run / "stages.json").read_text())
+    rec["train"]["outputs"][MODEL_PT]["size"] = "1234"
+    rec["data"].pop("key")
+    (run / "stages.json").write_text(json.dumps(rec))
+    with pytest.raises(PipelineError) as e:
+        manifest.load(run / "stages.json")
+    msg = str(e.value)
+    assert "data.key: field required" in msg and 'train.outputs.train/model.pt.size: input should be a valid integer (got "1234")' in msg
+
+
+# ------------------------------------------------------------------ report.json, by hypothesis
+
+POOL = [None, "x", "0.5", -1, 0, 2, 0.5, 1e308, 10**30, True, [], {}, [1.5], {"a": 1}]
+
+
+def _mutate(data, node) -> None:
+    """Walk down from the top (each level's keys equally likely, so top-level and deep fields are both hit
+    often), then replace, or delete, the value reached."""
+    while True:
+        k = data.draw(st.sampled_from(list(node) if isinstance(node, dict) else range(len(node))))
+        child = node[k]
+        if isinstance(child, (dict, list)) and child and data.draw(st.booleans()):
+            node = child
+            continue
+        if isinstance(node, dict) and data.draw(st.integers(0, 3)) == 0:
+            del node[k]
+        else:
+            node[k] = copy.deepcopy(data.draw(st.sampled_from(POOL)))  # never POOL's own list or dict: a later
+            # mutation would change POOL itself, and hypothesis then fails with FlakyStrategyDefinition
+        return
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
+    """Wrong types, nulls, deletions anywhere in a real report.json: the schema refuses it (one SchemaError,
+    a PipelineError) or the report renders; never any other exception."""
+    from pipeline.report.recommend import recommend
+    from pipeline.report.assemble import render_markdown
+
+    rep = copy.deepcopy(quick_run["report"])
+    for _ in range(data.draw(st.integers(1, 3))):
+        _mutate(data, rep)
+    try:
+        check_report(rep, "report.json")
+    except SchemaError as e:
+        assert "report.json is not a pipeline report" in str(e)
+        return
+    render_markdown(rep)
+    recommend(rep)
+
+
+def _paths(node, prefix=()):
+    """Every path in the report (lists: their first two items), containers included."""
+    items = node.items() if isinstance(node, dict) else list(enumerate(node))[:2] if isinstance(node, list) else ()
+    for k, v in items:
+        yield prefix + (k,)
+        yield from _paths(v, prefix + (k,))
+
+
+def _refused_or_renders(rep) -> bool:
+    from pipeline.report.recommend import recommend
+    from pipeline.report.assemble import render_markdown
+
+    try:
+        check_report(rep, "report.json")
+    except SchemaError:
+        return True
+    render_markdown(rep)
+    recommend(rep)
+    return False
+
+
+def test_every_single_field_damaged_in_every_way_is_refused_or_renders(quick_run):
+    """Exhaustive: each path of a real report.json, deleted or set to each value of POOL (a few thousand
+    reports). Never an exception other than the schema's; and most damage is refused."""
+    base = quick_run["report"]
+    refused = total = 0
+    for path in _paths(base):
+        for value in [_DELETE, *POOL]:
+            rep = copy.deepcopy(base)
+            node = rep
+            for k in path[:-1]:
+                node = node[k]
+            if value is _DELETE:
+                if not isinstance(node, dict):
+                    continue
+                del node[path[-1]]
+            else:
+                node[path[-1]] = copy.deepcopy(value)
+            total += 1
+            refused += _refused_or_renders(rep)
+    assert total > 2000 and refused > total / 2
+
+
+_DELETE = object()
+
+
+def test_schema_accepts_the_real_report_and_refuses_nonfinite_numbers(quick_run):
+    rep = copy.deepcopy(quick_run["report"])
+    check_report(rep, "r")
+    for bad in (math.nan, math.inf):
+        rep["variants"][0]["accuracy_delta"] = bad
+        with pytest.raises(SchemaError, match="variants.0.accuracy_delta: input should be a finite number"):
+            check_report(rep, "r")
