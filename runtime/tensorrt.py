@@ -10,7 +10,7 @@ reports as "GPU Compute Time", separately from "H2D Latency" and "D2H Latency".
 
 The engine's optimization profile bounds the batch: :attr:`batch_range` is read
 from the engine (profile 0, the one ``TrtRunner`` uses), and callers batch
-within it (``pipeline.validate.run_logits``). Polygraphy reuses its host
+within it (``pipeline.measure.compare.run_logits``). Polygraphy reuses its host
 output buffers between calls; :class:`runtime.base.BaseRunner` copies every
 output at the boundary, so results never alias them.
 
