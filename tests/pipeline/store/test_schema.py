@@ -1,4 +1,7 @@
-"""Declared schemas (pipeline/store/schema.py): damaged-but-valid-JSON stages.json and report.json are refused."""
+"""Declared schemas (pipeline/store/schema.py): damaged-but-valid-JSON stages.json and report.json are refused.
+
+The stages.json cases act on a quick run's folder (`run`, `verify` and `report` must all refuse it); the report.json
+cases on tests/fixtures/report.json (`real_report`, a real run's report): no training."""
 import copy
 import json
 import math
@@ -112,13 +115,10 @@ def _mutate(data, node) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
+def test_any_mutation_of_a_real_report_is_refused_or_renders(real_report, data):
     """Wrong types, nulls, deletions anywhere in a real report.json: the schema refuses it (one SchemaError,
     a PipelineError) or the report renders; never any other exception."""
-    from pipeline.report.recommend import recommend
-    from pipeline.report.assemble import render_markdown
-
-    rep = copy.deepcopy(quick_run["report"])
+    rep = copy.deepcopy(real_report)
     for _ in range(data.draw(st.integers(1, 3))):
         _mutate(data, rep)
     try:
@@ -126,8 +126,7 @@ def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
     except SchemaError as e:
         assert "report.json is not a pipeline report" in str(e)
         return
-    render_markdown(rep)
-    recommend(rep)
+    _render(rep)
 
 
 def _paths(node, prefix=()):
@@ -138,23 +137,30 @@ def _paths(node, prefix=()):
         yield from _paths(v, prefix + (k,))
 
 
-def _refused_or_renders(rep) -> bool:
+def _render(rep) -> None:
+    """What `pipeline report` computes from a report that passed the schema: the recommendation (kept, or computed
+    for a report without one), and the markdown (the HTML is drawn from it)."""
+    from pipeline.report.assemble import complete
+    from pipeline.report.markdown import render_markdown
     from pipeline.report.recommend import recommend
-    from pipeline.report.assemble import render_markdown
 
+    render_markdown(complete(rep))
+    recommend(rep)
+
+
+def _refused_or_renders(rep) -> bool:
     try:
         check_report(rep, "report.json")
     except SchemaError:
         return True
-    render_markdown(rep)
-    recommend(rep)
+    _render(rep)
     return False
 
 
-def test_every_single_field_damaged_in_every_way_is_refused_or_renders(quick_run):
+def test_every_single_field_damaged_in_every_way_is_refused_or_renders(real_report):
     """Exhaustive: each path of a real report.json, deleted or set to each value of POOL (a few thousand
     reports). Never an exception other than the schema's; and most damage is refused."""
-    base = quick_run["report"]
+    base = real_report
     refused = total = 0
     for path in _paths(base):
         for value in [_DELETE, *POOL]:
@@ -176,10 +182,38 @@ def test_every_single_field_damaged_in_every_way_is_refused_or_renders(quick_run
 _DELETE = object()
 
 
-def test_schema_accepts_the_real_report_and_refuses_nonfinite_numbers(quick_run):
-    rep = copy.deepcopy(quick_run["report"])
+def test_schema_accepts_the_real_report_and_refuses_nonfinite_numbers(real_report):
+    rep = real_report
     check_report(rep, "r")
     for bad in (math.nan, math.inf):
         rep["variants"][0]["accuracy_delta"] = bad
         with pytest.raises(SchemaError, match="variants.0.accuracy_delta: input should be a finite number"):
             check_report(rep, "r")
+
+
+# ------------------------------------------------------------------ load_report: the one reader of report.json
+
+
+def test_load_report_reads_a_real_report_and_refuses_the_rest_in_one_paragraph(real_report, tmp_path):
+    """What `pipeline report`, `pipeline bundle` and `pipeline.run` read a report through: the checked dict, or a
+    PipelineError that names the file and the problem and ends with the caller's advice."""
+    from pipeline.errors import PipelineError
+    from pipeline.store.schema import load_report
+    from tests.conftest import REPORT_FIXTURE
+
+    assert load_report(REPORT_FIXTURE) == real_report
+    cases = {"missing.json": (None, "could not be read"),
+             "latin1.json": (b'{"model": "\xe9"}', "is not a pipeline report (invalid JSON"),
+             "nan.json": (json.dumps(real_report).replace('"cv": ', '"cv": NaN, "x": ', 1).encode(),
+                          "is not a pipeline report (invalid JSON: NaN is not a JSON number"),
+             "off.json": (json.dumps({**real_report, "params": "147290"}).encode(),
+                          'does not match the report contract (docs/report.md, "Report contract"): params: input should '
+                          'be a valid integer (got "147290")')}
+    for name, (content, message) in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(PipelineError) as e:
+            load_report(tmp_path / name, then="Rerun it.")
+        text = str(e.value)
+        assert text.startswith(str(tmp_path / name)) and message in text and text.endswith(". Rerun it."), text
+        assert "\n" not in text
