@@ -3,7 +3,8 @@ markdown, self-contained HTML with figures, rebuilt from report.json alone; repo
 Which file is recommended where: test_recommend.py.
 
 Most tests read tests/fixtures/report.json (`real_report`, a real run's report) or its rendering
-(`rendered_report`); only the check that `pipeline report` rebuilds what the validate stage wrote needs a run."""
+(`rendered_report`): no training. That `pipeline report` rebuilds what the validate stage wrote needs a run:
+tests/pipeline/stages/test_validate_report.py."""
 import base64
 import copy
 import json
@@ -134,17 +135,6 @@ def test_int8_rows_state_their_speed_against_fp32_and_the_cpu_flags(real_report)
     line = next(ln for ln in render_markdown(rep).splitlines() if ln.startswith("INT8 speed against FP32"))
     ratio = rows["onnx-int8-qat-cpu"]["vs_fp32"]["throughput_ratio"]
     assert all(f in line for f in flags) and f"`onnx-int8-qat-cpu` {ratio:.2f}x FP32 throughput" in line
-
-
-def test_report_command_rebuilds_from_json_alone(quick_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(quick_run["dir"] / "report.json", run / "report.json")
-    r = invoke("report", run)
-    assert r.exit_code == 0, r.output
-    assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
-    browser = any(r["name"].startswith("web-wasm") for r in quick_run["report"]["variants"])
-    assert len(list((run / "report").glob("*.png"))) == 7 + browser  # + the browser's accuracy-vs-latency figure
 
 
 def test_the_timing_section_and_figures_not_to_be_trusted(real_report, tmp_path):
