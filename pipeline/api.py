@@ -13,7 +13,6 @@ torch's thread count and random state as it found them.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -81,6 +80,7 @@ def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifac
     from . import stages
     from .config import build_config
     from .store.paths import RunDir
+    from .store.schema import load_report
 
     with _library_errors():
         until = stages.until(stage)
@@ -94,7 +94,7 @@ def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifac
         with _torch_state_kept():
             done = stages.run(cfg, until=until)
         rd = RunDir.for_model(cfg.artifacts, cfg.model)
-        report = json.loads(rd.report_json.read_text(encoding="utf-8")) if until == stages.STAGE_NAMES[-1] else None
+        report = load_report(rd.report_json) if until == stages.STAGE_NAMES[-1] else None
     return RunResult(run_dir=rd.root, model=cfg.model, stages=done, report=report, data_root=cfg.data.root)
 
 

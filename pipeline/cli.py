@@ -228,7 +228,7 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
     """Rebuild report.md, report.html and the figures from report.json alone."""
     from .store import manifest
     from .report import assemble as report_mod
-    from .store.schema import check_report, strict_loads
+    from .store.schema import load_report
 
     if run_dir.is_file() and run_dir.name == "report.json":  # the file itself: a likely, harmless slip
         run_dir = run_dir.parent
@@ -244,15 +244,7 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
     damaged = [p for p in manifest.check_files(run_dir, manifest.load(run_dir / "stages.json"), ["report.json"])
                if p.kind != "unrecorded"]
     manifest.refuse_damaged(run_dir, damaged)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise PipelineError(f"{path} could not be read ({e.strerror or e}). Nothing was written.") from None
-    try:
-        data = strict_loads(raw.decode("utf-8"))
-    except ValueError as e:  # UnicodeDecodeError included
-        raise PipelineError(f"{path} is not a pipeline report (invalid JSON: {e}). Nothing was written.") from None
-    check_report(data, path)  # every problem named, before anything is rendered or rewritten
+    data = load_report(path, then="Nothing was written.")  # every problem named, before anything is rendered
     written = report_mod.write_all(data, run_dir)
     _console().print(literal(("rebuilt:", "green"), f" {', '.join(str(p) for p in written[1:3])} and "
                              f"{len(written) - 3} figures"), soft_wrap=True)

@@ -1,6 +1,6 @@
 """Fixtures every test folder sees: real MNIST and one quick end-to-end run (each once per session), a private
-copy of that run, a jetson bundle of it (once per module), and the TensorRT/Polygraphy stand-ins. Plain helpers
-are in tests/helpers.py."""
+copy of that run, a jetson bundle of it (once per module), the checked-in report.json of a real run and its
+rendering (no training), and the TensorRT/Polygraphy stand-ins. Plain helpers are in tests/helpers.py."""
 from __future__ import annotations
 
 import json
@@ -41,6 +41,30 @@ def quick_copy(quick_run, tmp_path) -> Path:
     shutil.copytree(quick_run["artifacts"], dst)
     return dst
 
+
+
+#: report.json of a full default run (`pipeline run all`, commit 8a5bc82, AMD EPYC, 2 cores, AVX2/FMA/AVX-512 F/VNNI,
+#: torch 2.14.1 CPU, headless Chromium: the web-wasm rows), checked in as written: the report, recommend, ladder,
+#: schema and renderer tests read it instead of training a model
+REPORT_FIXTURE = Path(__file__).parent / "fixtures" / "report.json"
+
+
+@pytest.fixture
+def real_report() -> dict:
+    """tests/fixtures/report.json as a dict, a fresh copy for each test (safe to edit)."""
+    return json.loads(REPORT_FIXTURE.read_text())
+
+
+@pytest.fixture(scope="module")
+def rendered_report(tmp_path_factory) -> Path:
+    """`pipeline report` on a copy of tests/fixtures/report.json, once per module: a folder with report.json,
+    report.md, report.html and report/*.png. Tests read it, never modify it."""
+    run = tmp_path_factory.mktemp("rendered") / "run"
+    run.mkdir()
+    shutil.copy(REPORT_FIXTURE, run / "report.json")
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    return run
 
 
 @pytest.fixture(scope="module")

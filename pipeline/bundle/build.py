@@ -249,14 +249,14 @@ def _rel(run: RunDir, path: Path) -> str:
 
 
 def _read_report(run: RunDir) -> dict:
-    try:
-        report = json.loads(run.report_json.read_text())
-        rows = {v["name"]: v for v in report["variants"]}
-        _ = report["model"], rows[REFERENCE]["accuracy"]  # the fields the bundle needs besides the rows
-        return report
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PipelineError(f"{run.report_json} is not a complete pipeline report ({type(e).__name__}: {e}); "
-                            "rerun `pipeline run all --force`.") from None
+    """report.json through the one report loader; the bundle also needs the reference row's accuracy."""
+    from pipeline.store.schema import load_report
+
+    report = load_report(run.report_json, then="Rerun `pipeline run all --force`.")
+    if not any(v["name"] == REFERENCE for v in report["variants"]):
+        raise PipelineError(f"{run.report_json} has no `{REFERENCE}` row, the reference a bundle checks against; "
+                            "rerun `pipeline run all --force`.")
+    return report
 
 
 def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, packed, data_root: Path,

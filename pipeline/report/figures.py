@@ -197,3 +197,51 @@ def accuracy_vs_latency(points: list[tuple[str, float, float]], front: list[str]
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the report's figures, from report.json alone
+
+def plotted(target, rows: list[dict], small: str) -> list[dict]:
+    """The rows drawn in a target's accuracy-versus-latency figure: its measurements timed at the small batch."""
+    from . import recommend
+
+    return [r for r in rows if target.measures(r) and recommend.figures(r, small, small)[0] is not None]
+
+
+def draw_report(report: dict, folder: Path) -> dict[str, Path]:
+    """Draw every figure of a complete report (``recommended`` present) from the JSON alone; return title -> PNG
+    path. The accuracy-versus-latency figures mark report.json's recommendation, never one recomputed here."""
+    from pathlib import PurePath
+
+    from . import recommend
+
+    figs = {}
+    rows = report["variants"]
+    figs["Latency and throughput by batch size"] = latency_vs_batch(rows, folder / "latency.png")
+    figs["Test accuracy per variant"] = accuracy_per_variant(rows, folder / "accuracy.png")
+    recs = report["recommended"] or {}
+    small, _ = recommend.batches(rows)
+    for t in recommend.TARGETS:
+        measured = plotted(t, rows, small)
+        if not measured:
+            continue
+        points = [(r["name"], recommend.figures(r, small, small)[0], 100 * r["accuracy"]) for r in measured]
+        chosen = recs.get(t.key, {})
+        figs[f"Accuracy against latency, {t.title}"] = accuracy_vs_latency(
+            points, recommend.pareto(points), {r["name"] for r in measured if recommend.disqualified(r) is None},
+            chosen.get("variant") if chosen.get("measured") else None, small, t.title,
+            folder / PurePath(recommend.plot_name(t.key)).name)
+    conf = report.get("confusion")
+    if conf:
+        figs[f"Confusion matrix of the CPU recommendation ({conf['variant']})"] = confusion(
+            conf["matrix"], conf["classes"], f"{conf['variant']} on 10,000 test images", folder / "confusion.png")
+    hist = report["train"].get("history")
+    if hist:
+        figs["Training curves"] = training_curves(hist, folder / "curves.png", report["train"].get("best_epoch") or 0)
+    q = report.get("quantization")
+    if q and q.get("variants"):
+        figs["Per-layer quantization error (SQNR vs FP32)"] = sqnr(q["variants"], folder / "sqnr.png")
+    if q and (q.get("sensitivity") or {}).get("layers"):
+        figs["INT8 sensitivity per layer (validation accuracy)"] = sensitivity(q["sensitivity"],
+                                                                               folder / "sensitivity.png")
+    return figs

@@ -10,19 +10,20 @@ edge, before anything is rendered or rewritten.
 The models are strict (no ``"0.98"`` for 0.98, no ``true`` for 1), reject
 NaN/Infinity, bound integers to 64 bits (so ``size / 1024`` cannot overflow),
 and allow extra keys: docs/report.md's "Report contract" is the set of keys
-others may rely on, not a ban on adding more. pydantic is imported lazily,
-when a file is checked.
+others may rely on, not a ban on adding more. The models are module-level classes in
+:mod:`pipeline.store.schema_models`, imported lazily (with pydantic) when a file is checked. A report is read
+back only through :func:`load_report`.
 """
 from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal, Optional, Union
+from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PipelineError
 
 MAX_ERRORS = 4  # validation errors named in the one-paragraph message; the rest are counted
-INT64 = 2**63 - 1
 
 
 class SchemaError(PipelineError):
@@ -30,266 +31,12 @@ class SchemaError(PipelineError):
 
 
 def _models():
-    """Build the pydantic models on first use (keeps ``import pipeline.store.schema`` free of pydantic)."""
-    global _CACHE
-    if _CACHE is not None:
-        return _CACHE
-    from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag,
-                          model_validator)
+    """The pydantic models, imported on first use (keeps ``import pipeline.store.schema`` free of pydantic)."""
+    from . import schema_models
 
-    Count = Annotated[int, Field(ge=0, le=INT64)]
-    Positive = Annotated[int, Field(ge=1, le=INT64)]
-    Number = float  # finite: allow_inf_nan=False below
-    NonNeg = Annotated[float, Field(ge=0)]
-    Fraction = Annotated[float, Field(ge=0, le=1)]
-    Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-    class Strict(BaseModel):
-        model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
-
-    # ---------------------------------------------------------------- report.json
-    class Latency(Strict):
-        p50_ms: NonNeg
-        p90_ms: NonNeg
-        p99_ms: NonNeg
-        mean_ms: NonNeg
-        std_ms: NonNeg
-        min_ms: NonNeg
-        cv: NonNeg
-        throughput_per_s: NonNeg
-        iterations: Positive
-        batch: Positive
-        includes: Optional[str] = None  # what one timed call spans (reports written before it lack it)
-        # interleaved timing (reports written before it lack these): p50_ms and throughput_per_s are then medians
-        # over `rounds` rounds; round_p50_ms each round's median (ms); spread_pct = (max - min) / median of
-        # round_p50_ms, in percent (runtime.bench.SPREAD); null when timed in one go
-        rounds: Positive = 1
-        round_p50_ms: Optional[list[NonNeg]] = None
-        spread_pct: Optional[NonNeg] = None
-
-    class LayerPrecisions(Strict):
-        by_precision: dict[str, Count]
-
-    class Engine(Strict):  # what a built TensorRT engine holds, from its sidecar (trt-* rows only)
-        tensorrt: Optional[str] = None
-        layer_precisions: Optional[LayerPrecisions] = None
-
-    class VsFp32(Strict):
-        against: str
-        throughput_ratio: NonNeg
-        p50_ratio: NonNeg
-
-    class VariantRow(Strict):
-        name: str
-        backend: Literal["torch", "onnxruntime", "tensorrt", "onnxruntime-web"]
-        provider: Literal["cpu", "cuda", "wasm"]
-        precision: Literal["fp32", "fp16", "int8"]
-        path: str
-        size_bytes: Count
-        accuracy: Fraction
-        agreement: Fraction
-        max_abs_diff: Optional[NonNeg]  # null: the variant's logits were NaN/inf, so no difference exists
-        nonfinite: Count = 0  # test images with a NaN/inf logit (absent in reports written before it existed)
-        accuracy_delta: Number
-        flips: list[Count]
-        budget_pp: Optional[NonNeg] = None
-        ort_optimization: Optional[Literal["all", "basic"]] = None
-        latency: dict[Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}$")], Latency]
-        engine: Optional[Engine] = None
-        measured_in: Optional[str] = None  # rows measured outside this Python process (the browser's): where
-        vs_fp32: Optional[VsFp32] = None  # INT8 rows: speed against the FP32 row of the same backend and provider
-
-    class Epoch(Strict):
-        epoch: Positive
-        train_loss: Number
-        train_accuracy: Fraction
-        val_loss: Number
-        val_accuracy: Fraction
-
-    class TrainThroughput(Strict):
-        images_per_s: NonNeg
-        macs_factor: Positive
-        gflops: NonNeg
-        fraction_of_peak: Optional[NonNeg] = None  # null: trained on a GPU, where the CPU's peak says nothing
-
-    class Train(Strict):
-        epochs: Positive
-        seconds: NonNeg
-        val_accuracy: Fraction
-        test_accuracy: Fraction
-        best_epoch: Optional[Positive] = None
-        history: Optional[list[Epoch]] = None
-        world_size: Optional[Positive] = None  # DDP processes (reports written before --nproc lack it)
-        throughput: Optional[TrainThroughput] = None
-
-    class Speed(Strict):
-        throughput_ratio: NonNeg
-        p50_ratio: NonNeg
-
-    class Skipped(Strict):
-        name: str
-        reason: str
-
-    class Sqnr(Strict):
-        layer: Count
-        op: str
-        sqnr_db: Optional[Number]  # null: infinite (identical outputs) or undefined (NaN/inf outputs)
-
-    class Rung(Strict):  # one step of the accuracy ladder (pipeline.report.ladder)
-        step: str
-        source: Optional[str]  # the variant row (or quantize/qat-torch.json) measured; null: none exists
-        accuracy: Optional[Fraction]  # null: not measured here, and not_measured says why
-        delta_pp: Optional[Number]  # change from the rung before that was measured
-        vs_fp32_pp: Optional[Number]
-        not_measured: Optional[str]
-
-    class Trial(Strict):  # a file's validation accuracy and logit SQNR against the FP32 ONNX
-        accuracy: Fraction
-        sqnr_db: Optional[Number]
-
-    class SensitiveLayer(Strict):  # one row of the INT8 sensitivity ranking (pipeline.measure.budget)
-        rank: Positive
-        module: Optional[str]  # PyTorch module path; null when the ONNX weight's name gives none
-        nodes: Annotated[list[str], Field(min_length=1)]  # ONNX node names
-        op: str
-        fp32_only: Trial
-        int8_only: Trial
-        recovered_pp: Number
-        alone_drop_pp: Number
-
-    class Fallback(Strict):  # one PTQ file under --int8-budget
-        budget_pp: NonNeg
-        int8_drop_pp: Number  # points lost with every layer INT8 (validation split)
-        fp32_layers: list[str]  # PyTorch module paths (ONNX node names where a path is unknown)
-        drop_pp: Optional[Number] = None  # with fp32_layers kept in FP32; absent when no file met the budget
-        onnxruntime_nodes_to_exclude: Optional[list[str]] = None  # absent when no file met the budget
-        tensorrt_layer_precisions: Optional[str] = None
-        torch_modules: Optional[list[str]] = None
-
-    class Sensitivity(Strict):
-        images: Count
-        source: str
-        ranking: str  # the ranking rule, in words
-        variant: Optional[str]  # the file ranked (null only when no layer was)
-        fp32_accuracy: Optional[Fraction] = None
-        int8_accuracy: Optional[Fraction] = None
-        layers: list[SensitiveLayer]
-        fallback: dict[str, Fallback]
-
-    class Quantization(Strict):
-        images: Count
-        variants: dict[str, list[Sqnr]]
-        sensitivity: Optional[Sensitivity] = None
-
-    class Confusion(Strict):
-        variant: str
-        classes: list[str]
-        matrix: list[list[Count]]
-
-        @model_validator(mode="after")
-        def _square(self):
-            n = len(self.classes)
-            if len(self.matrix) != n or any(len(row) != n for row in self.matrix):
-                raise ValueError(f"matrix must be {n} x {n}, one row and column per class")
-            return self
-
-    class Verdict(Strict):  # runtime.bench.pick: a winner only beyond the noise, else a tie and its breaker
-        winner: str
-        fastest: str  # the lowest p50, which is not the winner when a tie was broken another way
-        tied: list[str]  # the variants within the noise of the fastest, winner first; empty: no tie
-        difference_pct: Optional[NonNeg] = None  # percent slower than the fastest (tie: the slowest tied; else the runner-up)
-        spread_pct: Optional[NonNeg] = None  # percent: the noise difference_pct was held against
-        broken_by: Optional[Literal["smaller file", "higher accuracy", "name"]] = None
-        runner_up: Optional[str] = None
-        sentence: str
-
-    class TimingSession(Strict):  # one timing session: what was timed together, and what else the machine did
-        where: Literal["python", "browser"]
-        variants: list[str]
-        seconds: NonNeg
-        cores: Positive
-        load_1min: Optional[NonNeg] = None  # 1-minute load average at the end (null: the OS gives none)
-        steal_pct: Optional[NonNeg] = None  # percent of all CPU time stolen by the hypervisor (null: not Linux)
-        others_cpu_pct: Optional[NonNeg] = None  # percent of all cores' time used by other processes (null: unknown)
-        untrusted: list[str]  # why its figures are not to be trusted; empty: nothing says so
-
-    class Timing(Strict):  # how the latency figures were taken (runtime.bench.interleave)
-        method: str
-        spread: str  # the definition of spread_pct
-        rounds: Positive
-        burst_calls: Positive  # timed calls per burst, at most
-        burst_seconds: NonNeg  # a burst's length, at most
-        warmup_calls: Count
-        sessions: list[TimingSession]
-        trusted: bool  # false: some session's figures are not to be trusted (untrusted says why)
-        untrusted: list[str]
-
-    class Recommendation(Strict):  # one target's "What to ship" entry (pipeline.report.recommend)
-        variant: str
-        file: str
-        reason: str
-        measured: bool  # recommended from measurements on this target in this run (else: what to build from)
-        command: Optional[str] = None  # what measures it on the device
-        p50_ms: Optional[NonNeg] = None  # at p50_batch
-        p50_batch: Optional[Positive] = None
-        throughput: Optional[NonNeg] = None  # images/s at throughput_batch
-        throughput_batch: Optional[Positive] = None
-        accuracy: Optional[Fraction] = None
-        spread_pct: Optional[NonNeg] = None  # the chosen variant's p50 spread over the rounds, percent
-        verdict: Optional[Verdict] = None  # measured targets: how the variant was picked (reports before it lack it)
-
-    class Report(Strict):
-        model: str
-        params: Count
-        macs_per_image: Count
-        train: Train
-        variants: Annotated[list[VariantRow], Field(min_length=1)]
-        speedup_vs_torch: dict[str, Speed]
-        skipped: list[Skipped]
-        quantization: Optional[Quantization] = None
-        ladder: Optional[dict[str, list[Rung]]] = None  # reports written before it lack it
-        environment: dict[str, Any]
-        confusion: Optional[Confusion] = None
-        recommended: Optional[dict[str, Recommendation]] = None  # reports written before it lack it
-        timing: Optional[Timing] = None  # reports written before interleaved timing lack it
-
-        @model_validator(mode="after")
-        def _recommended_rows_exist(self):
-            names = {v.name for v in self.variants}
-            for target, rec in (self.recommended or {}).items():
-                if rec.measured and rec.variant not in names:
-                    raise ValueError(f"recommended.{target}.variant {rec.variant!r} is said to be measured here "
-                                     "but names no row of variants")
-            return self
-
-    # ---------------------------------------------------------------- stages.json
-    class Output(Strict):
-        sha256: Sha256
-        size: Count
-
-    def _inside(rel: str) -> str:
-        parts = rel.replace("\\", "/").split("/")
-        if not rel or rel.startswith("/") or ".." in parts:
-            raise ValueError("must be a path inside the run folder")
-        return rel
-
-    RelPath = Annotated[str, AfterValidator(_inside)]
-
-    class StageEntry(Strict):
-        key: Sha256
-        inputs: dict[str, Any] = {}  # v1 manifests had none
-        # v1 stored the bare hash; a tag picks the form, so an error names only the one that was meant
-        outputs: dict[RelPath, Annotated[Union[Annotated[Output, Tag("v2")], Annotated[Sha256, Tag("v1")]],
-                                         Discriminator(lambda v: "v1" if isinstance(v, str) else "v2")]]
-        versions: dict[str, str] = {}
-        seconds: NonNeg
-        finished: str
-
-    _CACHE = {"report": Report, "stage": StageEntry}
-    return _CACHE
+    return {"report": schema_models.Report, "stage": schema_models.StageEntry}
 
 
-_CACHE: dict | None = None
 MANIFEST_FORMATS = ("edge-export-pipeline/run-manifest-v2",)
 
 
@@ -336,6 +83,39 @@ def check_report(data: Any, where) -> dict:
         raise SchemaError(f"{where} is not a pipeline report: it does not match the report contract (docs/report.md, "
                           f"\"Report contract\"): {_explain(e)}.") from None
     return data
+
+
+def parse_report(text: str, where) -> dict:
+    """The report in ``text`` (strict JSON, :func:`strict_loads`), checked against the contract (:func:`check_report`);
+    else :class:`SchemaError` naming ``where`` and the problems."""
+    try:
+        data = strict_loads(text)
+    except ValueError as e:
+        raise SchemaError(f"{where} is not a pipeline report (invalid JSON: {e}).") from None
+    return check_report(data, where)
+
+
+def load_report(path: Path, then: str = "") -> dict:
+    """report.json at ``path``, read, strict-parsed and checked against the contract: the one way the pipeline reads
+    a report back (``pipeline report``, ``pipeline bundle``, the Python API), so each refuses the same files
+    with the same words.
+
+    Anything else (missing, unreadable, not UTF-8, invalid or non-strict JSON, off the contract) is one
+    paragraph, a :class:`~pipeline.errors.PipelineError`, ending with ``then``: what the caller's user should do,
+    or what was left untouched."""
+    tail = f" {then}" if then else ""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path} could not be read ({e.strerror or e}).{tail}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{path} is not a pipeline report (invalid JSON: {e}).{tail}") from None
+    try:
+        return parse_report(text, path)
+    except SchemaError as e:
+        raise SchemaError(f"{e}{tail}") from None
 
 
 def manifest_problems(data: Any) -> str | None:

@@ -77,7 +77,7 @@ def test_the_fallback_keeps_the_fragile_layer_in_fp32_and_lists_it_for_each_tool
     import onnx
 
     from exporters.qdq import check_qdq
-    from pipeline.report.assemble import _sensitivity
+    from pipeline.report.markdown import _sensitivity
 
     r = invoke("run", "quantize", "--quick", "--quant", "ptq", "--model", "tests.fixtures.fragile:FragileAtInit",
                "--int8-budget", "0.5", "--artifacts", tmp_path, "--data-root", data_root)

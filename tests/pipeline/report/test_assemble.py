@@ -1,11 +1,18 @@
-"""pipeline/report/assemble.py and `pipeline report`: markdown, self-contained HTML with figures, rebuilt from report.json
-alone; report.json's path forms and schema. Which file is recommended where: test_recommend.py."""
+"""pipeline/report/ (assemble, markdown, html, figures) and `pipeline report`: the report assembled from measured rows,
+markdown, self-contained HTML with figures, rebuilt from report.json alone; report.json's path forms and schema.
+Which file is recommended where: test_recommend.py.
+
+Most tests read tests/fixtures/report.json (`real_report`, a real run's report) or its rendering
+(`rendered_report`): no training. That `pipeline report` rebuilds what the validate stage wrote needs a run:
+tests/pipeline/stages/test_validate_report.py."""
 import base64
+import copy
 import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from tests.helpers import invoke, one_paragraph, snapshot
@@ -31,25 +38,66 @@ class _Page(HTMLParser):
             self.headers.append(data.strip())
 
 
-def test_html_report_is_self_contained_with_table_and_figures(quick_run):
+def _reassembled(rep: dict) -> dict:
+    """assemble() fed what the validate stage gave it for the run behind ``rep``: its rows (without what assemble
+    adds to them), the training summary, and logits whose argmax reproduces its confusion matrix."""
+    from pipeline.config import build_config
+    from pipeline.report import assemble, ladder
+
+    rows = [{k: v for k, v in r.items() if k not in ("efficiency", "vs_fp32")} for r in copy.deepcopy(rep["variants"])]
+    conf = rep["confusion"]
+    cells = [(i, j, n) for i, row in enumerate(conf["matrix"]) for j, n in enumerate(row)]
+    labels = np.array([i for i, _, n in cells for _ in range(n)])
+    predicted = np.eye(10, dtype=np.float32)[[j for _, j, n in cells for _ in range(n)]]
+    t = rep["train"]
+    ckpt = {"summary": {k: t[k] for k in ("epochs", "seconds", "val_accuracy", "test_accuracy", "best_epoch", "device",
+                                          "train_images", "val_images", "world_size", "throughput")},
+            "train_config": t["config"], "classes": conf["classes"]}
+    qat = next(r for r in rep["ladder"]["qat"] if r["source"] == ladder.QAT_TORCH)
+    return assemble.assemble(build_config(model=rep["model"], quick=rep["quick"]), ckpt, rows, rep["skipped"],
+                             {r["name"]: predicted for r in rows}, labels, params=rep["params"],
+                             macs=rep["macs_per_image"], peak_gflops=rep["cpu_peak_gflops"],
+                             environment=rep["environment"], history=t["history"], quantization=rep["quantization"],
+                             qat_torch={"test_accuracy": qat["accuracy"]}, timing=rep["timing"])
+
+
+def test_assemble_rebuilds_a_real_runs_report_from_its_rows(real_report):
+    """Everything assemble derives (efficiency, speed ratios, INT8 against FP32, the ladder, the recommendation, the
+    confusion matrix) comes out of the real run's rows as the run wrote it, in report.json's key order; the
+    recommendation is computed once, there."""
+    from unittest import mock
+
+    from pipeline.report import recommend
+
+    with mock.patch.object(recommend, "recommend", wraps=recommend.recommend) as counted:
+        rep = _reassembled(real_report)
+    assert counted.call_count == 1
+    assert list(rep) == list(real_report)
+    rep["created"] = real_report["created"]
+    for got, want in zip(rep["variants"], real_report["variants"]):  # the peak is stored rounded to 0.1 GFLOP/s
+        assert got.pop("efficiency")["fraction_of_peak"] == pytest.approx(want.pop("efficiency")["fraction_of_peak"],
+                                                                          abs=2e-4)
+    assert rep == real_report
+
+
+def test_html_report_is_self_contained_with_table_and_figures(rendered_report):
     page = _Page()
-    page.feed((quick_run["dir"] / "report.html").read_text())
+    page.feed((rendered_report / "report.html").read_text())
     assert page.tables >= 2
     for col in ("variant", "backend", "provider", "precision", "size", "accuracy", "delta (pp)", "flips",
                 "agreement", "max abs diff"):
         assert col in page.headers
     # latency, accuracy, accuracy vs CPU latency (and vs browser latency, when the quick run measured the browser),
     # confusion, curves, SQNR, sensitivity
-    browser = any(r["name"].startswith("web-wasm") for r in quick_run["report"]["variants"])
-    assert len(page.images) == 7 + browser
+    assert len(page.images) == 8  # the fixture's run measured the browser
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert page.refs and all(r.startswith("data:") for r in page.refs)  # nothing loaded from elsewhere
 
 
-def test_report_records_confusion_efficiency_and_ratios(quick_run):
-    rep = quick_run["report"]
+def test_report_records_confusion_efficiency_and_ratios(real_report):
+    rep = _reassembled(real_report)
     conf = rep["confusion"]
     assert conf["variant"] == rep["recommended"]["cpu"]["variant"] and sum(map(sum, conf["matrix"])) == 10000
     assert rep["cpu_peak_gflops"] > 0 and "matmul" in rep["cpu_peak_method"]
@@ -67,10 +115,11 @@ def test_report_records_confusion_efficiency_and_ratios(quick_run):
     assert set(rep["variants"][0]["latency"]) == {"1", "8", "64", "256"}
 
 
-def test_int8_rows_state_their_speed_against_fp32_and_the_cpu_flags(quick_run):
+def test_int8_rows_state_their_speed_against_fp32_and_the_cpu_flags(real_report):
     from pipeline.measure.environment import INT8_FLAGS
+    from pipeline.report.markdown import render_markdown
 
-    rep = quick_run["report"]
+    rep = _reassembled(real_report)
     rows = {v["name"]: v for v in rep["variants"]}
     int8 = {n for n, v in rows.items() if v["precision"] == "int8"}
     assert {n for n, v in rows.items() if v.get("vs_fp32")} == int8 >= {"onnx-int8-cpu", "onnx-int8-qat-cpu"}
@@ -83,35 +132,23 @@ def test_int8_rows_state_their_speed_against_fp32_and_the_cpu_flags(quick_run):
         assert vs["p50_ratio"] == pytest.approx(fp32["1"]["p50_ms"] / lat["1"]["p50_ms"])
     flags = rep["environment"]["cpu_flags"]
     assert set(flags) <= set(INT8_FLAGS) and "avx2" in flags  # every x86 host this runs on has AVX2
-    line = next(ln for ln in (quick_run["dir"] / "report.md").read_text().splitlines()
-                if ln.startswith("INT8 speed against FP32"))
+    line = next(ln for ln in render_markdown(rep).splitlines() if ln.startswith("INT8 speed against FP32"))
     ratio = rows["onnx-int8-qat-cpu"]["vs_fp32"]["throughput_ratio"]
     assert all(f in line for f in flags) and f"`onnx-int8-qat-cpu` {ratio:.2f}x FP32 throughput" in line
 
 
-def test_report_command_rebuilds_from_json_alone(quick_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(quick_run["dir"] / "report.json", run / "report.json")
-    r = invoke("report", run)
-    assert r.exit_code == 0, r.output
-    assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
-    browser = any(r["name"].startswith("web-wasm") for r in quick_run["report"]["variants"])
-    assert len(list((run / "report").glob("*.png"))) == 7 + browser  # + the browser's accuracy-vs-latency figure
-
-
-def test_the_timing_section_and_figures_not_to_be_trusted(quick_run, tmp_path):
+def test_the_timing_section_and_figures_not_to_be_trusted(real_report, tmp_path):
     """The Timing section states the rounds, the spread's definition and each session's contention signals; a session
     that says its figures are not to be trusted puts a warning, with the reasons, at the top of "What to ship"."""
-    import copy
+    from pipeline.report.markdown import render_markdown
 
-    rep = copy.deepcopy(quick_run["report"])
+    rep = real_report
     timing = rep["timing"]
-    assert timing["rounds"] == 3 and timing["spread"] == "(max - min) / median of the per-round p50 latencies, in percent"
+    assert timing["spread"] == "(max - min) / median of the per-round p50 latencies, in percent"
     assert [s["where"] for s in timing["sessions"]][0] == "python"
     for v in rep["variants"]:
         for st in v["latency"].values():
-            assert st["rounds"] == 3 and len(st["round_p50_ms"]) == 3 and st["spread_pct"] >= 0
+            assert st["rounds"] == timing["rounds"] == len(st["round_p50_ms"]) and st["spread_pct"] >= 0
     run = tmp_path / "run"
     run.mkdir()
     for ses in timing["sessions"]:
@@ -125,12 +162,14 @@ def test_the_timing_section_and_figures_not_to_be_trusted(quick_run, tmp_path):
     ship = md.split("## What to ship", 1)[1].split("\n## ", 1)[0]
     assert "**Timing figures not to be trusted**: python: the 1-minute load average was 9.50 on 2 cores" in ship
     section = md.split("## Timing", 1)[1].split("\n## ", 1)[0]
-    assert "3 rounds" in section and "(max - min) / median" in section
+    assert f"{timing['rounds']} rounds" in section and "(max - min) / median" in section
     assert "| python | `torch-fp32`," in section and "| 9.50 / 2 | 80 % |" in section
     assert "NOT to be trusted: the 1-minute load average was 9.50" in section
     assert "Timing figures not to be trusted" in (run / "report.html").read_text()
-    quiet = quick_run["report"]["timing"]
-    assert ("Timing figures not to be trusted" in (quick_run["dir"] / "report.md").read_text()) == (not quiet["trusted"])
+    timing.update(trusted=True, untrusted=[])  # every session quiet: no warning
+    for ses in timing["sessions"]:
+        ses["untrusted"] = []
+    assert "Timing figures not to be trusted" not in render_markdown(rep)
 
 
 def test_report_command_bad_input(tmp_path):
@@ -142,15 +181,14 @@ def test_report_command_bad_input(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed (apt-get install chromium)")
-def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
-    html = quick_run["dir"] / "report.html"
+def test_html_report_renders_in_headless_chromium(rendered_report, tmp_path):
+    html = rendered_report / "report.html"
     dom = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
          "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-500:]
-    browser = any(r["name"].startswith("web-wasm") for r in quick_run["report"]["variants"])
-    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 7 + browser
+    assert "onnx-int8-ptq" in dom.stdout and dom.stdout.count("<img") == 8
     shot = tmp_path / "page.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     f"--user-data-dir={tmp_path / 'q'}", f"--screenshot={shot}", "--window-size=1200,2400",
@@ -161,13 +199,13 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path):
 # ------------------------------------------------------------------ report.json: path forms and schema
 
 
-def test_report_command_accepts_the_report_json_file_itself(quick_run, tmp_path):
+def test_report_command_accepts_the_report_json_file_itself(rendered_report, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(quick_run["dir"] / "report.json", run / "report.json")
+    shutil.copy(rendered_report / "report.json", run / "report.json")
     r = invoke("report", run / "report.json")
     assert r.exit_code == 0, r.output
-    assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
+    assert (run / "report.md").read_text() == (rendered_report / "report.md").read_text()
     assert not (run / "report.json" / "report.md").exists()
 
 
@@ -178,11 +216,12 @@ def test_report_command_accepts_the_report_json_file_itself(quick_run, tmp_path)
     ("other.json", "is neither a run folder holding report.json nor a report.json file"),
     ("empty-folder", "does not exist"),
 ])
-def test_report_command_refuses_a_path_that_is_neither_a_run_folder_nor_report_json(quick_run, tmp_path, name,
-                                                                                   message):
+def test_report_command_refuses_a_path_that_is_neither_a_run_folder_nor_report_json(tmp_path, name, message):
+    from tests.conftest import REPORT_FIXTURE
+
     (tmp_path / "empty-folder").mkdir()
     for f in ("notes.txt", "report.md", "other.json"):
-        shutil.copy(quick_run["dir"] / "report.json", tmp_path / f)  # even holding a valid report
+        shutil.copy(REPORT_FIXTURE, tmp_path / f)  # even holding a valid report
     before = snapshot(tmp_path)
     r = invoke("report", tmp_path / name)
     out = one_paragraph(r)
@@ -243,27 +282,23 @@ DAMAGED_REPORTS = {
 
 @pytest.mark.parametrize("mode", ["recorded in stages.json", "no stages.json"])
 @pytest.mark.parametrize("case", list(DAMAGED_REPORTS))
-def test_damaged_but_valid_json_report_is_refused_and_nothing_changes(quick_run, tmp_path, case, mode):
+def test_damaged_but_valid_json_report_is_refused_and_nothing_changes(real_report, tmp_path, case, mode):
     """Each file is valid JSON (or nearly: NaN/Infinity, which Python accepts) with wrong types or missing keys.
 
     With stages.json, the damaged file is recorded there as the validate stage's output (as a user who edits
     both would), so the schema, not the hash check, is what refuses it.
     """
+    from pipeline.store import manifest
     from pipeline.store.paths import sha256_file
 
-    if mode == "no stages.json":
-        run = tmp_path / "run"
-        run.mkdir()
-    else:
-        shutil.copytree(quick_run["artifacts"], tmp_path / "a")
-        run = tmp_path / "a" / "edgenet"
-    rep = json.loads((quick_run["dir"] / "report.json").read_text())
-    (run / "report.json").write_text(DAMAGED_REPORTS[case](rep))
-    if mode != "no stages.json":
-        rec = json.loads((run / "stages.json").read_text())
-        rec["validate"]["outputs"]["report.json"] = {"sha256": sha256_file(run / "report.json"),
-                                                     "size": (run / "report.json").stat().st_size}
-        (run / "stages.json").write_text(json.dumps(rec, indent=2))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(DAMAGED_REPORTS[case](real_report))
+    if mode != "no stages.json":  # a manifest whose validate stage wrote this very file
+        outputs = {"report.json": {"sha256": sha256_file(run / "report.json"), "size": (run / "report.json").stat().st_size}}
+        (run / "stages.json").write_text(json.dumps({"format": manifest.FORMAT, "validate": {
+            "key": "0" * 64, "outputs": outputs, "seconds": 1.0, "finished": "2026-12-06T05:29:15+00:00"}}, indent=2))
+        assert manifest.check_files(run, manifest.load(run / "stages.json"), ["report.json"]) == []
     before = snapshot(run)
     r = invoke("report", run)
     out = one_paragraph(r)

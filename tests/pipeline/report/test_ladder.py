@@ -1,5 +1,5 @@
 """pipeline/report/ladder.py: the accuracy ladder built from measured rows (each rung's change from the one before, rungs
-not measured said so), and the quick run's ladder in report.json and report.md."""
+not measured said so), and a real run's ladder in report.json and report.md (tests/fixtures/report.json: no training)."""
 from pipeline.report import ladder
 
 
@@ -31,9 +31,11 @@ def test_a_rung_not_measured_says_why_and_the_next_compares_with_the_last_measur
     assert "qat" not in ladder.build(rows, [], None)  # QAT did not run
 
 
-def test_the_quick_runs_report_has_the_ladder(quick_run):
-    lad = quick_run["report"]["ladder"]
-    rows = {v["name"]: v for v in quick_run["report"]["variants"]}
+def test_a_real_runs_report_has_the_ladder(real_report, rendered_report):
+    lad = real_report["ladder"]
+    rows = {v["name"]: v for v in real_report["variants"]}
+    qat = {"test_accuracy": lad["qat"][1]["accuracy"]}  # the rung measured inside the quantize stage
+    assert ladder.build(real_report["variants"], real_report["skipped"], qat) == lad  # rebuilt from the rows alone
     assert set(lad) == {"ptq", "qat"}
     for rungs in lad.values():
         measured = [r for r in rungs if r["accuracy"] is not None]
@@ -45,7 +47,7 @@ def test_the_quick_runs_report_has_the_ladder(quick_run):
     assert lad["qat"][1]["source"] == ladder.QAT_TORCH and lad["qat"][1]["accuracy"] > 0.9
     if "trt-int8" not in rows:  # no TensorRT on this machine: the rung says so
         assert lad["ptq"][-1]["not_measured"].startswith("not measured here: ")
-    md = (quick_run["dir"] / "report.md").read_text()
+    md = (rendered_report / "report.md").read_text()
     assert "## Accuracy ladder" in md and "INT8 simulated in torch: the QAT model before export" in md
 
 

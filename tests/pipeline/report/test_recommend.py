@@ -1,5 +1,6 @@
 """pipeline/report/recommend.py: which file to ship on each target ("What to ship" in the report), its figure, and the
-`recommended` object of report.json."""
+`recommended` object of report.json. On tests/fixtures/report.json (`real_report`, a real run's report) and its
+rendering (`rendered_report`): no training."""
 import copy
 import json
 
@@ -36,15 +37,15 @@ def _expected_pick(rows: list[dict]) -> dict:
     return min(tied, key=lambda r: (r["size_bytes"], -r["accuracy"], r["name"]))
 
 
-def test_the_cpu_recommendation_is_the_fastest_onnxruntime_cpu_row_within_budget(quick_run):
-    rep = quick_run["report"]
+def test_the_cpu_recommendation_is_the_fastest_onnxruntime_cpu_row_within_budget(real_report):
+    rep = real_report
     # the CPU is measured by onnxruntime CPU rows with its default optimizations; the Q/DQ-as-written (basic)
     # rows are TensorRT files, not CPU deployment figures
     rows = [r for r in rep["variants"] if r["backend"] == "onnxruntime" and r["provider"] == "cpu"
             and r["ort_optimization"] == "all"]
     assert {r["name"] for r in rows} >= {"onnx-fp32", "onnx-fp16", "onnx-int8-cpu"}
     best = _expected_pick([r for r in rows if _within_budget(r)])
-    rec = rep["recommended"]["cpu"]
+    rec = recommend.recommend(rep)["cpu"]
     assert rec["variant"] == best["name"] and rec["measured"] is True
     assert rec["file"] == variants.BY_NAME[best["name"]].file
     assert rec["p50_ms"] == best["latency"]["1"]["p50_ms"] and rec["p50_batch"] == 1
@@ -52,7 +53,9 @@ def test_the_cpu_recommendation_is_the_fastest_onnxruntime_cpu_row_within_budget
     assert rec["accuracy"] == best["accuracy"]
     assert rep["confusion"]["variant"] == best["name"]  # the confusion matrix is the CPU recommendation's
     assert "shipped" not in rep
-    assert recommend.recommend(rep) == rep["recommended"]  # recomputed from the JSON alone, the same
+    decided = ("variant", "file", "measured", "p50_ms", "throughput", "accuracy", "spread_pct")
+    for key, stored in rep["recommended"].items():  # recomputed from the JSON alone, the run's decision
+        assert {k: recommend.recommend(rep)[key].get(k) for k in decided} == {k: stored.get(k) for k in decided}
 
 
 def _fastest(rep, name, p50=1e-4):
@@ -62,8 +65,8 @@ def _fastest(rep, name, p50=1e-4):
         lat["round_p50_ms"] = [p50] * len(lat["round_p50_ms"])
 
 
-def test_a_variant_over_budget_with_nan_or_off_parity_is_never_recommended(quick_run):
-    base = copy.deepcopy(quick_run["report"])
+def test_a_variant_over_budget_with_nan_or_off_parity_is_never_recommended(real_report):
+    base = real_report
     base.pop("recommended")
     fp16 = variants.BY_NAME["onnx-fp16"]
 
@@ -105,8 +108,8 @@ def test_a_variant_over_budget_with_nan_or_off_parity_is_never_recommended(quick
     assert recommend.recommend(nobudget)["cpu"]["variant"] != "onnx-int8-cpu"
 
 
-def test_a_measured_target_where_nothing_qualifies_falls_back_to_its_file_and_command(quick_run):
-    rep = copy.deepcopy(quick_run["report"])
+def test_a_measured_target_where_nothing_qualifies_falls_back_to_its_file_and_command(real_report):
+    rep = real_report
     for r in rep["variants"]:
         r["nonfinite"] = 1
     rec = recommend.recommend(rep)["cpu"]
@@ -115,8 +118,8 @@ def test_a_measured_target_where_nothing_qualifies_falls_back_to_its_file_and_co
     check_report({**rep, "recommended": recommend.recommend(rep)}, "r")
 
 
-def test_unmeasured_targets_name_a_file_their_bundle_ships_and_the_command(quick_run):
-    rep = quick_run["report"]
+def test_unmeasured_targets_name_a_file_their_bundle_ships_and_the_command(real_report):
+    rep = real_report
     assert [t.key for t in TARGETS] == list(rep["recommended"]) == ["cpu", "browser", "tensorrt"]
     assert not any(r["provider"] == "cuda" for r in rep["variants"])
     rep = {**rep, "variants": [r for r in rep["variants"] if r["backend"] != variants.BROWSER]}  # as if no Chromium
@@ -144,9 +147,9 @@ def _gpu_row(rep, src, name, p50, delta=0.0):
     rep["variants"].append(row)
 
 
-def test_a_target_measured_here_is_recommended_from_its_rows(quick_run, tmp_path):
+def test_a_target_measured_here_is_recommended_from_its_rows(real_report, tmp_path):
     """As on a GPU host: trt-* and onnx-fp32-cuda rows; the engine's ONNX source is the file to ship."""
-    rep = copy.deepcopy(quick_run["report"])
+    rep = real_report
     rep.pop("recommended")
     _gpu_row(rep, "onnx-fp32", "onnx-fp32-cuda", 0.30)
     _gpu_row(rep, "onnx-fp32", "trt-fp32", 0.20)
@@ -167,14 +170,14 @@ def test_a_target_measured_here_is_recommended_from_its_rows(quick_run, tmp_path
     assert "`report/pareto-tensorrt.png`" in (run / "report.md").read_text()
 
 
-def test_the_plot_exists_and_the_section_lists_every_target(quick_run):
-    run = quick_run["dir"]
+def test_the_plot_exists_and_the_section_lists_every_target(rendered_report):
+    run = rendered_report
     assert (run / recommend.plot_name("cpu")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (run / recommend.plot_name("tensorrt")).exists()  # not measured here: nothing to draw
     md = (run / "report.md").read_text()
     section = md.split("## What to ship", 1)[1].split("\n## ", 1)[0]
     for t in TARGETS:
-        rec = quick_run["report"]["recommended"][t.key]
+        rec = json.loads((run / "report.json").read_text())["recommended"][t.key]
         line = next(ln for ln in section.splitlines() if ln.startswith(f"- **{t.title}**"))
         assert f"`{rec['file']}`" in line and rec["command"] in line
         assert f"| {t.title} | `{rec['file']}` | `{rec['variant']}` | {'yes' if rec['measured'] else 'no'} |" in section
@@ -182,21 +185,21 @@ def test_the_plot_exists_and_the_section_lists_every_target(quick_run):
     assert "Accuracy against latency, x86/ARM CPU, onnxruntime" in (run / "report.html").read_text()
 
 
-def test_a_report_without_recommended_renders_the_same_section(quick_run, tmp_path):
+def test_a_report_without_recommended_renders_the_same_section(real_report, rendered_report, tmp_path):
     """Reports written before `recommended` existed: `pipeline report` recomputes it from the rows."""
-    rep = copy.deepcopy(quick_run["report"])
+    rep = real_report
     rep.pop("recommended")
     run = tmp_path / "run"
     run.mkdir()
     (run / "report.json").write_text(json.dumps(rep))
     r = invoke("report", run)
     assert r.exit_code == 0, r.output
-    assert (run / "report.md").read_text() == (quick_run["dir"] / "report.md").read_text()
+    assert (run / "report.md").read_text() == (rendered_report / "report.md").read_text()
 
 
-def test_the_rendered_section_comes_from_the_json(quick_run, tmp_path):
+def test_the_rendered_section_comes_from_the_json(real_report, tmp_path):
     """`pipeline report` shows report.json's recommendation, not one recomputed beside it."""
-    rep = copy.deepcopy(quick_run["report"])
+    rep = real_report
     rep["recommended"]["cpu"].update(variant="onnx-fp16", file="model-fp16.onnx", reason="edited by hand.")
     run = tmp_path / "run"
     run.mkdir()
@@ -214,8 +217,8 @@ def test_the_rendered_section_comes_from_the_json(quick_run, tmp_path):
     (["tensorrt"], [], "recommended.tensorrt: input should be a valid dictionary"),
     (["cpu", "variant"], "onnx-fp8", "names no row of variants"),
 ])
-def test_schema_refuses_a_damaged_recommended(quick_run, path, value, message):
-    rep = copy.deepcopy(quick_run["report"])
+def test_schema_refuses_a_damaged_recommended(real_report, path, value, message):
+    rep = real_report
     check_report(rep, "r")
     node = rep["recommended"]
     for k in path[:-1]:
@@ -225,8 +228,8 @@ def test_schema_refuses_a_damaged_recommended(quick_run, path, value, message):
         check_report(rep, "r")
 
 
-def test_schema_refuses_a_recommendation_without_its_file(quick_run, tmp_path):
-    rep = copy.deepcopy(quick_run["report"])
+def test_schema_refuses_a_recommendation_without_its_file(real_report, tmp_path):
+    rep = real_report
     del rep["recommended"]["browser"]["file"]
     run = tmp_path / "run"
     run.mkdir()
@@ -304,8 +307,8 @@ def test_rows_timed_before_rounds_existed_have_no_spread_and_the_fastest_wins():
     assert rec["variant"] == "onnx-fp32" and rec["spread_pct"] is None and rec["verdict"]["tied"] == []
 
 
-def test_the_report_shows_the_tie_and_its_rule(quick_run, tmp_path):
-    rep = copy.deepcopy(quick_run["report"])
+def test_the_report_shows_the_tie_and_its_rule(real_report, tmp_path):
+    rep = real_report
     rep.pop("recommended")
     for r in rep["variants"]:
         if r["name"] in ("onnx-fp32", "onnx-int8-cpu"):
@@ -323,3 +326,16 @@ def test_the_report_shows_the_tie_and_its_rule(quick_run, tmp_path):
     line = next(ln for ln in md.splitlines() if ln.startswith("| x86/ARM CPU, onnxruntime |"))
     assert "`onnx-int8-cpu`" in line and "| 4.0 % |" in line and "broken by: smaller file |" in line
     assert "tie within noise (2.0 % vs spread 4.0 %)" in (run / "report.html").read_text()
+
+
+def test_rendering_reads_the_recommendation_and_never_recomputes_it(real_report, tmp_path, monkeypatch):
+    """recommend runs once, in assemble; report.md, report.html and the figures read report.json's `recommended`
+    (a report written before it existed gets it computed once, by assemble.complete)."""
+    from pipeline.report import assemble
+
+    def refuse(report):
+        raise AssertionError("recommend() called while rendering a report that has its recommendation")
+
+    monkeypatch.setattr(recommend, "recommend", refuse)
+    written = assemble.write_all(real_report, tmp_path)
+    assert len(written) == 3 + 8 and "`onnx-int8-cpu`" in (tmp_path / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""pipeline/store/manifest.py: what a run records beside its files. (Damaged manifests: tests/pipeline/store/test_schema.py
+"""pipeline/store/manifest.py: what a run records beside its files. (Damaged manifests: tests/pipeline/store/test_manifest_damage.py
 and tests/test_faults.py; the TensorRT version it records is also checked in tests/exporters/test_tensorrt.py.)"""
 import sys
 

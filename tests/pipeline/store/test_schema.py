@@ -1,4 +1,6 @@
-"""Declared schemas (pipeline/store/schema.py): damaged-but-valid-JSON stages.json and report.json are refused."""
+"""Declared schemas (pipeline/store/schema.py): damaged-but-valid-JSON report.json is refused, on
+tests/fixtures/report.json (`real_report`, a real run's report): no training. Damaged stages.json, which `run`, `verify`
+and `report` must refuse in a real run folder: tests/pipeline/store/test_manifest_damage.py."""
 import copy
 import json
 import math
@@ -8,84 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.store.schema import SchemaError, check_report
-from tests.helpers import invoke, one_paragraph, snapshot
-
-
-def _edit(fn):
-    def mutate(rec):
-        fn(rec)
-        return json.dumps(rec, indent=2)
-    return mutate
-
-
-MODEL_PT = "train/model.pt"
-DAMAGED_MANIFESTS = {
-    "sha256 not hex": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(sha256="xyz")),
-    "size negative": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(size=-1)),
-    "size a string": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(size="1234")),
-    "size huge": _edit(lambda r: r["train"]["outputs"][MODEL_PT].update(size=10**30)),
-    "sha256 missing": _edit(lambda r: r["train"]["outputs"][MODEL_PT].pop("sha256")),
-    "output a number": _edit(lambda r: r["train"]["outputs"].update({MODEL_PT: 12345})),
-    "outputs a list": _edit(lambda r: r["train"].update(outputs=[MODEL_PT])),
-    "outputs null": _edit(lambda r: r["train"].update(outputs=None)),
-    "key missing": _edit(lambda r: r["train"].pop("key")),
-    "stage null": _edit(lambda r: r.update(train=None)),
-    "stage a list": _edit(lambda r: r.update(train=[])),
-    "seconds a string": _edit(lambda r: r["data"].update(seconds="4.8")),
-    "versions of numbers": _edit(lambda r: r["data"].update(versions={"torch": 2.14})),
-    "inputs a string": _edit(lambda r: r["data"].update(inputs="x")),
-    "output outside the run folder": _edit(lambda r: r["train"]["outputs"].update({"../../etc/passwd": "0" * 64})),
-    "unknown format": _edit(lambda r: r.update(format="someone-else/manifest-v9")),
-    "key with markup": _edit(lambda r: r.update({"[/x]": {"key": "[bold]"}})),
-    "NaN literal": lambda r: json.dumps(r).replace('"seconds": ', '"seconds": NaN, "was": ', 1),
-    "number too big": lambda r: json.dumps(r).replace('"seconds": ', '"seconds": 1e999, "was": ', 1),
-    "top level a list": lambda r: json.dumps([r]),
-}
-
-
-@pytest.mark.parametrize("case", list(DAMAGED_MANIFESTS))
-def test_damaged_but_valid_json_manifest_is_refused_by_run_verify_and_report(quick_copy, data_root, case):
-    run = quick_copy / "edgenet"
-    rec = json.loads((run / "stages.json").read_text())
-    (run / "stages.json").write_text(DAMAGED_MANIFESTS[case](rec))
-    def files():  # the lock file holds the last run's pid
-        return {k: v for k, v in snapshot(quick_copy).items() if not k.endswith(".lock")}
-
-    before = files()
-    for args in (["run", "all", "--quick", "--artifacts", quick_copy, "--data-root", data_root],
-                 ["verify", run], ["report", run]):
-        r = invoke(*args)
-        out = one_paragraph(r)
-        assert f"The run manifest {run / 'stages.json'} is unreadable" in out, (args[0], out)
-        assert files() == before
-
-
-def test_a_v1_manifest_with_bare_hashes_is_still_accepted(quick_copy):
-    run = quick_copy / "edgenet"
-    rec = json.loads((run / "stages.json").read_text())
-    rec.pop("format")
-    for entry in rec.values():  # v1: bare SHA-256 strings, no inputs, no versions
-        entry["outputs"] = {rel: o["sha256"] for rel, o in entry["outputs"].items()}
-        entry.pop("inputs")
-        entry.pop("versions")
-    (run / "stages.json").write_text(json.dumps(rec))
-    r = invoke("verify", run)
-    assert r.exit_code == 0, r.output
-
-
-def test_the_messages_name_the_field_and_the_problem(quick_copy):
-    from pipeline.store import manifest
-    from pipeline.errors import PipelineError
-
-    run = quick_copy / "edgenet"
-    rec = json.loads((run / "stages.json").read_text())
-    rec["train"]["outputs"][MODEL_PT]["size"] = "1234"
-    rec["data"].pop("key")
-    (run / "stages.json").write_text(json.dumps(rec))
-    with pytest.raises(PipelineError) as e:
-        manifest.load(run / "stages.json")
-    msg = str(e.value)
-    assert "data.key: field required" in msg and 'train.outputs.train/model.pt.size: input should be a valid integer (got "1234")' in msg
 
 
 # ------------------------------------------------------------------ report.json, by hypothesis
@@ -112,13 +36,10 @@ def _mutate(data, node) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
+def test_any_mutation_of_a_real_report_is_refused_or_renders(real_report, data):
     """Wrong types, nulls, deletions anywhere in a real report.json: the schema refuses it (one SchemaError,
     a PipelineError) or the report renders; never any other exception."""
-    from pipeline.report.recommend import recommend
-    from pipeline.report.assemble import render_markdown
-
-    rep = copy.deepcopy(quick_run["report"])
+    rep = copy.deepcopy(real_report)
     for _ in range(data.draw(st.integers(1, 3))):
         _mutate(data, rep)
     try:
@@ -126,8 +47,7 @@ def test_any_mutation_of_a_real_report_is_refused_or_renders(quick_run, data):
     except SchemaError as e:
         assert "report.json is not a pipeline report" in str(e)
         return
-    render_markdown(rep)
-    recommend(rep)
+    _render(rep)
 
 
 def _paths(node, prefix=()):
@@ -138,23 +58,30 @@ def _paths(node, prefix=()):
         yield from _paths(v, prefix + (k,))
 
 
-def _refused_or_renders(rep) -> bool:
+def _render(rep) -> None:
+    """What `pipeline report` computes from a report that passed the schema: the recommendation (kept, or computed
+    for a report without one), and the markdown (the HTML is drawn from it)."""
+    from pipeline.report.assemble import complete
+    from pipeline.report.markdown import render_markdown
     from pipeline.report.recommend import recommend
-    from pipeline.report.assemble import render_markdown
 
+    render_markdown(complete(rep))
+    recommend(rep)
+
+
+def _refused_or_renders(rep) -> bool:
     try:
         check_report(rep, "report.json")
     except SchemaError:
         return True
-    render_markdown(rep)
-    recommend(rep)
+    _render(rep)
     return False
 
 
-def test_every_single_field_damaged_in_every_way_is_refused_or_renders(quick_run):
+def test_every_single_field_damaged_in_every_way_is_refused_or_renders(real_report):
     """Exhaustive: each path of a real report.json, deleted or set to each value of POOL (a few thousand
     reports). Never an exception other than the schema's; and most damage is refused."""
-    base = quick_run["report"]
+    base = real_report
     refused = total = 0
     for path in _paths(base):
         for value in [_DELETE, *POOL]:
@@ -176,10 +103,38 @@ def test_every_single_field_damaged_in_every_way_is_refused_or_renders(quick_run
 _DELETE = object()
 
 
-def test_schema_accepts_the_real_report_and_refuses_nonfinite_numbers(quick_run):
-    rep = copy.deepcopy(quick_run["report"])
+def test_schema_accepts_the_real_report_and_refuses_nonfinite_numbers(real_report):
+    rep = real_report
     check_report(rep, "r")
     for bad in (math.nan, math.inf):
         rep["variants"][0]["accuracy_delta"] = bad
         with pytest.raises(SchemaError, match="variants.0.accuracy_delta: input should be a finite number"):
             check_report(rep, "r")
+
+
+# ------------------------------------------------------------------ load_report: the one reader of report.json
+
+
+def test_load_report_reads_a_real_report_and_refuses_the_rest_in_one_paragraph(real_report, tmp_path):
+    """What `pipeline report`, `pipeline bundle` and `pipeline.run` read a report through: the checked dict, or a
+    PipelineError that names the file and the problem and ends with the caller's advice."""
+    from pipeline.errors import PipelineError
+    from pipeline.store.schema import load_report
+    from tests.conftest import REPORT_FIXTURE
+
+    assert load_report(REPORT_FIXTURE) == real_report
+    cases = {"missing.json": (None, "could not be read"),
+             "latin1.json": (b'{"model": "\xe9"}', "is not a pipeline report (invalid JSON"),
+             "nan.json": (json.dumps(real_report).replace('"cv": ', '"cv": NaN, "x": ', 1).encode(),
+                          "is not a pipeline report (invalid JSON: NaN is not a JSON number"),
+             "off.json": (json.dumps({**real_report, "params": "147290"}).encode(),
+                          'does not match the report contract (docs/report.md, "Report contract"): params: input should '
+                          'be a valid integer (got "147290")')}
+    for name, (content, message) in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(PipelineError) as e:
+            load_report(tmp_path / name, then="Rerun it.")
+        text = str(e.value)
+        assert text.startswith(str(tmp_path / name)) and message in text and text.endswith(". Rerun it."), text
+        assert "\n" not in text
