@@ -2,7 +2,8 @@
 
 The validate stage's ``web-wasm-*`` rows (:mod:`pipeline.variants`) come from here. A throwaway folder is laid
 out like the web bundle (classifier.js, preprocess.mjs, preprocessing.json, onnxruntime-web's files under ``ort/``,
-the models) plus a measuring page (``browser_files/bench.html``) and the test images as raw bytes. It is served on
+the models) plus a measuring page (``browser_files/bench.html``, whose measuring code ``measure.mjs`` the phone page
+of ``pipeline demo --lan`` runs too) and the test images as raw bytes. It is served on
 127.0.0.1 by :mod:`pipeline.serve` (the server of ``pipeline demo`` too); Chromium opens the page, which runs every
 test image and times every batch size through ``classifier.js`` and posts the raw logits and timings back. Python
 then judges them like any other row (:func:`pipeline.validate.compare`, :func:`runtime.bench.summarize`), so a
@@ -166,7 +167,7 @@ def _stage(folder: Path, models: dict[str, dict], pixels: np.ndarray, spec: dict
     ort_web.copy_files(folder / "ort")
     for dst, src in WEB_FILES.items():
         shutil.copy2(src, folder / dst)
-    for f in ("bench.html", "bench.js"):
+    for f in ("bench.html", "bench.js", "measure.mjs"):
         shutil.copy2(PAGE_FILES / f, folder / f)
     (folder / "models").mkdir()
     for key, m in models.items():
