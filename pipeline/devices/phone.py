@@ -61,6 +61,8 @@ LIMITS = serve.Limits(read_s=120.0, total_s=240.0, connections=16)
 #: an address no packet is sent to: connecting a UDP socket to it only asks the kernel which local address routes
 #: to the network (TEST-NET-1, RFC 5737)
 PROBE = ("192.0.2.1", 9)
+#: a path component that still holds a %XX after the one decoding: encoded twice (``%252e``), never a bundle name
+ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 #: (pattern, browser) in order: Edge, Opera and Samsung Internet say "Chrome" too; Chrome says "Safari" too
 BROWSERS = ((r"Edg(?:A|iOS)?/(\d+)", "Edge"), (r"OPR/(\d+)", "Opera"), (r"SamsungBrowser/(\d+)", "Samsung Internet"),
             (r"(?:Firefox|FxiOS)/(\d+)", "Firefox"), (r"HeadlessChrome/(\d+)", "HeadlessChrome"),
@@ -279,14 +281,18 @@ class Judge:
 
 class Handler(serve.Handler):
     """:class:`pipeline.serve.Handler` behind the token: ``/TOKEN/...`` is the bundle (or the page's own files);
-    anything else is 403, or 404 when its path could never be served."""
+    anything else is 403, or 404 when its path could never be served (``..`` in any encoding, encoded twice, a
+    backslash, a hidden name: :func:`pipeline.serve._safe_parts`), whatever the token."""
 
     server: "PhoneServer"
 
     def parse_request(self) -> bool:
         if not super().parse_request():  # method, headers and Host: answered already
             return False
-        if serve._safe_parts(self.path) is None:
+        words = self.requestline.split()
+        target = words[1] if len(words) >= 2 else self.path  # as sent: http.server folds a leading "//" into "/"
+        parts = serve._safe_parts(target)
+        if parts is None or any(ENCODED.search(p) for p in parts):  # "..", in any encoding, or encoded twice
             self.send_error(HTTPStatus.NOT_FOUND)
             return False
         first, slash, rest = serve._path_of(self.path)[1:].partition("/")
