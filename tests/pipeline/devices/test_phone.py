@@ -3,6 +3,7 @@ playing the phone (tests/js/phone.mjs: it opens the URL, presses "Measure this d
 requests from this process: no token, traversal, malformed and NaN posts."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -180,7 +181,8 @@ def labels(data_root):
     return _LABELS
 
 
-def _mutations(lan) -> dict[str, bytes]:
+def _mutations(lan) -> dict[str, tuple[bytes, str]]:
+    """Malformed posts, each with the words of the reason it must be refused for."""
     good = _payload(lan)
     key = next(iter(good["results"]))
 
@@ -189,29 +191,42 @@ def _mutations(lan) -> dict[str, bytes]:
         f(p)
         return json.dumps(p).encode()
 
+    def times(rounds) -> bytes:
+        return changed(lambda p: p["results"][key]["times"].__setitem__("1", rounds))
+
     nan = json.dumps(good).replace("1.0, 0.0", "NaN, 0.0", 1).encode()
-    assert b"NaN" in nan
+    inf = json.dumps(good).replace("1.0, 0.0", "Infinity, 0.0", 1).encode()
+    assert b"NaN" in nan and b"Infinity" in inf
+    rounds = "must be 5 rounds of calls between 0 and 60000 ms"
     return {
-        "a NaN literal": nan,
-        "Infinity": json.dumps(good).replace("1.0, 0.0", "Infinity, 0.0", 1).encode(),
-        "a null logit (the page's NaN)": changed(lambda p: p["results"][key]["logits"].__setitem__(7, None)),
-        "a logit as text": changed(lambda p: p["results"][key]["logits"].__setitem__(7, "1.0")),
-        "a logit too many": changed(lambda p: p["results"][key]["logits"].append(0.0)),
-        "a logit too few": changed(lambda p: p["results"][key]["logits"].pop()),
-        "a model missing": changed(lambda p: p["results"].pop(key)),
-        "a model more": changed(lambda p: p["results"].__setitem__("evil", p["results"][key])),
-        "4 rounds": changed(lambda p: p["results"][key]["times"].__setitem__("1", [[0.5]] * 4)),
-        "an empty round": changed(lambda p: p["results"][key]["times"]["1"].__setitem__(0, [])),
-        "a negative time": changed(lambda p: p["results"][key]["times"]["1"].__setitem__(0, [-0.5, 1.0])),
-        "a call of a day": changed(lambda p: p["results"][key]["times"]["1"].__setitem__(0, [86_400_000.0])),
-        "a clock that never ticked": changed(lambda p: p["results"][key]["times"]["1"].__setitem__(2, [0, 0, 0])),
-        "batch 8 timed instead": changed(lambda p: p["results"][key].__setitem__("times", {"8": [[0.5]] * 5})),
-        "no user agent": changed(lambda p: p.pop("userAgent")),
-        "a user agent with a newline": changed(lambda p: p.__setitem__("userAgent", "Chrome/1\nEvil")),
-        "a user agent of 10 kB": changed(lambda p: p.__setitem__("userAgent", "Chrome/1 " + "x" * 10_000)),
-        "not JSON": b"\x00\xff not json",
-        "a JSON list": b"[1, 2, 3]",
-        "nesting 100000 deep": b"[" * 100_000 + b"]" * 100_000,
+        "a NaN literal": (nan, "not JSON (ValueError)"),
+        "Infinity": (inf, "not JSON (ValueError)"),
+        "a null logit (the page's NaN)": (changed(lambda p: p["results"][key]["logits"].__setitem__(7, None)),
+                                          f"{key}: a logit is NaN or infinite"),
+        "a logit as text": (changed(lambda p: p["results"][key]["logits"].__setitem__(7, "1.0")),
+                            "a logit is neither a finite number nor null"),
+        "a logit as a bool": (changed(lambda p: p["results"][key]["logits"].__setitem__(7, True)),
+                              "a logit is neither a finite number nor null"),
+        "a logit too many": (changed(lambda p: p["results"][key]["logits"].append(0.0)), "expected 10000 images x 10"),
+        "a logit too few": (changed(lambda p: p["results"][key]["logits"].pop()), "expected 10000 images x 10"),
+        "a model missing": (changed(lambda p: p["results"].pop(key)), "results must name exactly the models"),
+        "a model more": (changed(lambda p: p["results"].__setitem__("evil", p["results"][key])),
+                         "results must name exactly the models"),
+        "4 rounds": (times([[0.5]] * 4), rounds),
+        "an empty round": (times([[]] + [[0.5]] * 4), "times must hold finite non-negative milliseconds"),
+        "a negative time": (times([[-0.5, 1.0]] + [[0.5]] * 4), "times must hold finite non-negative milliseconds"),
+        "a call of a day": (times([[86_400_000.0]] + [[0.5]] * 4), rounds),
+        "a clock that never ticked": (times([[0.5]] * 2 + [[0, 0, 0]] + [[0.5]] * 2), "the page's clock did not tick"),
+        "batch 8 timed instead": (changed(lambda p: p["results"][key].__setitem__("times", {"8": [[0.5]] * 5})),
+                                  "for exactly the batch sizes ['1']"),
+        "no user agent": (changed(lambda p: p.pop("userAgent")), "userAgent must be printable text"),
+        "a user agent with a newline": (changed(lambda p: p.__setitem__("userAgent", "Chrome/1\nEvil")),
+                                        "userAgent must be printable text"),
+        "a user agent of 10 kB": (changed(lambda p: p.__setitem__("userAgent", "Chrome/1 " + "x" * 10_000)),
+                                  "userAgent must be printable text"),
+        "not JSON": (b"\x00\xff not json", "not JSON"),
+        "a JSON list": (b"[1, 2, 3]", "not a JSON object"),
+        "nesting 100000 deep": (b"[" * 100_000 + b"]" * 100_000, "not JSON (RecursionError)"),
     }
 
 
@@ -222,9 +237,10 @@ def test_a_malformed_or_nan_post_is_refused_and_nothing_recorded(lan, labels):
     port, token = lan["port"], lan["token"]
     target = f"/{token}/result"
     before = _recorded(lan)
-    for what, body in _mutations(lan).items():
+    for what, (body, why) in _mutations(lan).items():
         status, _, answer = post(port, target, body, token)
-        assert status == 400 and b"nothing recorded" in answer, (what, status, answer[-300:])
+        text = html.unescape(answer.decode())
+        assert status == 400 and "nothing recorded: " in text and why in text, (what, status, text[-300:])
     status, _, answer = post(port, target, json.dumps({"error": "no WebAssembly here"}).encode(), token)
     assert status == 422 and b"no WebAssembly here" in answer
     assert post(port, target, b"{}", None)[0] == 403  # the path's token without the header's
