@@ -415,9 +415,8 @@ def demo(
     folder = run.bundle(out, "web")  # the very name make_bundle writes (a pkg.mod:Class model included)
     with as_interrupt():  # SIGTERM/SIGHUP: the build cleans up like Ctrl-C, serving stops like Ctrl-C
         if lan:
-            import sys
-
             from .devices import phone
+
             server = phone.PhoneServer(folder, port, phone.lan_address(bind))  # binds first, like the plain demo
         else:
             server = demo_mod.serve(folder, port)  # binds first: a busy port is refused before minutes of bundling
@@ -425,8 +424,9 @@ def demo(
             if not (folder / "index.html").is_file():
                 bundle.make_bundle(run, "web", out, data_root or default_data_root(), ort_web)
             demo_mod.check_bundle(folder)  # nothing is served from a bundle that `pipeline verify` fails
-            if lan:
+            if lan:  # the page's test images and the reference logits it is judged against
                 from .data import ensure_raw
+
                 server.prepare(run, ensure_raw(data_root or default_data_root()))
             server.open_folder()
         except BaseException:
@@ -434,7 +434,9 @@ def demo(
             raise
         _console().print(literal(("serving:", "green"), f" {folder} at {server.url} (Ctrl-C stops it)"),
                          soft_wrap=True)
-        if lan:
+        if lan:  # drawn with block characters: printed as it is, never through rich's markup
+            import sys
+
             qr = phone.qr_text(server.url)
             print(qr if qr else "(a QR code of the URL needs segno: pip install segno)", file=sys.stderr, flush=True)
         try:

@@ -5,9 +5,10 @@ The phone opens a URL (printed, and drawn as a QR code in the terminal) whose fi
 token (:func:`secrets.token_urlsafe`): every request without it is 403, before its path is looked at (a path that
 could never be served, ``..`` in any encoding, is 404 first). Under the token the server serves the verified web
 bundle read-only (:mod:`pipeline.serve`: regular files inside the folder only, no links, no hidden files, no
-listings, deadlines and a thread cap) plus three files of its own kept in memory: the "measure this device" page
+listings, deadlines and a thread cap) plus five files of its own kept in memory: the "measure this device" page
 (``browser_files/phone.html`` and ``phone.js``), ``measure.mjs`` (the very code the validate stage's headless
-Chromium runs, :mod:`pipeline.browser`), and the 10,000 MNIST test images as raw bytes.
+Chromium runs, :mod:`pipeline.browser`), its settings (``phone.json``) and the 10,000 MNIST test images as raw
+bytes.
 
 The page runs every test image through the bundle's ``classifier.js``, times batch 1 in rounds, and posts the
 logits and timings back (``POST result``, with the token in the ``X-Pipeline-Token`` header too). The post is
@@ -194,7 +195,7 @@ def _no_constant(name: str):
 class Judge:
     """``POST result``: a phone's measurement, checked, judged like the report's ``web-wasm-*`` rows, recorded.
 
-    Several phones may post, one after another (a lock: each post's judging holds ~100 MB of arrays); each is
+    Several phones may post, one after another (a lock: each post's judging holds tens of MB of parsed JSON); each is
     recorded under its own device name, a device measured again replaces its earlier recording."""
 
     def __init__(self, run_dir: Path, bundle_folder: Path, ref: Reference, report: dict, name: str | None = None):
