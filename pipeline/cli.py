@@ -323,29 +323,51 @@ def demo(
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="As for `pipeline bundle --target web`."),
+    lan: bool = typer.Option(False, "--lan", help="Serve on the local network, behind a random token in the URL (printed, "
+                             "and drawn as a QR code), with a 'measure this device' page whose figures are recorded "
+                             "in the run (docs/devices.md)."),
+    bind: Optional[str] = typer.Option(None, "--bind", help="With --lan: the IPv4 address to listen on (default: this "
+                                       "host's address on its local network)."),
 ) -> None:
     """Serve the web bundle (built first if missing, checked like `pipeline verify`) on 127.0.0.1 and print its URL;
-    Ctrl-C stops it."""
+    Ctrl-C stops it. With --lan, on the local network for a phone's browser to measure itself."""
     from .bundle import build as bundle, demo as demo_mod
     from .store.paths import RunDir
     from .bundle.signals import as_interrupt
 
+    if bind is not None and not lan:
+        raise PipelineError("--bind chooses the address of `pipeline demo --lan`; add --lan (without it the demo "
+                            "listens on 127.0.0.1 only).")
     _setup_logging()
     run = RunDir.for_model(artifacts, model)
     out = artifacts / "bundles"
     folder = run.bundle(out, "web")  # the very name make_bundle writes (a pkg.mod:Class model included)
     with as_interrupt():  # SIGTERM/SIGHUP: the build cleans up like Ctrl-C, serving stops like Ctrl-C
-        server = demo_mod.serve(folder, port)  # binds first: a busy port is refused before minutes of bundling
+        if lan:
+            from .devices import phone
+
+            server = phone.PhoneServer(folder, port, phone.lan_address(bind))  # binds first, like the plain demo
+        else:
+            server = demo_mod.serve(folder, port)  # binds first: a busy port is refused before minutes of bundling
         try:
             if not (folder / "index.html").is_file():
                 bundle.make_bundle(run, "web", out, data_root or default_data_root(), ort_web)
             demo_mod.check_bundle(folder)  # nothing is served from a bundle that `pipeline verify` fails
+            if lan:  # the page's test images and the reference logits it is judged against
+                from .dataset import ensure_raw
+
+                server.prepare(run, ensure_raw(data_root or default_data_root()))
             server.open_folder()
         except BaseException:
             server.server_close()
             raise
         _console().print(literal(("serving:", "green"), f" {folder} at {server.url} (Ctrl-C stops it)"),
                          soft_wrap=True)
+        if lan:  # drawn with block characters: printed as it is, never through rich's markup
+            import sys
+
+            qr = phone.qr_text(server.url)
+            print(qr if qr else "(a QR code of the URL needs segno: pip install segno)", file=sys.stderr, flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -19,6 +19,7 @@ PACKAGES = ("pipeline", "exporters", "runtime")
 LAYERS = (
     ("pipeline", "pipeline.cli", "pipeline.api", "pipeline.__main__"),
     ("pipeline.stages",),
+    ("pipeline.devices",),
     ("pipeline.report",),
     ("pipeline.measure",),
     ("pipeline.bundle",),
@@ -184,8 +185,8 @@ def test_the_checker_finds_every_kind_of_import(tmp_path):
     assert graph["exporters.sub.m"] == {"pipeline.store.paths": 2, "pipeline.config": 5, "exporters.sub.fine": 6,
                                         "runtime.metadata": 9}
     assert upward_imports(graph) == [
-        "exporters.sub.m (layer 13) imports pipeline.config (layer 7) at line 5",
-        "exporters.sub.m (layer 13) imports pipeline.store.paths (layer 8) at line 2",
+        "exporters.sub.m (layer 14) imports pipeline.config (layer 8) at line 5",
+        "exporters.sub.m (layer 14) imports pipeline.store.paths (layer 9) at line 2",
     ]
 
 

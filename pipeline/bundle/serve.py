@@ -236,9 +236,14 @@ class Handler(BaseHTTPRequestHandler):
         if status >= 300:
             self.send_error(status, message)
             return
+        body = message.encode("utf-8")  # a route may answer a short text (the phone page shows its verdict)
         self.send_response(status)
-        self.send_header("Content-Length", "0")
+        if body:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if body:
+            self.wfile.write(body)
 
 
 class Server(ThreadingHTTPServer):
@@ -250,7 +255,10 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(self, folder: Path, port: int = 0, *, limits: Limits = Limits(), routes: dict[str, Route] | None = None,
-                 token: str | None = None, extra_headers: dict[str, str] | None = None):
+                 token: str | None = None, extra_headers: dict[str, str] | None = None, host: str = HOST):
+        # ``host``: the IPv4 address to bind, 127.0.0.1 unless a caller serves the local network on purpose
+        # (``pipeline demo --lan``, :mod:`pipeline.devices.phone`); requests must then name that address as Host
+        self.host = host
         self.folder = Path(folder).resolve()
         self.limits, self.routes = limits, dict(routes or {})
         self.token = token or secrets.token_urlsafe(32)
@@ -261,20 +269,21 @@ class Server(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         try:
-            super().__init__((HOST, port), Handler)
+            super().__init__((host, port), Handler)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise PipelineError(f"Port {port} on {HOST} is already in use (another `pipeline demo` or web server?); "
+                raise PipelineError(f"Port {port} on {host} is already in use (another `pipeline demo` or web server?); "
                                     "stop that one or choose another with `--port N` (`--port 0` picks a free one).") from None
-            raise PipelineError(f"Cannot listen on {HOST}:{port} ({e.strerror or e}); choose another `--port`.") from None
+            raise PipelineError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another `--port`.") from None
         bound = self.server_address[1]
-        self.hosts = frozenset({f"{HOST}:{bound}", f"localhost:{bound}"} | ({HOST, "localhost"} if bound == 80 else set()))
+        names = {host, "localhost"} if host == HOST else {host}
+        self.hosts = frozenset({f"{n}:{bound}" for n in names} | (names if bound == 80 else set()))
         self._watchdog = threading.Thread(target=self._watch, name="serve-watchdog", daemon=True)
         self._watchdog.start()
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.server_address[1]}/"
+        return f"http://{self.host}:{self.server_address[1]}/"
 
     def open_folder(self) -> None:
         """Open the folder (once it exists: ``pipeline demo`` binds the port before it builds the bundle)."""

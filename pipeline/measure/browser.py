@@ -2,7 +2,8 @@
 
 The validate stage's ``web-wasm-*`` rows (:mod:`pipeline.variants`) come from here. A throwaway folder is laid
 out like the web bundle (classifier.js, preprocess.mjs, preprocessing.json, onnxruntime-web's files under ``ort/``,
-the models) plus a measuring page (``browser_files/bench.html``) and the test images as raw bytes. It is served on
+the models) plus a measuring page (``browser_files/bench.html``, whose measuring code ``measure.mjs`` the phone page
+of ``pipeline demo --lan`` runs too) and the test images as raw bytes. It is served on
 127.0.0.1 by :mod:`pipeline.bundle.serve` (the server of ``pipeline demo`` too); Chromium opens the page, which runs every
 test image and times every batch size through ``classifier.js`` and posts the raw logits and timings back. Python
 then judges them like any other row (:func:`pipeline.measure.compare.compare`, :func:`runtime.bench.summarize`), so a
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bundle import serve
+from pipeline.bundle.build import serve
 from pipeline.errors import PipelineError
 
 PAGE_FILES = Path(__file__).parent / "browser_files"
@@ -160,13 +161,13 @@ def _stage(folder: Path, models: dict[str, dict], pixels: np.ndarray, spec: dict
     """Lay out the measuring folder: the web bundle's JS, onnxruntime-web, the models, the page and the images.
 
     ``models``: key -> ``{"path": ONNX file, "entry": preprocessing.json entry}``."""
-    from pipeline.bundle import ort_web
+    from pipeline.bundle.build import ort_web
     from pipeline.bundle.js import WEB_FILES
 
     ort_web.copy_files(folder / "ort")
     for dst, src in WEB_FILES.items():
         shutil.copy2(src, folder / dst)
-    for f in ("bench.html", "bench.js"):
+    for f in ("bench.html", "bench.js", "measure.mjs"):
         shutil.copy2(PAGE_FILES / f, folder / f)
     (folder / "models").mkdir()
     for key, m in models.items():
