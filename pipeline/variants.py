@@ -8,22 +8,18 @@ already writes is one row (Ultralytics' ``export_formats()`` habit); ``tests/pip
 
 The code that chooses variants (the validate and engines stages, the report, the bundle) reads the table
 through this module at call time (``variants.VARIANTS``, or :data:`BY_NAME`, a live view of it), never a
-copy taken at import, so a row added at run time is seen everywhere. The table imports nothing: how a backend's
-runner is built, and whether this machine can run a row, is :mod:`pipeline.measure.runners`'s business.
+copy taken at import, so a row added at run time is seen everywhere. The table imports only the targets table
+(:mod:`pipeline.targets`, whose names the ``bundle`` column uses): how a backend's runner is built, and whether
+this machine can run a row, is :mod:`pipeline.measure.runners`'s business; how a row's file is made is its
+``recipe``'s handler (:mod:`pipeline.stages.recipes`).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-#: the ``pipeline bundle --target`` values run by Python (bench.py; jetson and gpu bundles also build TensorRT engines
-#: on the device)
-PYTHON_TARGETS = ("jetson", "gpu", "cpu")
-#: the targets run by JavaScript: node (onnxruntime-node, classify.mjs) and web (a static page and classifier.js on
-#: onnxruntime-web's wasm build), both with the JS preprocessing module
-JS_TARGETS = ("node", "web")
-#: every ``pipeline bundle --target`` value
-TARGETS = PYTHON_TARGETS + JS_TARGETS
+from pipeline.targets import PYTHON_TARGETS, SITE, TARGETS
+
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
 REFERENCE = "torch-fp32"
 #: the backend measured in a web browser rather than by a Python runner: every row with it is run in one headless
@@ -55,7 +51,7 @@ class Variant:
     # the ONNX file is made for TensorRT: jetson/gpu bundles build an engine from it on the device, and an INT8
     # one keeps TensorRT's Q/DQ placement (exporters.qdq.check_qdq, which the quantizer enforces before writing)
     tensorrt: bool = False
-    bundle: tuple[str, ...] = ()  # the TARGETS whose bundle ships this file (and its report figures)
+    bundle: tuple[str, ...] = ()  # the bundle targets (pipeline.targets.BUNDLES) that ship this file (and its figures)
 
 
 #: node ships onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000 test
@@ -74,7 +70,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("onnx-int8-qat", "onnxruntime", "cpu", "int8", "model-int8-qat.onnx", budget_pp=0.05, quant="qat", recipe="qat",
             ort_optimization="basic", tensorrt=True, bundle=PYTHON_TARGETS),
     Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
-            recipe="ptq-cpu", bundle=PYTHON_TARGETS + ("web",)),  # the PTQ budget: the same calibration, another operator placement
+            recipe="ptq-cpu", bundle=PYTHON_TARGETS + (SITE,)),  # the PTQ budget: the same calibration, another operator placement
     # the QAT weights and learned scales in onnx-int8-cpu's fused placement (exporters.cpu_placement); QAT's budget
     Variant("onnx-int8-qat-cpu", "onnxruntime", "cpu", "int8", "model-int8-qat-cpu.onnx", budget_pp=0.05, quant="qat",
             recipe="qat-cpu", bundle=PYTHON_TARGETS),

@@ -15,6 +15,7 @@ from runtime.bench import METHOD, NOISY_SPREAD_PCT, ROUNDS_METHOD, SPREAD
 
 from . import ladder, recommend
 from pipeline import variants
+from pipeline import targets
 from pipeline.store.paths import atomic_write, strict_json
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def _what_to_ship(report: dict) -> list[str]:
     """The "What to ship" section: per target, the file, the variant, its figures and why; then the commands."""
     recs = _recommended(report)
     small, big = recommend.batches(report["variants"])
-    titles = {t.key: t.title for t in recommend.TARGETS}
+    titles = {t.key: t.title for t in targets.DEPLOY}
     lines = ["## What to ship", "", *_untrusted(report),
              f"Per target, the fastest variant measured on it here (lowest p50 at batch {small}, the median over the "
              f"timing rounds; throughput at batch {big} shown too) whose logits are finite and whose accuracy keeps "
@@ -78,7 +79,7 @@ def _what_to_ship(report: dict) -> list[str]:
     for key, r in recs.items():
         lines.append(f"- **{titles.get(key, key)}**: `{r['file']}`: {r['reason']}"
                      + (f" Measure on the device: `{r['command']}`." if r.get("command") else ""))
-    plotted = [t for t in recommend.TARGETS if _plotted(t, report["variants"], small)]
+    plotted = [t for t in targets.DEPLOY if _plotted(t, report["variants"], small)]
     if plotted:
         lines += ["", "Accuracy against latency, with the Pareto front (no other variant both faster and more "
                   "accurate): " + "; ".join(f"{t.title}: `{recommend.plot_name(t.key)}`" for t in plotted) + "."]
@@ -395,7 +396,7 @@ def figures(report: dict, folder: Path) -> dict[str, Path]:
     figs["Test accuracy per variant"] = plots.accuracy_per_variant(rows, folder / "accuracy.png")
     recs = _recommended(report)
     small, _ = recommend.batches(rows)
-    for t in recommend.TARGETS:
+    for t in targets.DEPLOY:
         measured = _plotted(t, rows, small)
         if not measured:
             continue
