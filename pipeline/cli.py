@@ -17,6 +17,7 @@ from .config import (CALIB_METHODS, DEVICES, OPTIMIZERS, QUANT_MODES, QUICK, RUN
                      build_config, default_data_root, default_of, parse_nproc)
 from .console import console as _console, error as _error, escape, literal, setup_logging as _setup_logging
 from .errors import PipelineError
+from . import targets
 from .store.paths import RUN_ADVICE, WriteAdvice
 
 app = typer.Typer(
@@ -292,8 +293,7 @@ def predict(
 @app.command("bundle")
 @guarded(advice=ADVICE["bundle"])
 def bundle_cmd(
-    target: str = typer.Option(..., "--target", help="jetson | gpu | cpu (Python, bench.py) | node (onnxruntime-node, "
-                               "classify.mjs) | web (static page, classifier.js, onnxruntime-web wasm)"),
+    target: str = typer.Option(..., "--target", help=targets.help_text()),
     model: str = typer.Option("edgenet", "--model", "-m", help="Which run to bundle."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the bundle [default: <artifacts>/bundles]."),
@@ -341,7 +341,7 @@ def demo(
     _setup_logging()
     run = RunDir.for_model(artifacts, model)
     out = artifacts / "bundles"
-    folder = run.bundle(out, "web")  # the very name make_bundle writes (a pkg.mod:Class model included)
+    folder = run.bundle(out, targets.SITE)  # the very name make_bundle writes (a pkg.mod:Class model included)
     with as_interrupt():  # SIGTERM/SIGHUP: the build cleans up like Ctrl-C, serving stops like Ctrl-C
         if lan:
             from .devices import phone
@@ -351,7 +351,7 @@ def demo(
             server = demo_mod.serve(folder, port)  # binds first: a busy port is refused before minutes of bundling
         try:
             if not (folder / "index.html").is_file():
-                bundle.make_bundle(run, "web", out, data_root or default_data_root(), ort_web)
+                bundle.make_bundle(run, targets.SITE, out, data_root or default_data_root(), ort_web)
             demo_mod.check_bundle(folder)  # nothing is served from a bundle that `pipeline verify` fails
             if lan:  # the page's test images and the reference logits it is judged against
                 from .dataset import ensure_raw

@@ -8,22 +8,18 @@ already writes is one row (Ultralytics' ``export_formats()`` habit); ``tests/pip
 
 The code that chooses variants (the validate and engines stages, the report, the bundle) reads the table
 through this module at call time (``variants.VARIANTS``, or :data:`BY_NAME`, a live view of it), never a
-copy taken at import, so a row added at run time is seen everywhere. The table imports nothing: how a backend's
-runner is built, and whether this machine can run a row, is :mod:`pipeline.measure.runners`'s business.
+copy taken at import, so a row added at run time is seen everywhere. The table imports only the targets table
+(:mod:`pipeline.targets`, whose names the ``bundle`` column uses): how a backend's runner is built, and whether
+this machine can run a row, is :mod:`pipeline.measure.runners`'s business; how a row's file is made is its
+``recipe``'s handler (:mod:`pipeline.stages.recipes`).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-#: the ``pipeline bundle --target`` values run by Python (bench.py; jetson and gpu bundles also build TensorRT engines
-#: on the device)
-PYTHON_TARGETS = ("jetson", "gpu", "cpu")
-#: the targets run by JavaScript: node (onnxruntime-node, classify.mjs) and web (a static page and classifier.js on
-#: onnxruntime-web's wasm build), both with the JS preprocessing module
-JS_TARGETS = ("node", "web")
-#: every ``pipeline bundle --target`` value
-TARGETS = PYTHON_TARGETS + JS_TARGETS
+from pipeline.targets import PYTHON_TARGETS, SITE, TARGETS
+
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
 REFERENCE = "torch-fp32"
 #: the backend measured in a web browser rather than by a Python runner: every row with it is run in one headless
@@ -41,6 +37,10 @@ class Variant:
     atol: float | None = None  # enforced parity: max |logit diff| vs REFERENCE (and agreement 1.0)
     budget_pp: float | None = None  # accuracy drop vs REFERENCE we aim to stay within (percentage points)
     quant: str | None = None  # which QuantConfig switch builds it: ptq | qat | cpu (None: always built)
+    # how its file is made: a key of pipeline.stages.recipes.RECIPES (fp32, fp16: the export stage; ptq, qat, ptq-cpu,
+    # qat-cpu: the quantize stage). None: the row makes no file (the torch reference; rows that run another row's
+    # file elsewhere; TensorRT engines, which the engines stage builds from ``source``)
+    recipe: str | None = None
     requires: str | None = None  # hardware/backend it needs: cuda (onnxruntime-gpu) | tensorrt | browser (Chromium)
     source: str | None = None  # for engines: the ONNX file (another row's file) they are built from
     # onnxruntime graph optimizations: "all" (what an app gets by default) or "basic", which runs Q/DQ exactly as
@@ -51,7 +51,7 @@ class Variant:
     # the ONNX file is made for TensorRT: jetson/gpu bundles build an engine from it on the device, and an INT8
     # one keeps TensorRT's Q/DQ placement (exporters.qdq.check_qdq, which the quantizer enforces before writing)
     tensorrt: bool = False
-    bundle: tuple[str, ...] = ()  # the TARGETS whose bundle ships this file (and its report figures)
+    bundle: tuple[str, ...] = ()  # the bundle targets (pipeline.targets.BUNDLES) that ship this file (and its figures)
 
 
 #: node ships onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000 test
@@ -61,18 +61,19 @@ class Variant:
 #: onnxruntime-web's wasm build runs fp16 without fp16 kernels, and the TensorRT INT8 files are for TensorRT.
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch-fp32", "torch", "cpu", "fp32", None),
-    Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", atol=1e-4, tensorrt=True, bundle=TARGETS),
-    Variant("onnx-fp16", "onnxruntime", "cpu", "fp16", "model-fp16.onnx", budget_pp=0.02, tensorrt=True,
+    Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", atol=1e-4, recipe="fp32", tensorrt=True,
+            bundle=TARGETS),
+    Variant("onnx-fp16", "onnxruntime", "cpu", "fp16", "model-fp16.onnx", budget_pp=0.02, recipe="fp16", tensorrt=True,
             bundle=PYTHON_TARGETS),
-    Variant("onnx-int8-ptq", "onnxruntime", "cpu", "int8", "model-int8-ptq.onnx", budget_pp=0.15, quant="ptq",
+    Variant("onnx-int8-ptq", "onnxruntime", "cpu", "int8", "model-int8-ptq.onnx", budget_pp=0.15, quant="ptq", recipe="ptq",
             ort_optimization="basic", tensorrt=True, bundle=PYTHON_TARGETS),
-    Variant("onnx-int8-qat", "onnxruntime", "cpu", "int8", "model-int8-qat.onnx", budget_pp=0.05, quant="qat",
+    Variant("onnx-int8-qat", "onnxruntime", "cpu", "int8", "model-int8-qat.onnx", budget_pp=0.05, quant="qat", recipe="qat",
             ort_optimization="basic", tensorrt=True, bundle=PYTHON_TARGETS),
     Variant("onnx-int8-cpu", "onnxruntime", "cpu", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
-            bundle=PYTHON_TARGETS + ("web",)),  # the PTQ budget: the same calibration, another operator placement
+            recipe="ptq-cpu", bundle=PYTHON_TARGETS + (SITE,)),  # the PTQ budget: the same calibration, another operator placement
     # the QAT weights and learned scales in onnx-int8-cpu's fused placement (exporters.cpu_placement); QAT's budget
     Variant("onnx-int8-qat-cpu", "onnxruntime", "cpu", "int8", "model-int8-qat-cpu.onnx", budget_pp=0.05, quant="qat",
-            bundle=PYTHON_TARGETS),
+            recipe="qat-cpu", bundle=PYTHON_TARGETS),
     Variant("web-wasm-fp32", BROWSER, "wasm", "fp32", "model-fp32.onnx", atol=1e-4, requires="browser"),
     Variant("web-wasm-int8", BROWSER, "wasm", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
             requires="browser"),

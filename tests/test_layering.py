@@ -3,7 +3,7 @@
 ``runtime/`` is what ships to a device, so it imports nothing else of the project; ``exporters/`` are library
 functions that take paths and arrays, so they import nothing from ``pipeline/``. Inside ``pipeline/`` the
 command line sits on the stages, the stages on the wings (report, measure, bundle, training), the wings on the
-data set and config tables, those on the run folder (``store/``), and the store on the model and variant tables. :data:`LAYERS` is that order; a module may import its own layer or any layer below it, never one
+data set and config tables, those on the run folder (``store/``), and the store on the model and variant tables, the variant table on the targets table. :data:`LAYERS` is that order; a module may import its own layer or any layer below it, never one
 above. Every import counts, including those inside functions (where this code base puts its lazy imports),
 relative ones and ``importlib.import_module("...")``. A circle between modules is refused even inside one layer:
 each module of a circle can only be understood (and imported) with the others.
@@ -29,6 +29,7 @@ LAYERS = (
     ("pipeline.store",),
     ("pipeline.models",),
     ("pipeline.variants",),
+    ("pipeline.targets",),
     ("pipeline.console",),
     ("pipeline.errors",),
     ("exporters",),
@@ -185,8 +186,8 @@ def test_the_checker_finds_every_kind_of_import(tmp_path):
     assert graph["exporters.sub.m"] == {"pipeline.store.paths": 2, "pipeline.config": 5, "exporters.sub.fine": 6,
                                         "runtime.metadata": 9}
     assert upward_imports(graph) == [
-        "exporters.sub.m (layer 14) imports pipeline.config (layer 8) at line 5",
-        "exporters.sub.m (layer 14) imports pipeline.store.paths (layer 9) at line 2",
+        "exporters.sub.m (layer 15) imports pipeline.config (layer 8) at line 5",
+        "exporters.sub.m (layer 15) imports pipeline.store.paths (layer 9) at line 2",
     ]
 
 

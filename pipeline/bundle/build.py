@@ -9,7 +9,7 @@ strictly as validate does. Jetson and GPU bundles also get an engine build
 script (``build_engines.py``: the very same file as :mod:`exporters.tensorrt`;
 ``build_engines.sh``: the trtexec forms) for the files whose row says ``tensorrt``.
 ``pipeline verify`` checks every hash and, since an archive is untrusted, every
-member's type and name. The node and web targets (:data:`pipeline.variants.JS_TARGETS`)
+member's type and name. The JavaScript targets (node and web: :data:`pipeline.targets.JS_TARGETS`)
 share the models, report and manifest and get, instead of the Python files,
 what :mod:`pipeline.bundle.js` writes: a Node command or a static page with an
 embeddable ``classifier.js``, the JS preprocessing module and golden vectors from
@@ -36,17 +36,17 @@ from pipeline.store import manifest
 from pipeline import variants
 from pipeline.errors import PipelineError
 from pipeline.store.paths import RunDir, _umask, atomic_path, atomic_write, sha256_file, walk_tree, write_json
-from pipeline.variants import JS_TARGETS, REFERENCE, TARGETS
+from pipeline import targets
+from pipeline.targets import TARGETS
+from pipeline.variants import REFERENCE
 
 log = logging.getLogger(__name__)
 FORMAT = "edge-export-pipeline/bundle-v1"
 FILES = Path(__file__).parent / "files"
-#: the TARGETS whose bundle builds TensorRT engines on the device (from the files whose row says ``tensorrt``)
-ENGINE_TARGETS = ("jetson", "gpu")
 
 
 def _readme(target: str, model: str, models: dict, tar_name: str) -> str:
-    engines = target in ENGINE_TARGETS
+    engines = targets.BUNDLE[target].engines
     lines = [
         f"# {model} bundle for {target}",
         "",
@@ -70,12 +70,8 @@ def _readme(target: str, model: str, models: dict, tar_name: str) -> str:
             "   TensorRT version or GPU is rebuilt, never reused.",
             "4. Parity and latency of the engines: `python3 bench.py --engines` (needs polygraphy: `pip install polygraphy`).",
         ]
-    if target == "jetson":
-        lines += ["", "On a Jetson, set and record the power mode first (`sudo nvpmodel -m 0`, `sudo jetson_clocks`);",
-                  "bench.py --json records `nvpmodel -q` and `jetson_clocks --show` with the results.",
-                  "`python3 build_engines.py --dla-core 0` builds the fp16 and int8 engines for a DLA core (static",
-                  "profile: batch = --max-batch; GPU fallback on); the layers that run on the GPU, read from the",
-                  "built engine, are printed and stored in the sidecar."]
+    if targets.BUNDLE[target].readme:
+        lines += ["", *targets.BUNDLE[target].readme]
     lines += [""] + bundle_js.model_lines(models)
     lines += ["", "MNIST is by Yann LeCun and Corinna Cortes, CC BY-SA 3.0 (data/mnist-test.npz).", ""]
     return "\n".join(lines)
@@ -130,8 +126,8 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path, ort_we
     or a Ctrl-C leaves the previous bundle (folder and tarball) exactly as it was. ``ort_web``: for the web target,
     a local ``npm pack`` tarball of the pinned onnxruntime-web instead of the user cache (:mod:`pipeline.bundle.ort_web`).
     """
-    if target not in TARGETS:
-        raise PipelineError(f"--target must be one of {', '.join(TARGETS)}; got '{target}'.")
+    if target not in targets.BUNDLE:
+        raise PipelineError(f"--target must be one of {', '.join(targets.BUNDLE)}; got '{target}'.")
     if not run.report_json.is_file() or not run.stages.is_file():
         raise PipelineError(f"{run.report_json} is missing or unreadable; run `pipeline run all` first.")
     # the report's rows decide which model files are read, so the fixed files are checked (and the report read) first
@@ -231,7 +227,7 @@ def _build(run: RunDir, target: str, report: dict, rows: dict, packed, record, d
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle gets normal permissions
         files = _fill(staging, run, target, report, rows, packed, data_root, ort_web)
         copied = {"report.json": run.report_json, **{f"models/{v.file}": run.export_file(v.file) for v in packed},
-                  **({} if target in JS_TARGETS else {"data/golden.npz": run.golden})}
+                  **({} if targets.BUNDLE[target].runner == "js" else {"data/golden.npz": run.golden})}
         changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, _rel(run, src))]
         if changed:  # checked before copying; this catches a file replaced while the bundle was being built
             raise PipelineError(f"{', '.join(changed)} changed while the bundle was being built; nothing was replaced. "
@@ -281,7 +277,7 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
         models[Path(v.file).stem] = {
             "variant": v.name, "precision": v.precision, "accuracy": row["accuracy"],
             "agreement": row["agreement"], "max_abs_diff": row["max_abs_diff"], "flips": row.get("flips"),
-            "atol": v.atol, "tensorrt": v.tensorrt and target in ENGINE_TARGETS,
+            "atol": v.atol, "tensorrt": v.tensorrt and targets.BUNDLE[target].engines,
             "image_shape": json.loads(meta.get("input_shape", "[1, 28, 28]")), "metadata": meta,
             "ort_optimization": v.ort_optimization,
         }
@@ -291,11 +287,12 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
         raise PipelineError(f"--data-root {data_root} cannot hold MNIST ({e.strerror or e}); point it at a folder "
                             "with MNIST/raw or one that can be written.") from None
     reference = {"variant": REFERENCE, "accuracy": rows[REFERENCE]["accuracy"]}
-    if target == "web":  # the browser recommendation first: classifier.js loads the first model by default
-        pick = Path(((report.get("recommended") or {}).get("browser") or {}).get("file", "")).stem
+    if targets.BUNDLE[target].site:  # the browser recommendation first: classifier.js loads the first model by default
+        deploy = next((t.key for t in targets.DEPLOY if t.bundle == target), None)
+        pick = Path(((report.get("recommended") or {}).get(deploy) or {}).get("file", "")).stem
         models = {k: models[k] for k in sorted(models, key=lambda k: k != pick)}
         bundle_js.fill_web(folder, models, raw, report["model"], ort_web)
-    elif target in JS_TARGETS:
+    elif targets.BUNDLE[target].runner == "js":
         bundle_js.fill_node(folder, models, raw, report["model"])
     else:
         _fill_python(folder, run, target, report, models, raw, reference, data_root)
@@ -312,7 +309,7 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
 def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: dict, raw: Path, reference: dict,
                  data_root: Path) -> None:
     """The Python targets' files: the test set and PyTorch's logits on it, so bench.py reproduces the report's
-    figures exactly; bench.py; the README; and, for jetson and gpu, the engine build scripts."""
+    figures exactly; bench.py; the README; and, for the engine targets (jetson, gpu), the engine build scripts."""
     import torch
 
     from pipeline.store import checkpoint
@@ -338,7 +335,7 @@ def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: d
     (folder / "runtime").mkdir()  # bench.py times with the pipeline's own runtime/bench.py (numpy only)
     for name in ("__init__.py", "bench.py", "errors.py"):
         shutil.copy2(Path(__file__).resolve().parents[2] / "runtime" / name, folder / "runtime" / name)
-    if target in ENGINE_TARGETS:
+    if targets.BUNDLE[target].engines:
         shutil.copy2(Path(__file__).resolve().parents[2] / "exporters" / "tensorrt.py", folder / "build_engines.py")
         atomic_write(folder / "build_engines.sh", _trtexec(models))
     atomic_write(folder / "README.md", _readme(target, report["model"], models, f"{run.root.name}-{target}-bundle.tar.gz"))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bundle.build import serve
+from pipeline.bundle import serve
 from pipeline.errors import PipelineError
 
 PAGE_FILES = Path(__file__).parent / "browser_files"
@@ -161,7 +161,7 @@ def _stage(folder: Path, models: dict[str, dict], pixels: np.ndarray, spec: dict
     """Lay out the measuring folder: the web bundle's JS, onnxruntime-web, the models, the page and the images.
 
     ``models``: key -> ``{"path": ONNX file, "entry": preprocessing.json entry}``."""
-    from pipeline.bundle.build import ort_web
+    from pipeline.bundle import ort_web
     from pipeline.bundle.js import WEB_FILES
 
     ort_web.copy_files(folder / "ort")

@@ -18,6 +18,7 @@ from runtime.bench import ROUNDS_METHOD, SPREAD
 
 from . import ladder, recommend
 from pipeline import variants
+from pipeline import targets
 from pipeline.store.paths import atomic_write, strict_json
 
 if TYPE_CHECKING:

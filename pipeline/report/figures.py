@@ -213,6 +213,8 @@ def draw_report(report: dict, folder: Path) -> dict[str, Path]:
     path. The accuracy-versus-latency figures mark report.json's recommendation, never one recomputed here."""
     from pathlib import PurePath
 
+    from pipeline import targets
+
     from . import recommend
 
     figs = {}
@@ -221,7 +223,7 @@ def draw_report(report: dict, folder: Path) -> dict[str, Path]:
     figs["Test accuracy per variant"] = accuracy_per_variant(rows, folder / "accuracy.png")
     recs = report["recommended"] or {}
     small, _ = recommend.batches(rows)
-    for t in recommend.TARGETS:
+    for t in targets.DEPLOY:
         measured = plotted(t, rows, small)
         if not measured:
             continue

@@ -11,7 +11,7 @@ from runtime.bench import METHOD, NOISY_SPREAD_PCT
 
 from . import ladder, recommend
 from .figures import plotted
-from pipeline import variants
+from pipeline import targets, variants
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -72,7 +72,7 @@ def _what_to_ship(report: dict) -> list[str]:
     """Per target, report.json's recommendation: the file, the variant, its figures and why; then the commands."""
     recs = report["recommended"] or {}
     small, big = recommend.batches(report["variants"])
-    titles = {t.key: t.title for t in recommend.TARGETS}
+    titles = {t.key: t.title for t in targets.DEPLOY}
     lines = ["## What to ship", "", *_untrusted(report),
              f"Per target, the fastest variant measured on it here (lowest p50 at batch {small}, the median over the "
              f"timing rounds; throughput at batch {big} shown too) whose logits are finite and whose accuracy keeps "
@@ -97,7 +97,7 @@ def _what_to_ship(report: dict) -> list[str]:
     for key, r in recs.items():
         lines.append(f"- **{titles.get(key, key)}**: `{r['file']}`: {r['reason']}"
                      + (f" Measure on the device: `{r['command']}`." if r.get("command") else ""))
-    drawn = [t for t in recommend.TARGETS if plotted(t, report["variants"], small)]
+    drawn = [t for t in targets.DEPLOY if plotted(t, report["variants"], small)]
     if drawn:
         lines += ["", "Accuracy against latency, with the Pareto front (no other variant both faster and more "
                   "accurate): " + "; ".join(f"{t.title}: `{recommend.plot_name(t.key)}`" for t in drawn) + "."]

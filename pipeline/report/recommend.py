@@ -2,8 +2,8 @@
 
 The smallest file is not the right one: on an AVX2 CPU the smallest (a TensorRT-targeted INT8 file, run with
 Q/DQ as written) was the slowest variant there. So each target is judged on its own measurements. The targets
-are one table, :data:`TARGETS`: which report rows measure a target, which bundle ships its file, which file to
-build from when nothing measured here qualifies, and the exact command that measures it on the device.
+are one table, :data:`pipeline.targets.DEPLOY`: which report rows measure a target, which bundle ships its file,
+which file to build from when nothing measured here qualifies, and the exact command that measures it on the device.
 
 The rule, in :func:`recommend`:
 
@@ -26,58 +26,12 @@ nothing is measured here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import PurePath
 
 from runtime.bench import Candidate, pick
 
 from pipeline import variants
-
-
-def _onnxruntime_cpu(row: dict) -> bool:
-    # Q/DQ-as-written rows ("basic") are TensorRT files timed the way TensorRT computes: neither their CPU
-    # latency nor, on CPUs without VNNI, onnxruntime's default (fused) accuracy is what a CPU app gets
-    return (row.get("backend") == "onnxruntime" and row.get("provider") == "cpu"
-            and row.get("ort_optimization") != "basic" and not _browser(row))
-
-
-def _browser(row: dict) -> bool:
-    return row.get("backend") == variants.BROWSER
-
-
-def _nvidia(row: dict) -> bool:
-    return row.get("provider") == "cuda"
-
-
-@dataclass(frozen=True)
-class Target:
-    key: str  # its key in report.json's "recommended"
-    title: str
-    measures: Callable[[dict], bool]  # which report rows are measurements on this target
-    bundle: str  # the `pipeline bundle --target` value whose bundle carries build_from's file
-    build_from: str  # the variant whose file to start from when nothing measured here qualifies
-    command: str  # what measures it on the device; {model} is the --model value, {folder} the bundle folder
-    note: str = ""  # added to the reason when the target is not measured here
-
-
-TARGETS: tuple[Target, ...] = (
-    Target("cpu", "x86/ARM CPU, onnxruntime", _onnxruntime_cpu, "cpu", "onnx-fp32",
-           "pipeline bundle --target cpu --model {model}; then, on the device, in the unpacked {folder}/: "
-           "python3 bench.py"),
-    Target("browser", "Browser, onnxruntime-web (wasm)", _browser, "web", "onnx-fp32",
-           "pipeline bundle --target web --model {model}; then serve {folder}/ (pipeline demo --model {model}) "
-           "and open the page in the target browser: it shows p50/p99 batch-1 latency in wasm",
-           note="the web-wasm rows are measured in headless Chromium when it is installed (and not --no-browser); "
-                "the web bundle ships this file, and the Node bundle too (node classify.mjs --test-set measures its "
-                "accuracy in Node)"),
-    Target("tensorrt", "NVIDIA GPU or Jetson, TensorRT", _nvidia, "jetson", "onnx-fp32",
-           "pipeline bundle --target jetson --model {model}; then, on the device, in the unpacked {folder}/: "
-           "python3 build_engines.py && python3 bench.py --engines",
-           note="no NVIDIA GPU with TensorRT here; the bundle also carries the FP16 and INT8 files, build_engines.py "
-                "builds an engine from each, and bench.py --engines checks and times them all: ship the fastest "
-                "that passes. FP32 is the file held to exact parity here"),
-)
+from pipeline import targets
 
 
 def plot_name(key: str) -> str:
@@ -156,11 +110,11 @@ def _folder(model: str, bundle: str) -> str:
 
 def recommend(report: dict) -> dict[str, dict]:
     """``{target key: {variant, file, reason, measured, command, p50_ms?, throughput?, accuracy?, ...}}`` for every
-    row of :data:`TARGETS`, from report.json's ``model`` and ``variants`` alone."""
+    row of :data:`pipeline.targets.DEPLOY`, from report.json's ``model`` and ``variants`` alone."""
     rows = report["variants"]
     small, big = batches(rows)
     out = {}
-    for t in TARGETS:
+    for t in targets.DEPLOY:
         command = t.command.format(model=report["model"], folder=_folder(report["model"], t.bundle))
         measured = [r for r in rows if t.measures(r)]
         ok = [r for r in measured if disqualified(r) is None and figures(r, small, big)[0] is not None]

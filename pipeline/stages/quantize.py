@@ -3,11 +3,13 @@
 The ONNX -> ONNX work (PTQ, CPU INT8, SQNR) is :mod:`exporters.precision`, the QAT file in the CPU form
 :mod:`exporters.cpu_placement`; QAT, a torch fine-tuning, is :mod:`pipeline.training.qat`; the per-layer sensitivity on
 validation accuracy, and the layers a PTQ file keeps in FP32 under ``--int8-budget``, are :mod:`pipeline.measure.budget`.
-This module chooses the calibration images, names the files and words errors.
+This module chooses the calibration images and words errors; the files are the variant rows whose ``recipe`` is one
+registered here (``ptq``, ``qat``, ``ptq-cpu``, ``qat-cpu``: :mod:`pipeline.stages.recipes`).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,21 +17,26 @@ from pipeline.store import checkpoint
 from pipeline.config import QuantConfig, stamp
 from pipeline.errors import PipelineError
 from pipeline.store.paths import refused_writes, write_json
-from pipeline.variants import BY_NAME, VARIANTS
+from pipeline import variants
+from . import recipes
 from .context import Context
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from pipeline.measure.budget import Sensitivity
+
 log = logging.getLogger(__name__)
+recipe = recipes.registrar("quantize")
 
 
 def key(ctx: Context) -> dict:
     # QAT fine-tunes at the training batch size, shuffled by the training seed (see pipeline.training.qat)
     train = ctx.cfg.train
     return {"data": ctx.sha(ctx.rd.data_summary), "checkpoint": ctx.sha(ctx.rd.checkpoint),
-            "fp32": ctx.sha(ctx.rd.export_file(BY_NAME["onnx-fp32"].file)), "quant": stamp(ctx.cfg.quant),
-            "opset": ctx.cfg.export.opset, "qat": {"batch_size": train.batch_size, "seed": train.seed}}
+            "fp32": ctx.sha(_fp32_file(ctx)), "quant": stamp(ctx.cfg.quant),
+            "opset": ctx.cfg.export.opset, "qat": {"batch_size": train.batch_size, "seed": train.seed},
+            "rows": recipes.key(ctx, "quantize")}
 
 
 def calibration_images(train_x, cfg: QuantConfig) -> np.ndarray:
@@ -45,66 +52,63 @@ def calibration_images(train_x, cfg: QuantConfig) -> np.ndarray:
     return calibration_sample(train_x.numpy(), cfg.calib_size, cfg.calib_seed)
 
 
+def _fp32_file(ctx: Context) -> Path:
+    """The FP32 ONNX file every INT8 file is quantized from (PTQ, SQNR, sensitivity): the ``fp32`` recipe's row."""
+    return ctx.rd.export_file(next(v.file for v in variants.VARIANTS if v.recipe == "fp32"))
+
+
+#: the rows are made grouped by the QuantConfig switch that builds them, in this order, and in table order within a
+#: switch: so a QAT row's CPU form follows the QAT file it converts, and sqnr.json lists them in this order
+SWITCHES = (None, "ptq", "qat", "cpu")
+
+
+@dataclass
+class Shared:
+    """What the quantize recipes share within one run: the FP32 file, the checkpoint, the calibration images (PTQ,
+    the CPU forms, SQNR), the sensitivity study (the PTQ files), and the files made so far (qat-cpu converts the
+    file the qat recipe made)."""
+    fp32: Path
+    ckpt: dict
+    calib: np.ndarray
+    sens: Sensitivity
+    made: dict[str, Path] = field(default_factory=dict)  # recipe -> the file it made in this run
+
+    def meta(self, ctx: Context, method: str) -> dict:
+        from exporters.onnx import build_metadata
+
+        norm = self.ckpt["normalization"]
+        return build_metadata(model_name=self.ckpt["model"], mean=norm["mean"], std=norm["std"],
+                              classes=self.ckpt["classes"], checkpoint_sha256=ctx.sha(ctx.rd.checkpoint),
+                              precision="int8", extra={"quantization": method})
+
+
 def run(ctx: Context) -> list[Path]:
     from exporters import precision
 
     from pipeline.report import figures as plots
-    from pipeline.training import qat
     from pipeline.measure.budget import Sensitivity
 
     q = ctx.cfg.quant
-    if q.mode == "none":
-        log.info("quantize: --quant none, no INT8 variants")
+    todo = sorted(recipes.rows(ctx, "quantize"), key=lambda v: SWITCHES.index(v.quant))
+    if not todo:
+        log.info("quantize: --quant %s, no INT8 variants", q.mode)
         return []
-    fp32 = ctx.rd.export_file(BY_NAME["onnx-fp32"].file)
+    fp32 = _fp32_file(ctx)
     ckpt = checkpoint.load(ctx.rd.checkpoint)
-    norm = ckpt["normalization"]
-    from exporters.onnx import build_metadata
-
-    def meta(method: str) -> dict:
-        return build_metadata(model_name=ckpt["model"], mean=norm["mean"], std=norm["std"], classes=ckpt["classes"],
-                              checkpoint_sha256=ctx.sha(ctx.rd.checkpoint), precision="int8",
-                              extra={"quantization": method})
-
     calib = calibration_images(ctx.splits.train_x, q)
     sens = Sensitivity(fp32, ctx.rd.sensitivity_json, calib, ctx.splits.val_x.numpy(), ctx.splits.val_y.numpy(), q,
                        ctx.cfg.model)
-    outputs, sqnr = [], {}
-    if q.ptq:
-        v = BY_NAME["onnx-int8-ptq"]
-        path = _ptq_file(ctx, sens, v, fp32, calib, meta(f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
-        outputs.append(path)
-        log.info("quantize: PTQ (%s, %d calibration images) -> %s (%s bytes)", q.calib_method, q.calib_size, path,
-                 f"{path.stat().st_size:,}")
-    if q.qat:
-        model = checkpoint.restore(ckpt)
-        v = BY_NAME["onnx-int8-qat"]
-        path = qat.qat(model, ctx.splits, q, ctx.rd.export_file(v.file), meta(_qat_method(q)), ctx.cfg.export.opset,
-                       batch_size=ctx.cfg.train.batch_size, seed=ctx.cfg.train.seed, tensorrt_rules=v.tensorrt,
-                       progress=ctx.progress, simulated_json=ctx.rd.qat_torch_json)
-        outputs.append(path)
-        log.info("quantize: QAT (%d epoch(s), lr %g) -> %s (%s bytes)", q.qat_epochs, q.qat_lr, path,
-                 f"{path.stat().st_size:,}")
-        v = BY_NAME["onnx-int8-qat-cpu"]
-        path = _qat_cpu(path, ctx.rd.export_file(v.file), calib,
-                        meta(_qat_method(q) + "/onnxruntime-u8s8"))
-        outputs.append(path)
-        log.info("quantize: CPU INT8 from QAT (its learned scales, fused placement) -> %s (%s bytes)", path,
-                 f"{path.stat().st_size:,}")
-    if q.cpu_variant:
-        v = BY_NAME["onnx-int8-cpu"]
-        path = _ptq_file(ctx, sens, v, fp32, calib, meta(f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
-        outputs.append(path)
-        log.info("quantize: CPU INT8 (uint8 activations) -> %s (%s bytes)", path, f"{path.stat().st_size:,}")
+    shared = Shared(fp32, ckpt, calib, sens)
+    made = [(v, recipes.build(ctx, v, shared)) for v in todo]
+    outputs, sqnr = [path for _, path in made], {}
     probe = calib[: q.sqnr_images]
-    for p in outputs:
-        name = next(v.name for v in VARIANTS if v.file == p.name)
-        sqnr[name] = precision.per_layer_sqnr(fp32, p, probe)
-        worst = min(sqnr[name], key=lambda r: float("inf") if r["sqnr_db"] is None else r["sqnr_db"])
-        log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", name,
-                 " ".join("-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}" for r in sqnr[name]),
+    for v, path in made:
+        sqnr[v.name] = precision.per_layer_sqnr(fp32, path, probe)
+        worst = min(sqnr[v.name], key=lambda r: float("inf") if r["sqnr_db"] is None else r["sqnr_db"])
+        log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", v.name,
+                 " ".join("-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}" for r in sqnr[v.name]),
                  worst["layer"], worst["op"])
-    if q.qat:
+    if "qat" in shared.made:
         outputs.append(ctx.rd.qat_torch_json)
     outputs.append(write_json(ctx.rd.sqnr_json, {"images": len(probe), "source": "training split (calibration set)",
                                                  "variants": sqnr}))
@@ -116,6 +120,45 @@ def run(ctx: Context) -> list[Path]:
         ctx.rd.sensitivity_json.unlink(missing_ok=True)
         ctx.rd.sensitivity_png.unlink(missing_ok=True)
     return outputs
+
+
+@recipe("ptq", "PTQ ({q.calib_method}, {q.calib_size} calibration images)")
+def ptq(ctx: Context, v, shared: Shared) -> Path:
+    """onnxruntime's static PTQ of the FP32 file, Q/DQ placed for TensorRT when the row says ``tensorrt``."""
+    q = ctx.cfg.quant
+    return _ptq_file(ctx, shared.sens, v, shared.fp32, shared.calib,
+                     shared.meta(ctx, f"ptq/onnxruntime/{q.calib_method}/{q.calib_size}"))
+
+
+@recipe("ptq-cpu", "CPU INT8 (uint8 activations)")
+def ptq_cpu(ctx: Context, v, shared: Shared) -> Path:
+    """The same calibration in onnxruntime's CPU placement (uint8 activations, fused into integer kernels)."""
+    q = ctx.cfg.quant
+    return _ptq_file(ctx, shared.sens, v, shared.fp32, shared.calib,
+                     shared.meta(ctx, f"ptq/onnxruntime-u8s8/{q.calib_method}/{q.calib_size}"))
+
+
+@recipe("qat", "QAT ({q.qat_epochs} epoch(s), lr {q.qat_lr:g})")
+def qat(ctx: Context, v, shared: Shared) -> Path:
+    """Quantization-aware fine-tuning of the checkpoint (torchao), exported as a Q/DQ file; the QAT model's own
+    accuracy before export goes to quantize/qat-torch.json."""
+    from pipeline.training import qat as qat_training
+
+    q = ctx.cfg.quant
+    model = checkpoint.restore(shared.ckpt)
+    return qat_training.qat(model, ctx.splits, q, ctx.rd.export_file(v.file), shared.meta(ctx, _qat_method(q)),
+                            ctx.cfg.export.opset, batch_size=ctx.cfg.train.batch_size, seed=ctx.cfg.train.seed,
+                            tensorrt_rules=v.tensorrt, progress=ctx.progress, simulated_json=ctx.rd.qat_torch_json)
+
+
+@recipe("qat-cpu", "CPU INT8 from QAT (its learned scales, fused placement)")
+def qat_cpu(ctx: Context, v, shared: Shared) -> Path:
+    """The file the ``qat`` recipe made, in onnxruntime's fused CPU placement with QAT's learned scales."""
+    if "qat" not in shared.made:
+        raise PipelineError("the qat-cpu recipe converts the QAT file, and no row with recipe qat (built by the same "
+                            "--quant switch) comes before it in pipeline/variants.py.")
+    return _qat_cpu(shared.made["qat"], ctx.rd.export_file(v.file), shared.calib,
+                    shared.meta(ctx, _qat_method(ctx.cfg.quant) + "/onnxruntime-u8s8"))
 
 
 def _qat_method(q: QuantConfig) -> str:

@@ -1,6 +1,5 @@
 """The variant table (pipeline/variants.py): consistent, cheap to import, and the only place a variant is added."""
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -8,7 +7,8 @@ from pathlib import Path
 
 from pipeline import variants
 from pipeline.measure.runners import RUNNERS
-from pipeline.variants import BROWSER, REFERENCE, TARGETS, VARIANTS, Variant
+from pipeline.targets import TARGETS
+from pipeline.variants import BROWSER, REFERENCE, VARIANTS, Variant
 from tests.helpers import ROOT, invoke
 
 
@@ -39,6 +39,26 @@ def test_table_rows_are_consistent():
     assert all(v.file and v.backend == "onnxruntime" and v.provider == "cpu" for v in bundled)
 
 
+def test_every_file_has_one_recipe_a_stage_registers():
+    """Each row's recipe has a handler (registered by the export or quantize stage); every ONNX file a row runs is
+    made by the first row naming it, which has a recipe; engines are built from such a file, by the engines stage."""
+    from pipeline.stages.recipes import RECIPES
+
+    makers = {}
+    for v in VARIANTS:
+        if v.recipe is not None:
+            assert v.recipe in RECIPES and v.file and v.source is None, v.name
+            makers.setdefault(v.file, v)
+    assert {r.stage for r in RECIPES.values()} == {"export", "quantize"}
+    assert {v.recipe for v in makers.values()} == set(RECIPES)  # no handler left without a row
+    for v in VARIANTS:
+        if v.source:
+            assert v.source in makers and v.recipe is None, v.name
+        elif v.file:
+            assert v.file in makers, v.name
+            assert makers[v.file].quant == v.quant, v.name  # built when the row's own --quant switch says so
+
+
 def test_by_name_is_a_live_view_of_the_table(monkeypatch):
     extra = replace(variants.BY_NAME["onnx-fp32"], name="onnx-fp32-b")
     monkeypatch.setattr(variants, "VARIANTS", VARIANTS + (extra,))
@@ -46,20 +66,10 @@ def test_by_name_is_a_live_view_of_the_table(monkeypatch):
     assert len(variants.BY_NAME) == len(VARIANTS) + 1 and "nope" not in variants.BY_NAME
 
 
-def _record_output(run: Path, stage: str, rel: str) -> None:
-    """Record ``rel`` as an output of ``stage`` in stages.json, as that stage would after writing it."""
-    from pipeline.store.paths import sha256_file
-
-    path = run / "stages.json"
-    rec = json.loads(path.read_text())
-    rec[stage]["outputs"][rel] = {"sha256": sha256_file(run / rel), "size": (run / rel).stat().st_size}
-    path.write_text(json.dumps(rec, indent=2))
-
-
-def test_adding_one_row_is_enough_for_validate_report_and_bundle(quick_copy, data_root, tmp_path, monkeypatch):
-    """One new row, and nothing else in the code: validate runs and judges it, the report shows it, the
-    bundle ships it. The only thing besides the row is its file, which the stage that would write it (here
-    the test, copying the FP32 file as the export stage would) records in the run's manifest."""
+def test_adding_one_row_is_enough_for_export_validate_report_and_bundle(quick_copy, data_root, tmp_path, monkeypatch):
+    """One new row with an existing recipe, and nothing else in the code: the export stage writes its file (the
+    stage's key covers the rows it makes, so it reruns), validate runs and judges it, the report shows it, the
+    bundle ships it."""
     from pipeline.measure import efficiency
     from pipeline import stages
     from pipeline.config import build_config
@@ -67,16 +77,19 @@ def test_adding_one_row_is_enough_for_validate_report_and_bundle(quick_copy, dat
     monkeypatch.setattr(efficiency, "peak_gflops", lambda: 100.0)  # the CPU probe (seconds) is not under test
 
     row = Variant("onnx-fp32-basic", "onnxruntime", "cpu", "fp32", "model-fp32-basic.onnx", atol=1e-4,
-                  ort_optimization="basic", bundle=TARGETS)
+                  recipe="fp32", ort_optimization="basic", bundle=TARGETS)
     monkeypatch.setattr(variants, "VARIANTS", VARIANTS + (row,))
     run = quick_copy / "edgenet"
-    shutil.copy2(run / "export" / "model-fp32.onnx", run / "export" / row.file)
-    _record_output(run, "export", f"export/{row.file}")
+    assert not (run / "export" / row.file).exists()
 
     cfg = build_config(model="edgenet", artifacts=quick_copy, data_root=data_root, force=False, quick=True)
     cfg = replace(cfg, validate=replace(cfg.validate, batches=(1, 8), warmup=0, iterations=2, max_seconds=0.01))
-    assert stages.run(cfg)["validate"] == "ran"
+    did = stages.run(cfg)
+    assert did["export"] == "ran" and did["quantize"] == "skipped" and did["validate"] == "ran"
+    # the recipe's handler wrote it: the FP32 export, byte for byte (same model, same metadata)
+    assert (run / "export" / row.file).read_bytes() == (run / "export" / "model-fp32.onnx").read_bytes()
     record = json.loads((run / "stages.json").read_text())
+    assert f"export/{row.file}" in record["export"]["outputs"]
     assert record["validate"]["inputs"]["files"][row.name]  # the validate stage's key covers the new file
 
     rep = json.loads((run / "report.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.report import recommend
 from pipeline import variants
-from pipeline.report.recommend import TARGETS
+from pipeline.targets import DEPLOY as TARGETS
 from pipeline.store.schema import SchemaError, check_report
 from tests.helpers import invoke
 

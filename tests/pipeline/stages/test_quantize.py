@@ -39,7 +39,8 @@ def test_export_and_quantize_leave_only_the_files_they_record(quick_run):
 
 def test_per_layer_sqnr_is_reported(quick_run):
     q = quick_run["report"]["quantization"]
-    assert set(q["variants"]) == {"onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu", "onnx-int8-qat-cpu"}
+    # grouped by --quant switch (ptq, qat, cpu), table order within one: the QAT file's CPU form follows the QAT file
+    assert list(q["variants"]) == ["onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-qat-cpu", "onnx-int8-cpu"]
     layers = q["variants"]["onnx-int8-ptq"]
     assert [r["op"] for r in layers] == ["Conv"] * 5 + ["Gemm"]  # edgenet's five convs and its classifier
     assert all(10 < r["sqnr_db"] < 80 for r in layers)
@@ -71,6 +72,23 @@ def test_quantize_without_a_trained_checkpoint(tmp_path, data_root):
     ctx.rd.data_summary.write_text("{}")
     with pytest.raises(PipelineError, match=r"Checkpoint .*model\.pt does not exist; run `pipeline run train` first"):
         quantize_stage.run(ctx)
+
+
+def test_a_recipe_that_needs_another_names_its_variant(quick_copy, data_root, monkeypatch):
+    """qat-cpu converts the file the qat recipe made in the same run (the stage's shared context, not a row name):
+    with no QAT row it stops with one paragraph that names the variant, its file and its recipe."""
+    from dataclasses import replace
+
+    from pipeline import stages
+    from pipeline.config import build_config
+    from pipeline.stages import quantize as quantize_stage
+
+    monkeypatch.setattr(variants, "VARIANTS", tuple(v for v in variants.VARIANTS if v.recipe != "qat"))
+    cfg = build_config(model="edgenet", artifacts=quick_copy, data_root=data_root, force=False, quick=True)
+    cfg = replace(cfg, quant=replace(cfg.quant, mode="qat"))
+    with pytest.raises(PipelineError, match=r"^onnx-int8-qat-cpu \(model-int8-qat-cpu\.onnx, recipe qat-cpu\): the "
+                                            r"qat-cpu recipe converts the QAT file, and no row with recipe qat"):
+        quantize_stage.run(stages.Context(cfg))
 
 
 def test_quant_none_skips_int8_and_says_so(quick_copy, data_root):

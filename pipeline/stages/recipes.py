@@ -1,0 +1,114 @@
+"""The recipe registry: how each variant's file is made, one handler per ``recipe`` of :mod:`pipeline.variants`.
+
+A row of the variant table names its ``recipe`` ("fp32", "fp16", "ptq", "qat", "ptq-cpu", "qat-cpu"); the stage
+that owns a recipe registers one handler for it (``@recipe("ptq")`` in :mod:`pipeline.stages.quantize`), and the
+stage loops over the table's rows whose recipe it owns (:func:`rows`) through one wrapper (:func:`build`), which
+times the handler, logs the file and its size, and names the variant when it fails. So a variant made the way an
+existing one is (another file, another placement) is one row, and a new way of making one is one registration,
+never an ``if`` in the stage (Ultralytics' ``export_formats()`` plus ``@try_export``; torchao's and onnxruntime's
+registries of quantization recipes).
+
+What recipes share within one stage run (the checkpoint, the calibration images, the file another recipe made,
+such as the QAT model the qat-cpu recipe converts) is the stage's ``shared`` object, never a row name. Every
+stage module is imported with :mod:`pipeline.stages` (its ``__init__`` lists them), so the registry is complete
+whenever a stage runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline import variants
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.variants import Variant
+    from .context import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # the value of the variant table's ``recipe`` column
+    stage: str  # the stage that runs it
+    make: Callable  # (ctx, variant row, the stage's shared object) -> the file written (the row's file)
+    # what the log line says the file is; formatted with q (the QuantConfig), e (the ExportConfig) and v (the row)
+    says: str
+
+
+#: recipe name -> :class:`Recipe`, filled by the stage modules' ``@recipe`` registrations at import
+RECIPES: dict[str, Recipe] = {}
+
+
+def registrar(stage: str) -> Callable[..., Callable]:
+    """The ``@recipe(name, says)`` decorator of one stage: registers a handler as the maker of ``name``'s files."""
+
+    def recipe(name: str, says: str) -> Callable[[Callable], Callable]:
+        def register(make: Callable) -> Callable:
+            if name in RECIPES and RECIPES[name].make is not make:
+                raise ValueError(f"recipe {name!r} is registered twice ({RECIPES[name].stage} and {stage})")
+            RECIPES[name] = Recipe(name, stage, make, says)
+            return make
+        return register
+
+    return recipe
+
+
+def rows(ctx: Context, stage: str) -> list[Variant]:
+    """The rows ``stage`` makes a file for, in table order: their recipe is one of the stage's, the config builds
+    them (``QuantConfig.builds`` of their ``quant`` switch), and no earlier row's file is the same file (a row that
+    measures a file another way, such as the browser or CUDA rows, names no recipe and makes nothing).
+
+    A recipe no stage registers is refused here, before anything is written, rather than leaving a row without
+    its file."""
+    unknown = [v for v in variants.VARIANTS if v.recipe is not None and v.recipe not in RECIPES]
+    if unknown:
+        raise PipelineError(
+            f"Variant {unknown[0].name} names recipe '{unknown[0].recipe}', which no stage makes; known recipes: "
+            f"{', '.join(RECIPES)}. Use one of them in its row of pipeline/variants.py, or register a handler "
+            "for it (@recipe in pipeline/stages/export.py or quantize.py).")
+    out, files = [], set()
+    for v in variants.VARIANTS:
+        if v.recipe is None or v.file in files:
+            continue
+        files.add(v.file)
+        if RECIPES[v.recipe].stage == stage and ctx.cfg.quant.builds(v.quant):
+            out.append(v)
+    return out
+
+
+def key(ctx: Context, stage: str) -> list[list]:
+    """What of the table a stage's key depends on: each row it makes (name, recipe, file, TensorRT placement),
+    so adding or changing such a row reruns the stage."""
+    return [[v.name, v.recipe, v.file, v.tensorrt] for v in rows(ctx, stage)]
+
+
+def build(ctx: Context, v: Variant, shared) -> Path:
+    """Make ``v``'s file with its recipe's handler: timed, logged with its size, and a failure named.
+
+    A :class:`PipelineError` (a refusal worded for users) comes back with its paragraph prefixed by the variant
+    when it names neither the variant nor its file (its subclasses, such as a refused write, already name the
+    file and keep their class); anything else is a bug and keeps its traceback (the log says which variant it
+    struck)."""
+    r = RECIPES[v.recipe]
+    t0 = time.perf_counter()
+    try:
+        path = r.make(ctx, v, shared)
+    except PipelineError as e:
+        text = str(e)
+        if type(e) is not PipelineError or v.name in text or v.file in text:
+            raise
+        raise PipelineError(f"{v.name} ({v.file}, recipe {r.name}): {text}") from None
+    except BaseException:
+        log.error("%s: %s (recipe %s) failed after %.1f s", r.stage, v.name, r.name, time.perf_counter() - t0)
+        raise
+    shared.made[r.name] = path
+    says = r.says.format(q=ctx.cfg.quant, e=ctx.cfg.export, v=v)
+    log.info("%s: %s -> %s (%s bytes, %.1f s)", r.stage, says, path, f"{path.stat().st_size:,}",
+             time.perf_counter() - t0)
+    return path

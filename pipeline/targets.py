@@ -1,0 +1,127 @@
+"""The one table of targets: what ``pipeline bundle --target`` builds, and where the report recommends a file for.
+
+Two kinds of rows, one table each, and every other module reads them from here:
+
+- :data:`BUNDLES`, one row per ``pipeline bundle --target`` value: the language its runner is written in
+  (``python``: bench.py on numpy plus onnxruntime or TensorRT; ``js``: onnxruntime-node or onnxruntime-web), whether
+  it builds TensorRT engines on the device (from the files whose variant row says ``tensorrt``), whether it is a
+  static web page (what ``pipeline demo`` serves), and the lines its device README adds. Which files a bundle
+  ships is the ``bundle`` column of :mod:`pipeline.variants`, which names these rows.
+- :data:`DEPLOY`, one row per key of report.json's ``recommended``: its title, which report rows are measurements on
+  it (as data: the row fields that must match, and those that rule a row out), the bundle that carries its file, the
+  variant to build from when nothing measured here qualifies, the command that measures it on the device, and a
+  note. :mod:`pipeline.report.recommend` applies the rule.
+
+Adding a target is one row here (and, for a bundle target, its name in the variant rows it ships). The table
+imports nothing, so the variant table can name these rows.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BundleTarget:
+    name: str  # the `pipeline bundle --target` value (and the bundle folder's <model>-<name>-bundle)
+    runner: str  # python (bench.py, numpy + onnxruntime or TensorRT) | js (onnxruntime-node or onnxruntime-web)
+    says: str  # what runs it, for --target's help
+    engines: bool = False  # builds TensorRT engines on the device, from the files whose row says tensorrt
+    site: bool = False  # a static page with classifier.js on onnxruntime-web's wasm build: what `pipeline demo` serves
+    readme: tuple[str, ...] = ()  # lines its device README adds at the end of the steps
+
+
+BUNDLES: tuple[BundleTarget, ...] = (
+    BundleTarget("jetson", "python", "Python, bench.py", engines=True, readme=(
+        "On a Jetson, set and record the power mode first (`sudo nvpmodel -m 0`, `sudo jetson_clocks`);",
+        "bench.py --json records `nvpmodel -q` and `jetson_clocks --show` with the results.",
+        "`python3 build_engines.py --dla-core 0` builds the fp16 and int8 engines for a DLA core (static",
+        "profile: batch = --max-batch; GPU fallback on); the layers that run on the GPU, read from the",
+        "built engine, are printed and stored in the sidecar.")),
+    BundleTarget("gpu", "python", "Python, bench.py", engines=True),
+    BundleTarget("cpu", "python", "Python, bench.py"),
+    BundleTarget("node", "js", "onnxruntime-node, classify.mjs"),
+    BundleTarget("web", "js", "static page, classifier.js, onnxruntime-web wasm", site=True),
+)
+#: every ``pipeline bundle --target`` value, in table order
+TARGETS = tuple(t.name for t in BUNDLES)
+#: the targets run by Python (bench.py; the engine targets also build TensorRT engines on the device)
+PYTHON_TARGETS = tuple(t.name for t in BUNDLES if t.runner == "python")
+#: the targets run by JavaScript (onnxruntime-node's classify.mjs, the web page's classifier.js), both with the JS
+#: preprocessing module
+JS_TARGETS = tuple(t.name for t in BUNDLES if t.runner == "js")
+#: the targets whose bundle builds TensorRT engines on the device (from the files whose row says ``tensorrt``)
+ENGINE_TARGETS = tuple(t.name for t in BUNDLES if t.engines)
+#: the bundle that is a web site (``pipeline demo`` builds and serves it)
+SITE = next(t.name for t in BUNDLES if t.site)
+
+
+class _ByName(Mapping):
+    """``--target`` value -> :class:`BundleTarget`."""
+
+    def __getitem__(self, name: str) -> BundleTarget:
+        for t in BUNDLES:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(TARGETS)
+
+    def __len__(self) -> int:
+        return len(BUNDLES)
+
+
+BUNDLE: Mapping[str, BundleTarget] = _ByName()
+
+
+def help_text() -> str:
+    """``--target``'s help: the names, each run of names sharing a runner followed by what runs them."""
+    parts, names = [], []
+    for i, t in enumerate(BUNDLES):
+        names.append(t.name)
+        if i + 1 == len(BUNDLES) or BUNDLES[i + 1].says != t.says:
+            parts.append(f"{' | '.join(names)} ({t.says})")
+            names = []
+    return " | ".join(parts)
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    key: str  # its key in report.json's "recommended"
+    title: str
+    # which report rows are measurements on this target: every (field, value) of ``where`` matches the row's, and
+    # none of ``unless`` does
+    where: tuple[tuple[str, str], ...]
+    bundle: str  # the BUNDLES name whose bundle carries build_from's file
+    build_from: str  # the variant whose file to start from when nothing measured here qualifies
+    command: str  # what measures it on the device; {model} is the --model value, {folder} the bundle folder
+    note: str = ""  # added to the reason when the target is not measured here
+    unless: tuple[tuple[str, str], ...] = ()
+
+    def measures(self, row: dict) -> bool:
+        """Whether a report row (a dict of report.json's ``variants``) is a measurement on this target."""
+        return (all(row.get(k) == want for k, want in self.where)
+                and not any(row.get(k) == no for k, no in self.unless))
+
+
+DEPLOY: tuple[DeployTarget, ...] = (
+    # Q/DQ-as-written rows (ort_optimization "basic") are TensorRT files timed the way TensorRT computes: neither
+    # their CPU latency nor, on CPUs without VNNI, onnxruntime's default (fused) accuracy is what a CPU app gets
+    DeployTarget("cpu", "x86/ARM CPU, onnxruntime", (("backend", "onnxruntime"), ("provider", "cpu")), "cpu",
+                 "onnx-fp32", "pipeline bundle --target cpu --model {model}; then, on the device, in the unpacked "
+                 "{folder}/: python3 bench.py", unless=(("ort_optimization", "basic"),)),
+    # the wasm provider is onnxruntime-web's WebAssembly build: the rows measured in a browser (variants.BROWSER)
+    DeployTarget("browser", "Browser, onnxruntime-web (wasm)", (("provider", "wasm"),), "web", "onnx-fp32",
+                 "pipeline bundle --target web --model {model}; then serve {folder}/ (pipeline demo --model {model}) "
+                 "and open the page in the target browser: it shows p50/p99 batch-1 latency in wasm",
+                 note="the web-wasm rows are measured in headless Chromium when it is installed (and not "
+                      "--no-browser); the web bundle ships this file, and the Node bundle too (node classify.mjs "
+                      "--test-set measures its accuracy in Node)"),
+    DeployTarget("tensorrt", "NVIDIA GPU or Jetson, TensorRT", (("provider", "cuda"),), "jetson", "onnx-fp32",
+                 "pipeline bundle --target jetson --model {model}; then, on the device, in the unpacked {folder}/: "
+                 "python3 build_engines.py && python3 bench.py --engines",
+                 note="no NVIDIA GPU with TensorRT here; the bundle also carries the FP16 and INT8 files, "
+                      "build_engines.py builds an engine from each, and bench.py --engines checks and times them all: "
+                      "ship the fastest that passes. FP32 is the file held to exact parity here"),
+)
