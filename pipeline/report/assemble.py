@@ -8,14 +8,14 @@ and figures derive everything from the JSON, so ``pipeline report`` can rebuild 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime.bench import METHOD, NOISY_SPREAD_PCT, ROUNDS_METHOD, SPREAD
 
 from . import ladder, recommend
 from pipeline import variants
-from pipeline.store.paths import atomic_write, strict_json
+from pipeline.store.paths import RunDir, atomic_write, strict_json
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
@@ -385,14 +385,14 @@ def _int8_speed(report: dict, small: str, big: str) -> list[str]:
         for v in rows) + "."]
 
 
-def figures(report: dict, folder: Path) -> dict[str, Path]:
-    """Draw every figure of the report from the JSON alone; return title -> PNG path."""
+def figures(report: dict, run: RunDir) -> dict[str, Path]:
+    """Draw every figure of the report from the JSON alone into ``run``'s figure folder; return title -> PNG path."""
     from . import figures as plots
 
     figs = {}
     rows = report["variants"]
-    figs["Latency and throughput by batch size"] = plots.latency_vs_batch(rows, folder / "latency.png")
-    figs["Test accuracy per variant"] = plots.accuracy_per_variant(rows, folder / "accuracy.png")
+    figs["Latency and throughput by batch size"] = plots.latency_vs_batch(rows, run.report_figure("latency"))
+    figs["Test accuracy per variant"] = plots.accuracy_per_variant(rows, run.report_figure("accuracy"))
     recs = _recommended(report)
     small, _ = recommend.batches(rows)
     for t in recommend.TARGETS:
@@ -404,20 +404,20 @@ def figures(report: dict, folder: Path) -> dict[str, Path]:
         figs[f"Accuracy against latency, {t.title}"] = plots.accuracy_vs_latency(
             points, recommend.pareto(points), {r["name"] for r in measured if recommend.disqualified(r) is None},
             chosen.get("variant") if chosen.get("measured") else None, small, t.title,
-            folder / PurePath(recommend.plot_name(t.key)).name)
+            run.report_figure(recommend.pareto_figure(t.key)))
     conf = report.get("confusion")
     if conf:
         figs[f"Confusion matrix of the CPU recommendation ({conf['variant']})"] = plots.confusion(
-            conf["matrix"], conf["classes"], f"{conf['variant']} on 10,000 test images", folder / "confusion.png")
+            conf["matrix"], conf["classes"], f"{conf['variant']} on 10,000 test images", run.report_figure("confusion"))
     hist = report["train"].get("history")
     if hist:
-        figs["Training curves"] = plots.training_curves(hist, folder / "curves.png", report["train"].get("best_epoch") or 0)
+        figs["Training curves"] = plots.training_curves(hist, run.report_figure("curves"), report["train"].get("best_epoch") or 0)
     q = report.get("quantization")
     if q and q.get("variants"):
-        figs["Per-layer quantization error (SQNR vs FP32)"] = plots.sqnr(q["variants"], folder / "sqnr.png")
+        figs["Per-layer quantization error (SQNR vs FP32)"] = plots.sqnr(q["variants"], run.report_figure("sqnr"))
     if q and (q.get("sensitivity") or {}).get("layers"):
         figs["INT8 sensitivity per layer (validation accuracy)"] = plots.sensitivity(q["sensitivity"],
-                                                                                     folder / "sensitivity.png")
+                                                                                     run.report_figure("sensitivity"))
     return figs
 
 
@@ -477,8 +477,9 @@ def render_html(report: dict, figs: dict[str, Path]) -> str:
 
 def write_all(report: dict, run_dir: Path) -> list[Path]:
     """report.json, report.md, report.html and the figures under report/; returns the paths written."""
-    json_path, md_path, html_path = run_dir / "report.json", run_dir / "report.md", run_dir / "report.html"
+    run = RunDir(Path(run_dir))
+    json_path, md_path, html_path = run.report_json, run.report_md, run.report_html
     write(report, json_path, md_path)
-    figs = figures(report, run_dir / "report")
+    figs = figures(report, run)
     atomic_write(html_path, render_html(report, figs))
     return [json_path, md_path, html_path, *figs.values()]
