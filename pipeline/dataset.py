@@ -148,12 +148,13 @@ def _read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
 
 
-def test_set(raw: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_test_set(raw: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 MNIST test images (N, 28, 28) and their labels (N,), uint8 as stored in the IDX files of ``raw``
     (:func:`ensure_raw`'s folder): white digits on black, before any normalization.
 
     The one reader of the test set outside torchvision: the bundles ship these bytes (``mnist-test.npz``, the
-    reference logits) and draw the JS golden set from them (:mod:`pipeline.bundle`)."""
+    reference logits) and draw the JS golden set from them (:mod:`pipeline.bundle`). Not named ``test_set``: pytest
+    would collect that name as a test wherever a test module imports it."""
     raw = Path(raw)
     images = _read_idx(raw / TEST_FILES[0], (0, 28, 28))
     labels = _read_idx(raw / TEST_FILES[1], (len(images),))

@@ -104,9 +104,9 @@ def one_paragraph(r, code: int = 2) -> str:
 
 def mnist_test_images(data_root: Path, n: int):
     """The first ``n`` MNIST test images, (n, 28, 28) uint8, and their labels, read from the raw IDX files."""
-    from pipeline.dataset import test_set
+    from pipeline.dataset import read_test_set
 
-    x, y = test_set(data_root / "MNIST" / "raw")
+    x, y = read_test_set(data_root / "MNIST" / "raw")
     return x[:n], y[:n]
 
 

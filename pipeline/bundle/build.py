@@ -312,9 +312,9 @@ def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: d
 
     from pipeline.store import checkpoint
 
-    from pipeline.dataset import test_set
+    from pipeline.dataset import read_test_set
 
-    images, labels = test_set(raw)
+    images, labels = read_test_set(raw)
     ckpt = checkpoint.load(run.checkpoint)
     model, norm = checkpoint.restore(ckpt), ckpt["normalization"]
     x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))

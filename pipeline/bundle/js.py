@@ -141,9 +141,9 @@ def preprocessing(meta: dict[str, str], file_rel: str, variant: str, accuracy: f
 
 def _golden_from_raw(folder: Path, models: dict, raw: Path) -> None:
     """The golden set, made with onnx-fp32 (the file every target ships, held to exact parity), else the first model."""
-    from pipeline.dataset import test_set
+    from pipeline.dataset import read_test_set
 
-    images, labels = test_set(raw)
+    images, labels = read_test_set(raw)
     stem = next((k for k, m in models.items() if m["variant"] == "onnx-fp32"), next(iter(models)))
     write_golden(folder / "golden", folder / layout.model(f"{stem}.onnx"), layout.model(f"{stem}.onnx"), images, labels)
 

@@ -34,9 +34,9 @@ DRAWN = (0, 1, 2, 3)
 
 
 def _mnist(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from pipeline.dataset import ensure_raw, test_set
+    from pipeline.dataset import ensure_raw, read_test_set
 
-    return test_set(ensure_raw(data_root))
+    return read_test_set(ensure_raw(data_root))
 
 
 def _softmax(logits) -> np.ndarray:

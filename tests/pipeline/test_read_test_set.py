@@ -1,4 +1,4 @@
-"""pipeline.dataset.test_set: the one reader of the MNIST test set's raw bytes (the bundles and the JS golden set use it)."""
+"""pipeline.dataset.read_test_set: the one reader of the MNIST test set's raw bytes (the bundles and the JS golden set use it)."""
 from __future__ import annotations
 
 import shutil
@@ -6,14 +6,14 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.dataset import TEST_FILES, ensure_raw, test_set
+from pipeline.dataset import TEST_FILES, ensure_raw, read_test_set
 from pipeline.errors import PipelineError
 
 
 def test_it_reads_what_torchvision_reads(data_root):
     from torchvision import datasets
 
-    images, labels = test_set(ensure_raw(data_root))
+    images, labels = read_test_set(ensure_raw(data_root))
     tv = datasets.MNIST(str(data_root), train=False, download=False)
     assert images.dtype == labels.dtype == np.uint8 and images.shape == (10000, 28, 28) and labels.shape == (10000,)
     assert np.array_equal(images, tv.data.numpy()) and np.array_equal(labels, tv.targets.numpy())
@@ -40,5 +40,5 @@ def test_a_damaged_file_is_one_paragraph_naming_it(data_root, tmp_path, damage):
         labels.write_bytes(bytes(data))
         bad = labels
     with pytest.raises(PipelineError) as e:
-        test_set(tmp_path)
+        read_test_set(tmp_path)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
