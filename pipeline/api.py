@@ -53,10 +53,11 @@ class RunResult:
         from .bundle import build as bundle
         from .store.paths import RunDir, check_output_dir
 
-        out = Path(out) if out is not None else self.run_dir.parent / "bundles"
+        run = RunDir(self.run_dir)
+        out = Path(out) if out is not None else run.bundles
         with _library_errors():
             check_output_dir(out, "out")
-            return bundle.make_bundle(RunDir(self.run_dir), target, out, self.data_root)
+            return bundle.make_bundle(run, target, out, self.data_root)
 
 
 def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifacts",

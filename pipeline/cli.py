@@ -18,7 +18,8 @@ from .config import (CALIB_METHODS, DEVICES, OPTIMIZERS, QUANT_MODES, QUICK, RUN
 from .console import console as _console, error as _error, escape, literal, setup_logging as _setup_logging
 from .errors import PipelineError
 from . import targets
-from .store.paths import RUN_ADVICE, WriteAdvice
+from .store.paths import RUN_ADVICE, RunDir, WriteAdvice
+from .variants import BY_NAME
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -231,18 +232,19 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
     from .report import assemble as report_mod
     from .store.schema import load_report
 
-    if run_dir.is_file() and run_dir.name == "report.json":  # the file itself: a likely, harmless slip
+    if run_dir.is_file() and run_dir.name == RunDir.relative().report_json.name:  # the file itself: a harmless slip
         run_dir = run_dir.parent
     elif run_dir.exists() and not run_dir.is_dir():
         raise PipelineError(f"{run_dir} is neither a run folder holding report.json nor a report.json file; "
                             "give the run folder (artifacts/<model>) or its report.json. Nothing was written.")
-    path = run_dir / "report.json"
+    run = RunDir(run_dir)
+    path = run.report_json
     if not path.is_file():
         raise PipelineError(f"{path} does not exist; run `pipeline run all` first, or give the run folder "
                             "(artifacts/<model>) that holds it.")
     # in a run folder, refuse a report.json that differs from what validate wrote (and a damaged manifest)
     # (only report.json is hashed: the command reads nothing else; unrecorded means a folder of the user's own)
-    damaged = [p for p in manifest.check_files(run_dir, manifest.load(run_dir / "stages.json"), ["report.json"])
+    damaged = [p for p in manifest.check_files(run_dir, manifest.load(run.stages), [run.relpath(path)])
                if p.kind != "unrecorded"]
     manifest.refuse_damaged(run_dir, damaged)
     data = load_report(path, then="Nothing was written.")  # every problem named, before anything is rendered
@@ -255,7 +257,8 @@ def report(run_dir: Path = typer.Argument(Path("artifacts/edgenet"),
 @guarded
 def predict(
     images: list[Path] = typer.Argument(..., help="PNG/JPEG/... files of any size or mode."),
-    model: Path = typer.Option(Path("artifacts/edgenet/export/model-fp32.onnx"), "--model", "-m",
+    model: Path = typer.Option(RunDir.for_model(Path("artifacts"), "edgenet").export_file(BY_NAME["onnx-fp32"].file),
+                               "--model", "-m",
                                help="An ONNX model exported by this pipeline (preprocessing is read from its metadata)."),
     top: int = typer.Option(1, help="Show the top-k classes (more than the model has shows them all)."),
 ) -> None:
@@ -303,12 +306,12 @@ def bundle_cmd(
 ) -> None:
     """Folder + .tar.gz with the ONNX variants, test data, reference outputs, build and bench scripts."""
     from .bundle import build as bundle
-    from .store.paths import RunDir, check_output_dir
+    from .store.paths import check_output_dir
     from .bundle.signals import as_interrupt
 
     _setup_logging()
     run_dir = RunDir.for_model(artifacts, model)
-    out = out or artifacts / "bundles"
+    out = out or run_dir.bundles
     check_output_dir(out, "--out")  # before reading 10,000 test images and running the model on them
     with as_interrupt():  # SIGTERM/SIGHUP clean up like Ctrl-C
         folder, tar = bundle.make_bundle(run_dir, target, out, data_root or default_data_root(), ort_web)
@@ -332,7 +335,6 @@ def demo(
     """Serve the web bundle (built first if missing, checked like `pipeline verify`) on 127.0.0.1 and print its URL;
     Ctrl-C stops it. With --lan, on the local network for a phone's browser to measure itself."""
     from .bundle import build as bundle, demo as demo_mod
-    from .store.paths import RunDir
     from .bundle.signals import as_interrupt
 
     if bind is not None and not lan:
@@ -340,7 +342,7 @@ def demo(
                             "listens on 127.0.0.1 only).")
     _setup_logging()
     run = RunDir.for_model(artifacts, model)
-    out = artifacts / "bundles"
+    out = run.bundles
     folder = run.bundle(out, targets.SITE)  # the very name make_bundle writes (a pkg.mod:Class model included)
     with as_interrupt():  # SIGTERM/SIGHUP: the build cleans up like Ctrl-C, serving stops like Ctrl-C
         if lan:

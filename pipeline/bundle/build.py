@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import js as bundle_js
+from . import js as bundle_js, layout
 from pipeline.store import manifest
 from pipeline import variants
 from pipeline.errors import PipelineError
@@ -131,18 +131,17 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path, ort_we
     if not run.report_json.is_file() or not run.stages.is_file():
         raise PipelineError(f"{run.report_json} is missing or unreadable; run `pipeline run all` first.")
     # the report's rows decide which model files are read, so the fixed files are checked (and the report read) first
-    manifest.require_intact(run.root, [_rel(run, p) for p in (run.report_json, run.checkpoint, run.golden)],
+    manifest.require_intact(run.root, [run.relpath(p) for p in (run.report_json, run.checkpoint, run.golden)],
                             "pipeline bundle")
     report = _read_report(run)
     rows = {v["name"]: v for v in report["variants"]}
     # the rows this target ships (the table's ``bundle`` column) that this run validated: bench.py reproduces them
     packed = [v for v in variants.VARIANTS if target in v.bundle and v.name in rows]
-    record = manifest.require_intact(run.root, [_rel(run, run.export_file(v.file)) for v in packed],
+    record = manifest.require_intact(run.root, [run.relpath(run.export_file(v.file)) for v in packed],
                                      "pipeline bundle")
 
     out_dir = Path(out_dir)
-    folder = run.bundle(out_dir, target)
-    tar_path = folder.with_name(folder.name + ".tar.gz")
+    folder, tar_path = run.bundle(out_dir, target), run.bundle_tar(out_dir, target)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -226,9 +225,9 @@ def _build(run: RunDir, target: str, report: dict, rows: dict, packed, record, d
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle gets normal permissions
         files = _fill(staging, run, target, report, rows, packed, data_root, ort_web)
-        copied = {"report.json": run.report_json, **{f"models/{v.file}": run.export_file(v.file) for v in packed},
-                  **({} if targets.BUNDLE[target].runner == "js" else {"data/golden.npz": run.golden})}
-        changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, _rel(run, src))]
+        copied = {layout.REPORT: run.report_json, **{layout.model(v.file): run.export_file(v.file) for v in packed},
+                  **({} if targets.BUNDLE[target].runner == "js" else {layout.GOLDEN: run.golden})}
+        changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, run.relpath(src))]
         if changed:  # checked before copying; this catches a file replaced while the bundle was being built
             raise PipelineError(f"{', '.join(changed)} changed while the bundle was being built; nothing was replaced. "
                                 "Run `pipeline bundle` again when nothing else writes to the run folder.")
@@ -238,10 +237,6 @@ def _build(run: RunDir, target: str, report: dict, rows: dict, packed, record, d
             _swap_in(staging, folder)  # the tarball follows when this block exits (atomic_path renames it)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _rel(run: RunDir, path: Path) -> str:
-    return str(Path(path).relative_to(run.root))
 
 
 def _read_report(run: RunDir) -> dict:
@@ -266,12 +261,12 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
 
     from pipeline.dataset import ensure_raw
 
-    (folder / "models").mkdir()
-    (folder / "data").mkdir()
+    (folder / layout.MODELS).mkdir()
+    (folder / layout.DATA).mkdir()
     models = {}
     for v in packed:
         src = run.export_file(v.file)
-        shutil.copy2(src, folder / "models" / v.file)
+        shutil.copy2(src, folder / layout.model(v.file))
         meta = read_metadata(src)
         row = rows[v.name]
         models[Path(v.file).stem] = {
@@ -296,7 +291,7 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
         bundle_js.fill_node(folder, models, raw, report["model"])
     else:
         _fill_python(folder, run, target, report, models, raw, reference, data_root)
-    shutil.copy2(run.report_json, folder / "report.json")
+    shutil.copy2(run.report_json, folder / layout.REPORT)
     files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     write_json(folder / "MANIFEST.json", {
         "format": FORMAT, "model": report["model"], "target": target,
@@ -314,8 +309,9 @@ def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: d
 
     from pipeline.store import checkpoint
 
-    images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
+    from pipeline.dataset import read_test_set
+
+    images, labels = read_test_set(raw)
     ckpt = checkpoint.load(run.checkpoint)
     model, norm = checkpoint.restore(ckpt), ckpt["normalization"]
     x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))
@@ -328,9 +324,9 @@ def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: d
             f"{' and are not all finite' if not np.isfinite(logits).all() else ''}, but the report says {REFERENCE} "
             f"reached {reference['accuracy']!r}: the bundle's reference would not reproduce the report, so none was "
             "written. Rerun `pipeline run all --force`.")
-    _savez(folder / "data" / "mnist-test.npz", images=images, labels=labels)
-    _savez(folder / "data" / "reference.npz", logits=logits)
-    shutil.copy2(run.golden, folder / "data" / "golden.npz")
+    _savez(folder / layout.DATA / "mnist-test.npz", images=images, labels=labels)
+    _savez(folder / layout.DATA / "reference.npz", logits=logits)
+    shutil.copy2(run.golden, folder / layout.GOLDEN)
     shutil.copy2(FILES / "bench.py", folder / "bench.py")
     (folder / "runtime").mkdir()  # bench.py times with the pipeline's own runtime/bench.py (numpy only)
     for name in ("__init__.py", "bench.py", "errors.py"):
@@ -338,7 +334,7 @@ def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: d
     if targets.BUNDLE[target].engines:
         shutil.copy2(Path(__file__).resolve().parents[2] / "exporters" / "tensorrt.py", folder / "build_engines.py")
         atomic_write(folder / "build_engines.sh", _trtexec(models))
-    atomic_write(folder / "README.md", _readme(target, report["model"], models, f"{run.root.name}-{target}-bundle.tar.gz"))
+    atomic_write(folder / "README.md", _readme(target, report["model"], models, run.bundle_tar(folder.parent, target).name))
 
 
 def _swap_in(new: Path, dest: Path) -> None:
@@ -374,7 +370,7 @@ def verify(path: Path) -> list[str]:
         return _verify_tar(path)
     if (path / "MANIFEST.json").is_file():
         return _verify_folder(path)
-    if (path / "stages.json").is_file():
+    if RunDir(path).stages.is_file():
         return _verify_run(path)
     raise PipelineError(f"{path} is neither a bundle (no MANIFEST.json), a bundle .tar.gz, nor a run folder "
                         "(no stages.json).")
@@ -507,7 +503,7 @@ def _verify_tar(path: Path) -> list[str]:
 
 
 def _verify_run(run_dir: Path) -> list[str]:
-    record = manifest.load(run_dir / "stages.json")
+    record = manifest.load(RunDir(run_dir).stages)
     if not record:
-        raise PipelineError(f"{run_dir / 'stages.json'} records no finished stage, so there is nothing to verify.")
+        raise PipelineError(f"{RunDir(run_dir).stages} records no finished stage, so there is nothing to verify.")
     return [str(p) for p in manifest.check(run_dir, record)]  # temp files of killed writes are not artifacts

@@ -11,18 +11,23 @@ other implementation compared with it). :mod:`pipeline.bundle.build` writes the 
 report, manifest) and calls :func:`fill_node` or :func:`fill_web` for the rest. The web bundle is a static site
 (``index.html``, the ``classifier.js`` module other pages import, onnxruntime-web's wasm build from
 :mod:`pipeline.bundle.ort_web`), so it holds no test set: its golden set is what a browser test checks it by.
+:func:`lay_out_web` lays that site out, for the bundle and for every page that runs the models in a browser
+(the browser measurement adds its measuring page to it), so what is measured is what is shipped.
 """
 from __future__ import annotations
 
 import io
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.store.paths import atomic_write, write_json
+
+from . import layout
 
 JS_FILES = Path(__file__).parent / "files"
 #: the files a Node bundle gets as they are: the shared preprocessing module, the decoders, the command, package.json
@@ -136,31 +141,62 @@ def preprocessing(meta: dict[str, str], file_rel: str, variant: str, accuracy: f
 
 def _golden_from_raw(folder: Path, models: dict, raw: Path) -> None:
     """The golden set, made with onnx-fp32 (the file every target ships, held to exact parity), else the first model."""
-    images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
+    from pipeline.dataset import read_test_set
+
+    images, labels = read_test_set(raw)
     stem = next((k for k, m in models.items() if m["variant"] == "onnx-fp32"), next(iter(models)))
-    write_golden(folder / "golden", folder / "models" / f"{stem}.onnx", f"models/{stem}.onnx", images, labels)
+    write_golden(folder / "golden", folder / layout.model(f"{stem}.onnx"), layout.model(f"{stem}.onnx"), images, labels)
 
 
-def _preprocessing_json(folder: Path, models: dict) -> None:
-    write_json(folder / "preprocessing.json", {"models": {
-        stem: preprocessing(m["metadata"], f"models/{stem}.onnx", m["variant"], m["accuracy"]) for stem, m in models.items()}})
+def _preprocessing_entries(models: dict) -> dict[str, dict]:
+    """stem -> preprocessing.json entry, for a bundle's ``models`` (the MANIFEST's model entries)."""
+    return {stem: preprocessing(m["metadata"], layout.model(f"{stem}.onnx"), m["variant"], m["accuracy"])
+            for stem, m in models.items()}
 
 
-def fill_web(folder: Path, models: dict, raw: Path, model_name: str, ort_web: Path | None = None) -> None:
-    """The web bundle's own files: the page, ``classifier.js``, ``preprocess.mjs``, ``preprocessing.json``,
-    onnxruntime-web's wasm build under ``ort/`` (``ort_web``: a local ``npm pack`` tarball instead of the cache),
-    the golden set and a README. No test set: a page has no use for it."""
+def _preprocessing_json(folder: Path, entries: dict[str, dict]) -> None:
+    write_json(folder / "preprocessing.json", {"models": entries})
+
+
+def lay_out_web(folder: Path, models: dict[str, dict], extras: Mapping[str, Path | bytes | str] | None = None,
+                ort_web: Path | None = None) -> None:
+    """Lay out the web site in ``folder``: the one skeleton of the web bundle, the browser measurement
+    (:mod:`pipeline.measure.browser`) and any page that runs the models as a web page does.
+
+    It holds onnxruntime-web's wasm build under ``ort/`` (``ort_web``: a local ``npm pack`` tarball instead of the
+    user cache), the web files (:data:`WEB_FILES`: the demo page, ``classifier.js``, ``preprocess.mjs``), the models
+    and their ``preprocessing.json``. ``models``: key -> ``{"path": the ONNX file, "entry": its preprocessing.json
+    entry}`` (:func:`preprocessing`), the entry's ``file`` saying where in the site it goes (a file already there is
+    left as it is). ``extras``: relative name -> a file to copy (a :class:`~pathlib.Path`) or the bytes or text to
+    write: what one use of the site adds, such as a measuring page and its inputs."""
     from . import ort_web as ortw
 
-    if not models:
-        raise PipelineError("This run has no validated variant that the table ships to web (onnx-fp32), so there is "
-                            "nothing to bundle; rerun `pipeline run all`.")
     ortw.copy_files(folder / "ort", ort_web)  # first: the step that can fail for a reason outside this run
     for dst, src in WEB_FILES.items():
         shutil.copy2(src, folder / dst)
-    _preprocessing_json(folder, models)
-    (folder / "data").rmdir()  # made for every target by pipeline.bundle.build; the web bundle carries no test set
+    for m in models.values():
+        dst = folder / m["entry"]["file"]
+        if dst != Path(m["path"]):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(m["path"], dst)
+    _preprocessing_json(folder, {key: m["entry"] for key, m in models.items()})
+    for rel, what in (extras or {}).items():
+        if isinstance(what, Path):
+            shutil.copy2(what, folder / rel)
+        else:
+            atomic_write(folder / rel, what)
+
+
+def fill_web(folder: Path, models: dict, raw: Path, model_name: str, ort_web: Path | None = None) -> None:
+    """The web bundle's own files: the web site (:func:`lay_out_web`) over the models that :mod:`pipeline.bundle.build`
+    put in place, the golden set and a README. No test set: a page has no use for it."""
+    if not models:
+        raise PipelineError("This run has no validated variant that the table ships to web (onnx-fp32), so there is "
+                            "nothing to bundle; rerun `pipeline run all`.")
+    entries = _preprocessing_entries(models)
+    lay_out_web(folder, {stem: {"path": folder / entries[stem]["file"], "entry": entries[stem]} for stem in models},
+                ort_web=ort_web)
+    (folder / layout.DATA).rmdir()  # made for every target by pipeline.bundle.build; the web bundle has no test set
     _golden_from_raw(folder, models, raw)
     atomic_write(folder / "README.md", _web_readme(model_name, models))
 
@@ -173,12 +209,14 @@ def fill_node(folder: Path, models: dict, raw: Path, model_name: str) -> None:
     if not models:
         raise PipelineError("This run has no validated variant that the table ships to node (onnx-fp32), so there is "
                             "nothing to bundle; rerun `pipeline run all`.")
+    from pipeline.dataset import TEST_FILES
+
     for dst, src in NODE_FILES.items():
         shutil.copy2(src, folder / dst)
-    _preprocessing_json(folder, models)
+    _preprocessing_json(folder, _preprocessing_entries(models))
     # the test set as MNIST's own IDX files: JS reads them with a Buffer, no numpy format needed
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        shutil.copy2(raw / name, folder / "data" / name)
+    for name in TEST_FILES:
+        shutil.copy2(raw / name, folder / layout.DATA / name)
     _golden_from_raw(folder, models, raw)
     atomic_write(folder / "README.md", _node_readme(model_name, models))
 

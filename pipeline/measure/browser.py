@@ -1,9 +1,10 @@
 """Measuring ONNX files in headless Chromium with onnxruntime-web's wasm build: what a web page really gets.
 
 The validate stage's ``web-wasm-*`` rows (:mod:`pipeline.variants`) come from here. A throwaway folder is laid
-out like the web bundle (classifier.js, preprocess.mjs, preprocessing.json, onnxruntime-web's files under ``ort/``,
-the models) plus a measuring page (``browser_files/bench.html``, whose measuring code ``measure.mjs`` the phone page
-of ``pipeline demo --lan`` runs too) and the test images as raw bytes. It is served on
+out as the web bundle is, by the same function (:func:`pipeline.bundle.js.lay_out_web`: classifier.js,
+preprocess.mjs, preprocessing.json, onnxruntime-web's files under ``ort/``, the models), plus a measuring page
+(``browser_files/bench.html``, whose measuring code ``measure.mjs`` the phone page of ``pipeline demo --lan``
+runs too) and the test images as raw bytes (:func:`page_files`). It is served on
 127.0.0.1 by :mod:`pipeline.bundle.serve` (the server of ``pipeline demo`` too); Chromium opens the page, which runs every
 test image and times every batch size through ``classifier.js`` and posts the raw logits and timings back. Python
 then judges them like any other row (:func:`pipeline.measure.compare.compare`, :func:`runtime.bench.summarize`), so a
@@ -157,24 +158,23 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def page_files(models: dict[str, dict], pixels: np.ndarray, spec: dict) -> dict[str, Path | bytes | str]:
+    """The measuring page and its inputs, as extras of the web site (:func:`pipeline.bundle.js.lay_out_web`):
+    ``bench.html``, ``bench.js`` and ``measure.mjs``, ``bench.json`` (``spec``: batch sizes, rounds..., and the models' keys in the
+    order they are measured) and the test images as raw bytes (``test-images.u8``, N x 28 x 28)."""
+    return {**{f: PAGE_FILES / f for f in ("bench.html", "bench.js", "measure.mjs")},
+            "bench.json": json.dumps({**spec, "models": list(models)}),
+            "test-images.u8": np.ascontiguousarray(pixels, np.uint8).tobytes()}
+
+
 def _stage(folder: Path, models: dict[str, dict], pixels: np.ndarray, spec: dict) -> None:
-    """Lay out the measuring folder: the web bundle's JS, onnxruntime-web, the models, the page and the images.
+    """Lay out the measuring folder: the web site the web bundle is (onnxruntime-web, classifier.js, the models),
+    plus the measuring page and the images.
 
     ``models``: key -> ``{"path": ONNX file, "entry": preprocessing.json entry}``."""
-    from pipeline.bundle import ort_web
-    from pipeline.bundle.js import WEB_FILES
+    from pipeline.bundle.js import lay_out_web
 
-    ort_web.copy_files(folder / "ort")
-    for dst, src in WEB_FILES.items():
-        shutil.copy2(src, folder / dst)
-    for f in ("bench.html", "bench.js", "measure.mjs"):
-        shutil.copy2(PAGE_FILES / f, folder / f)
-    (folder / "models").mkdir()
-    for key, m in models.items():
-        shutil.copy2(m["path"], folder / m["entry"]["file"])
-    (folder / "preprocessing.json").write_text(json.dumps({"models": {k: m["entry"] for k, m in models.items()}}))
-    (folder / "bench.json").write_text(json.dumps({**spec, "models": list(models)}))
-    (folder / "test-images.u8").write_bytes(np.ascontiguousarray(pixels, np.uint8).tobytes())
+    lay_out_web(folder, models, page_files(models, pixels, spec))
 
 
 def measure(executable: str, models: dict[str, dict], pixels: np.ndarray, *, batches: tuple[int, ...],

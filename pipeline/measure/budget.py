@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
+from pipeline.store.paths import RunDir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -109,7 +110,8 @@ class Sensitivity:
                     f"accuracy ({100 * int8.accuracy:.2f} % vs {100 * fp32.accuracy:.2f} % in FP32), and {e} "
                     f"Layers tried in FP32, most sensitive first: {', '.join(x.label for x in self.order)}. "
                     f"{v.file} was not written (no file calling itself INT8 would meet the budget). Allow a larger "
-                    "budget, or ship model-fp32.onnx; the sensitivity ranking is in quantize/sensitivity.json."
+                    f"budget, or ship model-fp32.onnx; the sensitivity ranking is in "
+                    f"{RunDir.relative().sensitivity_json.as_posix()}."
                 ) from None
         entry.update(fp32_layers=[x.label for x in kept], accuracy=score.accuracy,
                      drop_pp=round(score.drop_pp(fp32), 4), steps=steps, **tool_lists(kept))

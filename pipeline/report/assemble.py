@@ -18,8 +18,7 @@ from runtime.bench import ROUNDS_METHOD, SPREAD
 
 from . import ladder, recommend
 from pipeline import variants
-from pipeline import targets
-from pipeline.store.paths import atomic_write, strict_json
+from pipeline.store.paths import RunDir, atomic_write, strict_json
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
@@ -141,12 +140,13 @@ def write_all(report: dict, run_dir: Path) -> list[Path]:
     :func:`complete`'s report); returns the paths written."""
     from . import figures, html, markdown
 
-    json_path, md_path, html_path = run_dir / "report.json", run_dir / "report.md", run_dir / "report.html"
+    run = RunDir(Path(run_dir))
+    json_path, md_path, html_path = run.report_json, run.report_md, run.report_html
     text = _checked_json(report)
     shown = complete(report)
     md = markdown.render_markdown(shown)
     atomic_write(json_path, text)
     atomic_write(md_path, md)
-    figs = figures.draw_report(shown, run_dir / "report")
+    figs = figures.draw_report(shown, run)
     atomic_write(html_path, html.render_html(shown, md, figs))
     return [json_path, md_path, html_path, *figs.values()]

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.store.paths import atomic_write
+from pipeline.store.paths import RunDir, atomic_write
 
 
 def _figure(**kwargs):
@@ -208,19 +208,17 @@ def plotted(target, rows: list[dict], small: str) -> list[dict]:
     return [r for r in rows if target.measures(r) and recommend.figures(r, small, small)[0] is not None]
 
 
-def draw_report(report: dict, folder: Path) -> dict[str, Path]:
+def draw_report(report: dict, run: RunDir) -> dict[str, Path]:
     """Draw every figure of a complete report (``recommended`` present) from the JSON alone; return title -> PNG
     path. The accuracy-versus-latency figures mark report.json's recommendation, never one recomputed here."""
-    from pathlib import PurePath
-
     from pipeline import targets
 
     from . import recommend
 
     figs = {}
     rows = report["variants"]
-    figs["Latency and throughput by batch size"] = latency_vs_batch(rows, folder / "latency.png")
-    figs["Test accuracy per variant"] = accuracy_per_variant(rows, folder / "accuracy.png")
+    figs["Latency and throughput by batch size"] = latency_vs_batch(rows, run.report_figure("latency"))
+    figs["Test accuracy per variant"] = accuracy_per_variant(rows, run.report_figure("accuracy"))
     recs = report["recommended"] or {}
     small, _ = recommend.batches(rows)
     for t in targets.DEPLOY:
@@ -232,18 +230,18 @@ def draw_report(report: dict, folder: Path) -> dict[str, Path]:
         figs[f"Accuracy against latency, {t.title}"] = accuracy_vs_latency(
             points, recommend.pareto(points), {r["name"] for r in measured if recommend.disqualified(r) is None},
             chosen.get("variant") if chosen.get("measured") else None, small, t.title,
-            folder / PurePath(recommend.plot_name(t.key)).name)
+            run.report_figure(recommend.pareto_figure(t.key)))
     conf = report.get("confusion")
     if conf:
         figs[f"Confusion matrix of the CPU recommendation ({conf['variant']})"] = confusion(
-            conf["matrix"], conf["classes"], f"{conf['variant']} on 10,000 test images", folder / "confusion.png")
+            conf["matrix"], conf["classes"], f"{conf['variant']} on 10,000 test images", run.report_figure("confusion"))
     hist = report["train"].get("history")
     if hist:
-        figs["Training curves"] = training_curves(hist, folder / "curves.png", report["train"].get("best_epoch") or 0)
+        figs["Training curves"] = training_curves(hist, run.report_figure("curves"), report["train"].get("best_epoch") or 0)
     q = report.get("quantization")
     if q and q.get("variants"):
-        figs["Per-layer quantization error (SQNR vs FP32)"] = sqnr(q["variants"], folder / "sqnr.png")
+        figs["Per-layer quantization error (SQNR vs FP32)"] = sqnr(q["variants"], run.report_figure("sqnr"))
     if q and (q.get("sensitivity") or {}).get("layers"):
         figs["INT8 sensitivity per layer (validation accuracy)"] = sensitivity(q["sensitivity"],
-                                                                               folder / "sensitivity.png")
+                                                                               run.report_figure("sensitivity"))
     return figs

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import variants
+from pipeline.store.paths import RunDir
 
-#: the ``source`` of the rung measured inside the quantize stage (not a variant row)
-QAT_TORCH = "quantize/qat-torch.json"
+#: the ``source`` of the rung measured inside the quantize stage (not a variant row): its file in the run folder
+QAT_TORCH = RunDir.relative().qat_torch_json.as_posix()
 
 
 @dataclass(frozen=True)

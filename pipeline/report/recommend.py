@@ -26,17 +26,23 @@ nothing is measured here.
 from __future__ import annotations
 
 import math
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from runtime.bench import Candidate, pick
 
 from pipeline import variants
 from pipeline import targets
+from pipeline.store.paths import RunDir
+
+
+def pareto_figure(key: str) -> str:
+    """The name of a measured target's accuracy-versus-latency figure (:meth:`RunDir.report_figure` places it)."""
+    return f"pareto-{key}"
 
 
 def plot_name(key: str) -> str:
-    """The accuracy-versus-latency figure of a measured target, relative to the run folder."""
-    return f"report/pareto-{key}.png"
+    """The accuracy-versus-latency figure of a measured target, relative to the run folder (as report.md cites it)."""
+    return RunDir.relative().report_figure(pareto_figure(key)).as_posix()
 
 
 def batches(rows: list[dict]) -> tuple[str, str]:
@@ -103,9 +109,7 @@ def pareto(points: list[tuple[str, float, float]]) -> list[str]:
 
 
 def _folder(model: str, bundle: str) -> str:
-    from pipeline.store.paths import RunDir
-
-    return f"{RunDir.for_model('artifacts', model).root.name}-{bundle}-bundle"
+    return RunDir.for_model(Path("artifacts"), model).bundle(Path(), bundle).name
 
 
 def recommend(report: dict) -> dict[str, dict]:

@@ -98,7 +98,7 @@ def run_lock(root: Path):
     import fcntl
     import os
 
-    path = root / ".lock"
+    path = RunDir(root).lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -154,7 +154,7 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
     from runtime.bench import combine_rounds
 
     from pipeline.measure import browser
-    from pipeline.bundle import js as bundle_js, ort_web
+    from pipeline.bundle import js as bundle_js, layout, ort_web
     from pipeline.measure.compare import browser_row, timing_session
 
     vcfg = ctx.cfg.validate
@@ -166,7 +166,7 @@ def _in_browser(ctx: Context, todo: list, reference, labels) -> tuple[list[tuple
     try:
         models = {v.name: {"path": ctx.rd.export_file(v.file),
                            "entry": bundle_js.preprocessing(read_metadata(ctx.rd.export_file(v.file)),
-                                                            f"models/{v.file}", v.name, None)} for v in todo}
+                                                            layout.model(v.file), v.name, None)} for v in todo}
         got = browser.measure(exe, models, pixels, batches=batches, warmup=vcfg.warmup, rounds=vcfg.rounds,
                               iterations=vcfg.iterations, max_seconds=vcfg.max_seconds)
     except PipelineError as e:

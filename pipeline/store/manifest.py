@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from .paths import sha256_file, write_json
+from .paths import RunDir, sha256_file, write_json
 
 FORMAT = "edge-export-pipeline/run-manifest-v2"
 PACKAGES = ("torch", "torchvision", "torchao", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "numpy",
@@ -153,9 +153,9 @@ def require_intact(root: Path, rels, command: str) -> dict[str, dict]:
 
     This hashes every file named, so call it once, with everything the command is about to read."""
     root = Path(root)
-    record = load(root / "stages.json")
+    record = load(RunDir(root).stages)
     if not record:
-        raise PipelineError(f"{root} has no finished stages recorded ({root / 'stages.json'} is absent or empty), so "
+        raise PipelineError(f"{root} has no finished stages recorded ({RunDir(root).stages} is absent or empty), so "
                             f"`{command}` has nothing it can trust; run `pipeline run all` first. Nothing was written.")
     _refuse_for(command, root, check_files(root, record, rels))
     return record
@@ -181,9 +181,10 @@ def require_intact_if_recorded(path: Path, command: str, levels: int = 3) -> Non
         real = given
     for path in dict.fromkeys((given, real)):
         for root in list(path.parents)[:levels]:
-            if (root / "stages.json").is_file():
-                rel = str(path.relative_to(root))
-                record = load(root / "stages.json")  # read once: the same record says whether and how to check
+            run = RunDir(root)
+            if run.stages.is_file():
+                rel = run.relpath(path)
+                record = load(run.stages)  # read once: the same record says whether and how to check
                 if recorded_sha(record, rel) is not None:
                     _refuse_for(command, root, check_files(root, record, [rel]))
                 break

@@ -290,7 +290,11 @@ def check_writable(root: Path, option: str = "--artifacts") -> None:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Artifact layout of one model's run: ``<artifacts>/<model>/...``."""
+    """Artifact layout of one model's run: ``<artifacts>/<model>/...``, and the bundles made from it.
+
+    Every run path is built here and nowhere else (tests/pipeline/store/test_run_paths.py greps ``pipeline/`` for
+    the names below), so the layout can change in one place. A path a report or a message cites relative to the
+    run folder (``quantize/qat-torch.json``) comes from :meth:`relative`."""
 
     root: Path
 
@@ -299,10 +303,36 @@ class RunDir:
         safe = model.replace(":", "__").replace("/", "_")
         return cls(Path(artifacts) / safe)
 
+    @classmethod
+    def relative(cls) -> "RunDir":
+        """The layout relative to the run folder: what report.json, report.md and messages cite."""
+        return cls(Path())
+
+    def relpath(self, path: Path) -> str:
+        """``path`` relative to this run folder, as the run manifest (``stages.json``) records it."""
+        return str(Path(path).relative_to(self.root))
+
+    @property
+    def lock(self) -> Path:
+        """Held (``flock``) by the one ``pipeline run`` working in this folder: :func:`pipeline.stages.run_lock`."""
+        return self.root / ".lock"
+
+    # bundles
+    @property
+    def bundles(self) -> Path:
+        """Where ``pipeline bundle`` and ``pipeline demo`` write bundles unless told otherwise: ``<artifacts>/bundles``,
+        beside the model folders (one folder for every model's bundles)."""
+        return self.root.parent / "bundles"
+
     def bundle(self, out_dir: Path, target: str) -> Path:
         """The bundle folder for ``target`` under ``out_dir``: named after this run's folder, so a module-named model
         (``pkg.mod:Class``, folder ``pkg.mod__Class``) is built and served under one name."""
         return Path(out_dir) / f"{self.root.name}-{target}-bundle"
+
+    def bundle_tar(self, out_dir: Path, target: str) -> Path:
+        """The archive of :meth:`bundle`, beside it."""
+        folder = self.bundle(out_dir, target)
+        return folder.with_name(folder.name + ".tar.gz")
 
     # data stage
     @property
@@ -380,6 +410,15 @@ class RunDir:
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def report_figures(self) -> Path:
+        """The report's figures (PNG), which report.html inlines and report.md names."""
+        return self.root / "report"
+
+    def report_figure(self, name: str) -> Path:
+        """One figure of the report, by the name :mod:`pipeline.report` gives it (``latency``, ``pareto-cpu``)."""
+        return self.report_figures / f"{name}.png"
 
     @property
     def stages(self) -> Path:

@@ -34,12 +34,9 @@ DRAWN = (0, 1, 2, 3)
 
 
 def _mnist(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from pipeline.dataset import ensure_raw
+    from pipeline.dataset import ensure_raw, read_test_set
 
-    raw = ensure_raw(data_root)
-    images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
-    return images, labels
+    return read_test_set(ensure_raw(data_root))
 
 
 def _softmax(logits) -> np.ndarray:

@@ -57,10 +57,10 @@ def _model(quick_run, tmp_path, garbage: bool = False, key: str = "model-fp32") 
 
 def test_measure_returns_logits_and_timings_for_the_images_given(quick_run, data_root, tmp_path):
     require_chromium()
-    from pipeline.dataset import ensure_raw
+    from pipeline.dataset import ensure_raw, read_test_set
 
     raw = ensure_raw(data_root)
-    pixels = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)[:40]
+    pixels = read_test_set(raw)[0][:40]
     models = {**_model(quick_run, tmp_path), **_model(quick_run, tmp_path, key="copy")}
     got = browser.measure(browser.find(), models, pixels, batches=(1, 3), warmup=1, rounds=4, iterations=5,
                           max_seconds=5.0)
@@ -118,12 +118,12 @@ def test_fake_timings_posted_by_another_local_process_are_refused(quick_run, dat
 
     import onnxruntime as ort
 
-    from pipeline.dataset import ensure_raw
+    from pipeline.dataset import ensure_raw, read_test_set
     from tests.servers import REPO
 
     require_chromium()
     raw = ensure_raw(data_root)
-    pixels = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)[:40]
+    pixels = read_test_set(raw)[0][:40]
     stop, seen = tmp_path / "stop", tmp_path / "seen.json"
     attacker = subprocess.Popen([sys.executable, "-m", "tests.fixtures.fake_timings", str(os.getpid()), "40", "10",
                                  "1,3", str(stop), str(seen)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
