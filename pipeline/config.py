@@ -5,9 +5,10 @@ explicitly; no stage reads globals or the environment. ``stamp()`` gives the
 dict that is hashed to decide whether a finished stage can be skipped.
 
 Three tables live here and nowhere else: the defaults (the dataclass fields), the ``--quick`` budget
-(:data:`QUICK`) and which field each ``pipeline run`` option sets (:data:`RUN_OPTIONS`). The CLI's help
-and :func:`pipeline.run`'s keywords are read from them, and both build their config through
-:func:`build_config`, so a default changed here changes every entry point at once.
+(:data:`QUICK`) and the options of ``pipeline run`` (:data:`OPTIONS`: each one's name, the fields it sets, type,
+help, flags and choices; :data:`RUN_OPTIONS` is read from it). The CLI's signature and help and
+:func:`pipeline.run`'s keywords are read from them, and both build their config through :func:`build_config`,
+so a default or an option changed here changes every entry point at once.
 """
 from __future__ import annotations
 
