@@ -13,10 +13,12 @@ torch's thread count and random state as it found them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .config import OPTIONS
 from .errors import PipelineError
 
 
@@ -60,43 +62,57 @@ class RunResult:
             return bundle.make_bundle(run, target, out, self.data_root)
 
 
-def run(*, stage: str = "all", model="edgenet", artifacts: Path | str = "artifacts",
-        data_root: Path | str | None = None, force: bool = False, quick: bool = False,
-        epochs: Optional[int] = None, batch_size: Optional[int] = None, optimizer: Optional[str] = None,
-        lr: Optional[float] = None, weight_decay: Optional[float] = None, schedule: Optional[str] = None,
-        label_smoothing: Optional[float] = None, augment: Optional[bool] = None, ema: Optional[float] = None,
-        channels_last: Optional[bool] = None, seed: Optional[int] = None,
-        device: Optional[str] = None, val_size: Optional[int] = None, quant: Optional[str] = None,
-        calib_size: Optional[int] = None, calib_method: Optional[str] = None, qat_epochs: Optional[int] = None,
-        qat_lr: Optional[float] = None, int8_budget: Optional[float] = None,
-        threads: Optional[int] = None, browser: Optional[bool] = None) -> RunResult:
+def run(**options) -> RunResult:
     """Run the pipeline up to ``stage`` (default: all), skipping stages whose inputs are unchanged.
 
-    The keywords are ``pipeline run``'s options (``--batch-size`` is ``batch_size``); ``None`` means the default,
-    or the quick budget with ``quick=True`` (see :data:`pipeline.config.QUICK`). ``model`` is a registry name,
-    ``"package.module:Class"``, or an ``nn.Module`` object: the object is left as it is (a copy is trained), its
-    run is ``<artifacts>/<class name>``, and its stages are skipped on a later call only when its class, layers
-    and initial weights are the same. Raises :class:`~pipeline.errors.PipelineError` for every user error.
+    The keywords are ``pipeline run``'s options (``--batch-size`` is ``batch_size``), read from the same table
+    (:data:`pipeline.config.OPTIONS`; an unknown keyword is a :class:`~pipeline.errors.PipelineError` naming the
+    valid ones); ``None`` means the default, or the quick budget with ``quick=True`` (see
+    :data:`pipeline.config.QUICK`). ``model`` is a registry name, ``"package.module:Class"``, or an ``nn.Module``
+    object: the object is left as it is (a copy is trained), its run is ``<artifacts>/<class name>``, and its
+    stages are skipped on a later call only when its class, layers and initial weights are the same. Raises
+    :class:`~pipeline.errors.PipelineError` for every user error.
     """
     from . import stages
     from .config import build_config
     from .store.paths import RunDir
     from .store.schema import load_report
 
+    given = _keywords(options)
     with _library_errors():
-        until = stages.until(stage)
-        cfg = build_config(model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick,
-                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                           weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
-                           augment=augment, ema=ema, channels_last=channels_last, seed=seed, device=device,
-                           val_size=val_size, quant=quant,
-                           calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                           int8_budget=int8_budget, threads=threads, browser=browser)
+        until = stages.until(given.pop("stage"))
+        cfg = build_config(**given)
         with _torch_state_kept():
             done = stages.run(cfg, until=until)
         rd = RunDir.for_model(cfg.artifacts, cfg.model)
         report = load_report(rd.report_json) if until == stages.STAGE_NAMES[-1] else None
     return RunResult(run_dir=rd.root, model=cfg.model, stages=done, report=report, data_root=cfg.data.root)
+
+
+#: :func:`run`'s keywords: the rows of the option table that are not the command's own process options.
+KEYWORDS = {o.name: o for o in OPTIONS if not o.command_only}
+run.__signature__ = inspect.Signature(  # what help(pipeline.run) and editors show: the table's keywords
+    [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default,
+                       annotation=o.api_type or (o.type if o.default is not None else o.type | None))
+     for o in KEYWORDS.values()], return_annotation=RunResult)
+
+
+def _keywords(options: dict) -> dict:
+    """``options`` over the table's defaults; an unknown keyword is one paragraph naming the valid ones (a close
+    spelling first), and a command-line-only option says why it is one."""
+    import difflib
+
+    unknown = [name for name in options if name not in KEYWORDS]
+    if unknown:
+        command = {o.name: o.command_only for o in OPTIONS if o.command_only}
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, KEYWORDS, n=1)
+            hints.append(f"{name} is an option of the `pipeline run` command only: {command[name]}" if name in command
+                         else f"{name!r} is not one" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PipelineError(f"pipeline.run() got {len(unknown)} unknown keyword{'s' if len(unknown) > 1 else ''}: "
+                            f"{'; '.join(hints)}. Its keywords are {', '.join(KEYWORDS)}. Nothing was run.")
+    return {name: options.get(name, o.default) for name, o in KEYWORDS.items()}
 
 
 @contextlib.contextmanager

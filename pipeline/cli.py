@@ -7,14 +7,15 @@ traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .config import (CALIB_METHODS, DEVICES, OPTIMIZERS, QUANT_MODES, QUICK, RUN_OPTIONS, SCHEDULES, LaunchConfig,
-                     build_config, default_data_root, default_of, parse_nproc)
+from .config import (OPTIONS, QUICK, RUN_OPTIONS, LaunchConfig, Option, build_config, default_data_root, default_of,
+                     parse_nproc, shown)
 from .console import console as _console, error as _error, escape, literal, setup_logging as _setup_logging
 from .errors import PipelineError
 from . import targets
@@ -90,24 +91,14 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
     return wrapper
 
 
-STAGE_HELP = "Stage to run up to: data, train, export, quantize, engines, validate, or all (= every stage)."
-
-
-def _shown(value) -> str:
-    """A default as the help shows it: ``0.003``, ``0.0001``, ``on``/``off`` for switches."""
-    if isinstance(value, bool) or value is None:  # None: an opt-in option not given (--int8-budget)
-        return "on" if value else "off"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def default(option: str) -> str:
     """``[default: ...]`` of a ``pipeline run`` option, read from the config dataclasses and the quick budget, so
     the help never restates a number that config.py owns (``7 (--quick: 2)``)."""
     target = RUN_OPTIONS[option][0] if option in RUN_OPTIONS else option
-    text = _shown(default_of(target))
+    text = shown(default_of(target))
     section, _, name = target.rpartition(".")
     if name in QUICK.get(section, {}):
-        text += f" (--quick: {_shown(QUICK[section][name])})"
+        text += f" (--quick: {shown(QUICK[section][name])})"
     return text
 
 
@@ -117,46 +108,29 @@ def with_default(text: str, option: str) -> str:
     return f"{text} " + escape(f"[default: {default(option)}]")
 
 
-QUICK_HELP = ("Smoke test in about a minute: " + ", ".join(
-    f"{name} {_shown(value)}" for section in QUICK.values() for name, value in section.items())
-    + "; options given explicitly win. Still validates on all 10,000 test images.")
+def _typer_parameter(option: Option) -> inspect.Parameter:
+    """``option`` (a row of :data:`pipeline.config.OPTIONS`) as the typer parameter a hand-written signature
+    would declare: ``name: Optional[int] = typer.Option(None, help=...)``."""
+    text = with_default(option.text(), option.name) if option.targets else option.text()
+    if option.argument:
+        info = typer.Argument(option.default, help=text)
+    else:
+        info = typer.Option(option.default, *option.flags, help=text, metavar=option.metavar)
+    kind = Optional[option.type] if option.default is None else option.type
+    return inspect.Parameter(option.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=info, annotation=kind)
+
+
+def from_options(fn):
+    """Give ``fn(stage, nproc, verbose, **options)`` the signature typer reads, one parameter per row of
+    :data:`pipeline.config.OPTIONS`, so the command's options, flags, help and defaults are that table's."""
+    fn.__signature__ = inspect.Signature([_typer_parameter(o) for o in OPTIONS], return_annotation=None)
+    return fn
 
 
 @app.command()
 @guarded
-def run(
-    stage: str = typer.Argument("all", help=STAGE_HELP),
-    model: str = typer.Option(default_of("model"), "--model", "-m", help="Registry name (see `pipeline models`) or package.module:Class."),
-    artifacts: Path = typer.Option(default_of("artifacts"), "--artifacts", help="Output folder; each model gets <artifacts>/<model>/."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding MNIST/raw (default $PIPELINE_DATA or ~/.cache/edge-export-pipeline)."),
-    force: bool = typer.Option(False, "--force", help="Redo every stage even if its inputs and config are unchanged."),
-    quick: bool = typer.Option(False, "--quick", help=QUICK_HELP),
-    epochs: Optional[int] = typer.Option(None, help=with_default("Training epochs.", "epochs")),
-    batch_size: Optional[int] = typer.Option(None, help=with_default("Training batch size.", "batch_size")),
-    optimizer: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(OPTIMIZERS)}.", "optimizer")),
-    lr: Optional[float] = typer.Option(None, help=with_default("(Peak) learning rate.", "lr")),
-    weight_decay: Optional[float] = typer.Option(None, help=with_default("Weight decay.", "weight_decay")),
-    schedule: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(SCHEDULES)}.", "schedule")),
-    label_smoothing: Optional[float] = typer.Option(None, help=with_default("Label smoothing.", "label_smoothing")),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=with_default("Random affine augmentation.", "augment")),
-    ema: Optional[float] = typer.Option(None, help=with_default("Decay of the weight moving average that is validated and kept (0 = off).", "ema")),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help=with_default("Train convolutions in NHWC memory layout (faster on CPU, but PyTorch's CPU BatchNorm rounds more: docs/distributed.md).", "channels_last")),
-    seed: Optional[int] = typer.Option(None, help=with_default("Seed of training and QAT fine-tuning (shuffling, augmentation, initial weights).", "seed")),
-    device: Optional[str] = typer.Option(None, help=with_default(f"{' | '.join(DEVICES)}.", "device")),
-    val_size: Optional[int] = typer.Option(None, help=with_default("Validation images held out of the 60,000 training images.", "val_size")),
-    quant: Optional[str] = typer.Option(None, "--quant", help=with_default(f"INT8 variants: {' | '.join(QUANT_MODES)}.", "quant")),
-    calib_size: Optional[int] = typer.Option(None, help=with_default("PTQ calibration images from the training split.", "calib_size")),
-    calib_method: Optional[str] = typer.Option(None, help=with_default(f"PTQ calibration: {' | '.join(CALIB_METHODS)}.", "calib_method")),
-    qat_epochs: Optional[int] = typer.Option(None, help=with_default("QAT fine-tuning epochs.", "qat_epochs")),
-    qat_lr: Optional[float] = typer.Option(None, help=with_default("QAT fine-tuning learning rate.", "qat_lr")),
-    int8_budget: Optional[str] = typer.Option(None, "--int8-budget", metavar="PP", help=with_default(
-        "Validation accuracy drop (percentage points) a PTQ INT8 file may lose; beyond it, the fewest layers "
-        "(by sensitivity) are kept in FP32. Off: all layers INT8.", "int8_budget")),
-    threads: Optional[int] = typer.Option(None, help=with_default("Intra-op threads for training and timing (0 = all cores).", "threads")),
-    browser: Optional[bool] = typer.Option(None, "--browser/--no-browser", help=with_default("Also measure the web-wasm rows in headless Chromium, when installed (off under --quick).", "browser")),
-    nproc: Optional[str] = typer.Option(None, "--nproc", help="Train with N local DDP worker processes (torchrun's launcher; gloo on CPU, NCCL with one GPU each). --batch-size stays the global batch. Rank 0 writes every file and runs the later stages. Not given: one process, no DDP."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-) -> None:
+@from_options
+def run(stage: str, nproc: Optional[str], verbose: bool, **options) -> None:
     """Run the pipeline up to STAGE (default: all), skipping stages whose inputs are unchanged."""
     from .training import distributed
     from . import stages
@@ -170,15 +144,7 @@ def run(
                             "--nproc-per-node instead. Nothing was written.")
     if place is None or place.rank == 0:
         _setup_logging(verbose)
-    world = place.world if place is not None else launch.nproc
-    cfg = build_config(
-        model=model, artifacts=artifacts, data_root=data_root, force=force, quick=quick, world_size=world,
-        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, label_smoothing=label_smoothing, augment=augment, ema=ema, channels_last=channels_last,
-        seed=seed, device=device,
-        val_size=val_size, quant=quant, calib_size=calib_size, calib_method=calib_method, qat_epochs=qat_epochs,
-        qat_lr=qat_lr, int8_budget=int8_budget, threads=threads, browser=browser,
-    )
+    cfg = build_config(world_size=place.world if place is not None else launch.nproc, **options)
     if place is not None:  # a torchrun worker: join the group; rank 0 runs the stages
         distributed.run_rank(cfg, until, launch, _execute)
         if place.rank != 0:

@@ -5,9 +5,10 @@ explicitly; no stage reads globals or the environment. ``stamp()`` gives the
 dict that is hashed to decide whether a finished stage can be skipped.
 
 Three tables live here and nowhere else: the defaults (the dataclass fields), the ``--quick`` budget
-(:data:`QUICK`) and which field each ``pipeline run`` option sets (:data:`RUN_OPTIONS`). The CLI's help
-and :func:`pipeline.run`'s keywords are read from them, and both build their config through
-:func:`build_config`, so a default changed here changes every entry point at once.
+(:data:`QUICK`) and the options of ``pipeline run`` (:data:`OPTIONS`: each one's name, the fields it sets, type,
+help, flags and choices; :data:`RUN_OPTIONS` is read from it). The CLI's signature and help and
+:func:`pipeline.run`'s keywords are read from them, and both build their config through :func:`build_config`,
+so a default or an option changed here changes every entry point at once.
 """
 from __future__ import annotations
 
@@ -369,30 +370,8 @@ QUICK: dict[str, dict] = {
 
 #: Every tuning option of ``pipeline run`` (``--epochs``...) and keyword of :func:`pipeline.run`, with the
 #: ``sub-config.field`` it sets; ``--threads`` sets two. ``None`` (an option not given) leaves the default, or
-#: the quick budget under ``--quick``.
-RUN_OPTIONS: dict[str, tuple[str, ...]] = {
-    "epochs": ("train.epochs",),
-    "batch_size": ("train.batch_size",),
-    "optimizer": ("train.optimizer",),
-    "lr": ("train.lr",),
-    "weight_decay": ("train.weight_decay",),
-    "schedule": ("train.schedule",),
-    "label_smoothing": ("train.label_smoothing",),
-    "augment": ("train.augment",),
-    "ema": ("train.ema",),
-    "channels_last": ("train.channels_last",),
-    "seed": ("train.seed",),
-    "device": ("train.device",),
-    "val_size": ("data.val_size",),
-    "quant": ("quant.mode",),
-    "calib_size": ("quant.calib_size",),
-    "calib_method": ("quant.calib_method",),
-    "qat_epochs": ("quant.qat_epochs",),
-    "qat_lr": ("quant.qat_lr",),
-    "int8_budget": ("quant.int8_budget",),
-    "threads": ("train.threads", "validate.threads"),
-    "browser": ("validate.browser",),
-}
+#: the quick budget under ``--quick``. Read from :data:`OPTIONS`, the one table.
+RUN_OPTIONS: dict[str, tuple[str, ...]] = {}  # filled below OPTIONS
 
 
 #: The sub-configs of :class:`RunConfig`, by field name.
@@ -466,3 +445,102 @@ def default_of(target: str):
     cls = SECTIONS[section] if section else RunConfig
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def shown(value) -> str:
+    """A default as the help shows it: ``0.003``, ``0.0001``, ``on``/``off`` for switches."""
+    if isinstance(value, bool) or value is None:  # None: an opt-in option not given (--int8-budget)
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of ``pipeline run`` and keyword of :func:`pipeline.run` (Ultralytics' ``export_formats()``
+    habit: one row says everything the command line, the Python API and their checks need).
+
+    ``targets`` are the ``sub-config.field`` it sets (a tuning option; its help then ends with ``[default: ...]``
+    read from the config, so no row restates a number); none for the run's own fields (``model``...), which
+    :func:`build_config` takes by name, and for the command line's process options. ``type`` is what the command
+    line parses (an option whose ``default`` is None is optional); ``api_type``, where it differs, what
+    :func:`pipeline.run` takes. ``help`` may name ``{choices}`` (``choices`` joined by `` | ``) and ``{quick}``
+    (the :data:`QUICK` budget); ``flags`` are the command line's names when not just ``--name``.
+    """
+
+    name: str
+    type: type
+    help: str | None = None
+    targets: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    default: object = None
+    metavar: str | None = None
+    api_type: object = None
+    command_only: str = ""  # why it is not a keyword of pipeline.run (it concerns the command's own process)
+    argument: bool = False  # a positional argument of the command (STAGE)
+
+    def text(self) -> str | None:
+        """The help, with its choices and the quick budget filled in (when asked: :data:`QUICK` may change)."""
+        if self.help is None:
+            return None
+        quick = ", ".join(f"{name} {shown(value)}" for section in QUICK.values() for name, value in section.items())
+        return self.help.format(choices=" | ".join(self.choices), quick=quick)
+
+
+def _tuning(name: str, type_: type, help: str, *targets: str, **more) -> Option:
+    """A tuning option: it sets ``targets`` (``train.<name>`` when none is given), and is None when not given."""
+    return Option(name, type_, help, targets or (f"train.{name}",), **more)
+
+
+#: ``pipeline run``'s argument and options, in the help's order; all but the ``command_only`` ones are also
+#: :func:`pipeline.run`'s keywords.
+OPTIONS: tuple[Option, ...] = (
+    Option("stage", str, "Stage to run up to: data, train, export, quantize, engines, validate, or all (= every stage).",
+           default="all", argument=True),
+    Option("model", str, "Registry name (see `pipeline models`) or package.module:Class.", flags=("--model", "-m"),
+           default=default_of("model"), api_type="str | torch.nn.Module"),
+    Option("artifacts", Path, "Output folder; each model gets <artifacts>/<model>/.", flags=("--artifacts",),
+           default=default_of("artifacts"), api_type=Path | str),
+    Option("data_root", Path, "Folder holding MNIST/raw (default $PIPELINE_DATA or ~/.cache/edge-export-pipeline).",
+           flags=("--data-root",), api_type=Path | str | None),
+    Option("force", bool, "Redo every stage even if its inputs and config are unchanged.", flags=("--force",),
+           default=False),
+    Option("quick", bool, "Smoke test in about a minute: {quick}; options given explicitly win. Still validates on "
+           "all 10,000 test images.", flags=("--quick",), default=False),
+    _tuning("epochs", int, "Training epochs."),
+    _tuning("batch_size", int, "Training batch size."),
+    _tuning("optimizer", str, "{choices}.", choices=OPTIMIZERS),
+    _tuning("lr", float, "(Peak) learning rate."),
+    _tuning("weight_decay", float, "Weight decay."),
+    _tuning("schedule", str, "{choices}.", choices=SCHEDULES),
+    _tuning("label_smoothing", float, "Label smoothing."),
+    _tuning("augment", bool, "Random affine augmentation.", flags=("--augment/--no-augment",)),
+    _tuning("ema", float, "Decay of the weight moving average that is validated and kept (0 = off)."),
+    _tuning("channels_last", bool, "Train convolutions in NHWC memory layout (faster on CPU, but PyTorch's CPU "
+            "BatchNorm rounds more: docs/distributed.md).", flags=("--channels-last/--no-channels-last",)),
+    _tuning("seed", int, "Seed of training and QAT fine-tuning (shuffling, augmentation, initial weights)."),
+    _tuning("device", str, "{choices}.", choices=DEVICES),
+    _tuning("val_size", int, "Validation images held out of the 60,000 training images.", "data.val_size"),
+    _tuning("quant", str, "INT8 variants: {choices}.", "quant.mode", flags=("--quant",), choices=QUANT_MODES),
+    _tuning("calib_size", int, "PTQ calibration images from the training split.", "quant.calib_size"),
+    _tuning("calib_method", str, "PTQ calibration: {choices}.", "quant.calib_method", choices=CALIB_METHODS),
+    _tuning("qat_epochs", int, "QAT fine-tuning epochs.", "quant.qat_epochs"),
+    _tuning("qat_lr", float, "QAT fine-tuning learning rate.", "quant.qat_lr"),
+    # text on the command line (parse_budget reads it), a number in Python
+    _tuning("int8_budget", str, "Validation accuracy drop (percentage points) a PTQ INT8 file may lose; beyond it, "
+            "the fewest layers (by sensitivity) are kept in FP32. Off: all layers INT8.", "quant.int8_budget",
+            flags=("--int8-budget",), metavar="PP", api_type=float | None),
+    _tuning("threads", int, "Intra-op threads for training and timing (0 = all cores).", "train.threads",
+            "validate.threads"),
+    _tuning("browser", bool, "Also measure the web-wasm rows in headless Chromium, when installed (off under "
+            "--quick).", "validate.browser", flags=("--browser/--no-browser",)),
+    Option("nproc", str, "Train with N local DDP worker processes (torchrun's launcher; gloo on CPU, NCCL with one "
+           "GPU each). --batch-size stays the global batch. Rank 0 writes every file and runs the later stages. Not "
+           "given: one process, no DDP.", flags=("--nproc",),
+           command_only="it starts worker processes, which a library call inside your process should not do; run "
+           "`pipeline run --nproc N` or torchrun"),
+    Option("verbose", bool, flags=("--verbose", "-v"), default=False,
+           command_only="it sets up the command's terminal logging; in Python, logging.basicConfig(level=logging.INFO) "
+           "shows the stages' progress"),
+)
+RUN_OPTIONS.update({o.name: o.targets for o in OPTIONS if o.targets})

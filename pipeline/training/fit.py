@@ -12,7 +12,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import TrainConfig
@@ -93,81 +93,155 @@ def evaluate(model, x, y, batch_size: int = 1000, device=None):
     return loss, acc, logits
 
 
-def run_epoch(model, x, y, opt, sched, gen, *, batch_size: int, epoch: int, epochs: int, what: str, advice: str,
-              images: int | None = None, label_smoothing: float = 0.0, background: float | None = None,
-              set_train_mode=None, progress=None, label: str = "", shard: tuple[int, int] = (0, 1),
-              totals=None, after_step=None) -> tuple[float, int]:
-    """One epoch of minibatch SGD over ``x``/``y``: shuffle, then per batch augment, forward, loss, NaN check,
+def usable(n: int, batch_size: int, world: int) -> int:
+    """How many of ``n`` images an epoch trains: all, except that a last batch with fewer images than ranks is
+    dropped (no rank gets an empty one). Always ``n`` in one process."""
+    return n - n % batch_size if 0 < n % batch_size < world else n
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process trains, decided once at the start of a run (nanoGPT's ``ddp_rank``, ``ddp_world_size``,
+    ``device`` and ``master_process``): rank ``rank`` of ``world`` on ``device``. ``group`` is the
+    :class:`pipeline.training.distributed.Group` of a data-parallel run (its collectives) and None in one process.
+
+    Why one object: every place where one process and DDP differ (the batch's share, the step's totals, wrapping
+    the model, the validation, who logs and saves) reads it, so the loop and its callers pass no shard, totals or
+    group arguments of their own. ``Ranks()`` is one process with the data already on its device (QAT)."""
+
+    rank: int = 0
+    world: int = 1
+    device: object = None  # a torch.device
+    group: object = None
+
+    @classmethod
+    def of(cls, group, device: str) -> "Ranks":
+        """One process on ``--device`` (:func:`pick_device`), or this rank of ``group`` on the group's device."""
+        if group is None:
+            return cls(device=pick_device(device))
+        return cls(group.rank, group.world, group.device, group)
+
+    @property
+    def lead(self) -> bool:
+        """The one process that logs, saves the training state and tests (rank 0; the only one without DDP)."""
+        return self.rank == 0
+
+    def start(self, state):
+        """Rank 0's resumed training state (or None) on every rank; in one process, ``state`` itself."""
+        return state if self.group is None else self.group.start_training(state)
+
+    def wrap(self, model):
+        """``model`` as it trains: itself in one process, in DistributedDataParallel over the group."""
+        return model if self.group is None else self.group.wrap(model)
+
+    def validate(self, model, splits: Splits) -> tuple[float, float]:
+        """(loss, accuracy) of ``model`` over the validation split; the same figures on every rank."""
+        if self.group is None:
+            return evaluate(model, splits.val_x, splits.val_y, device=self.device)[:2]
+        return _sharded_validation(model, splits, self.group)
+
+
+@dataclass
+class Trainer:
+    """One training loop: the parts :func:`run_epoch` steps and how it steps them, built once per run.
+
+    The one loop for FP32 training and QAT fine-tuning (:mod:`pipeline.training.qat`), so both draw their shuffle
+    and augmentation from ``gen`` the same way and stop on a NaN loss the same way (``what`` names the loop and
+    ``advice`` the options to lower, with their values: see :func:`check_loss`).
+    """
+
+    model: object  # what steps: the model, its DDP wrapper, or a prepared QAT graph
+    opt: object
+    sched: object  # a learning-rate scheduler stepped after every optimizer step, or None
+    gen: object  # the torch.Generator of the shuffle and the augmentation draws (the same on every rank)
+    x: object  # the training images (N, 1, 28, 28), normalized, on the training device
+    y: object
+    batch_size: int  # the global batch
+    epochs: int  # for the progress bar and messages
+    what: str
+    advice: str
+    images: int | None = None  # images per epoch: the first of each shuffle (None: all of x)
+    label_smoothing: float = 0.0
+    background: float | None = None  # a blank pixel's normalized value; turns augmentation on
+    set_train_mode: object = None  # puts the model in training mode (model.train() unless given: torchao's switch)
+    after_step: object = None  # called after every optimizer step (the weight EMAs hook in here)
+    progress: object = None  # a rich Progress: one task per epoch, "<label>epoch e/E loss l"
+    label: str = ""
+    ranks: Ranks = Ranks()
+
+
+def run_epoch(t: Trainer, epoch: int) -> tuple[float, int]:
+    """One epoch (``epoch`` 1-based) of minibatch SGD: shuffle, then per batch augment, forward, loss, NaN check,
     optimizer and scheduler step. Returns (sum of batch loss x batch size, correct predictions) over the
-    ``images`` seen (the first ``images`` of the shuffle; all of ``x`` when None).
+    images seen.
 
-    The one loop for FP32 training and QAT fine-tuning (:mod:`pipeline.training.qat`), so both draw their shuffle and
-    augmentation from ``gen`` the same way and stop on a NaN loss the same way (``what``, ``advice``:
-    see :func:`check_loss`; ``epoch`` is 1-based). ``background`` (the normalized value of a blank pixel)
-    turns augmentation on; ``sched`` may be None. ``set_train_mode`` puts the model in training mode at the
-    start (``model.train()`` unless given: a torch.export graph needs torchao's own switch). ``progress``
-    (a rich ``Progress``) gets one task per epoch, described as ``<label>epoch e/E loss l``. ``after_step``, if
-    given, is called after every optimizer step (the weight EMA of :class:`WeightEMA` hooks in here).
-
-    Data-parallel (:mod:`pipeline.training.distributed`, docs/distributed.md): ``shard`` = (rank, world) takes every
-    world-th image of each global batch of the shared shuffle. Every rank draws the whole global batch's
-    augmentation from ``gen``, as one process does, and warps its own share; its loss is the sum over its share
-    divided by the global batch and multiplied by ``world`` (DDP averages the ranks' gradients), so the step is the
-    global batch's mean even when the shares differ by an image. ``totals`` turns the rank's (loss sum, logits,
-    labels) into the global batch's (mean loss, images, correct), so every rank checks and counts the same values.
-    A last batch with fewer images than ranks is dropped (no rank gets an empty one).
+    Data-parallel (:class:`Ranks`, docs/distributed.md): each rank takes every world-th image of each global
+    batch of the shared shuffle. Every rank draws the whole global batch's augmentation from ``gen``, as one
+    process does, and warps its own share; its loss is the sum over its share divided by the global batch and
+    multiplied by ``world`` (DDP averages the ranks' gradients), so the step is the global batch's mean even when
+    the shares differ by an image. The step's (mean loss, images, correct) are the global batch's
+    (:meth:`Group.step_totals <pipeline.training.distributed.Group.step_totals>`), so every rank checks and counts
+    the same values.
     """
     import torch
+
+    (t.set_train_mode or (lambda m: m.train()))(t.model)
+    n = usable(len(t.x) if t.images is None else min(t.images, len(t.x)), t.batch_size, t.ranks.world)
+    steps = math.ceil(n / t.batch_size)
+    perm = torch.randperm(len(t.x), generator=t.gen)[:n].to(t.x.device)
+    loss_sum, correct = 0.0, 0
+    task = t.progress.add_task(f"{t.label}epoch {epoch}/{t.epochs}", total=steps) if t.progress else None
+    for i in range(steps):
+        loss, value, images, hits = _forward(t, perm[i * t.batch_size : (i + 1) * t.batch_size])
+        check_loss(value, t.what, epoch, t.epochs, i + 1, steps, t.advice)
+        _step(t, loss)
+        loss_sum += value * images
+        correct += hits
+        if t.progress:
+            t.progress.update(task, advance=1, description=f"{t.label}epoch {epoch}/{t.epochs} loss {value:.4f}")
+    if t.progress:
+        t.progress.remove_task(task)
+    return loss_sum, correct
+
+
+def _forward(t: Trainer, idx):
+    """(loss to step on, the batch's mean loss as a float, its images, its correct predictions) of the global
+    batch ``idx``: the whole batch in one process, this rank's share under DDP."""
     import torch.nn.functional as F
 
-    (set_train_mode or (lambda m: m.train()))(model)
-    n = len(x) if images is None else min(images, len(x))
-    rank, world = shard
-    if 0 < n % batch_size < world:
-        n -= n % batch_size
-    steps = math.ceil(n / batch_size)
-    perm = torch.randperm(len(x), generator=gen)[:n].to(x.device)
-    loss_sum, correct = 0.0, 0
-    task = progress.add_task(f"{label}epoch {epoch}/{epochs}", total=steps) if progress else None
-    for i in range(steps):
-        idx = perm[i * batch_size : (i + 1) * batch_size]
-        if world == 1:
-            xb, yb = x[idx], y[idx]
-            if background is not None:
-                xb = augment(xb, background, gen)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-            value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
-            k, hits = len(idx), None
-        else:
-            mine = idx[rank::world]
-            xb, yb = x[mine], y[mine]
-            if background is not None:  # the global batch's draws, in one process's order; this rank's share
-                xb = warp(xb, affine_draws(len(idx), gen)[rank::world], background)
-            out = model(xb)
-            share = F.cross_entropy(out, yb, label_smoothing=label_smoothing, reduction="sum")
-            loss = share * (world / len(idx))
-            value, k, hits = totals(share, out, yb)
-        check_loss(value, what, epoch, epochs, i + 1, steps, advice)
-        if not loss.requires_grad:  # models.py refuses this before training; a forward that detaches only in train mode
-            from pipeline.models import NO_GRADIENT
+    world = t.ranks.world
+    if world == 1:
+        xb, yb = t.x[idx], t.y[idx]
+        if t.background is not None:
+            xb = augment(xb, t.background, t.gen)
+        out = t.model(xb)
+        loss = F.cross_entropy(out, yb, label_smoothing=t.label_smoothing)
+        value = float(loss.detach())  # the one host sync per step, also used for the sum and the bar
+        return loss, value, len(idx), int((out.argmax(1) == yb).sum())
+    mine = idx[t.ranks.rank::world]
+    xb, yb = t.x[mine], t.y[mine]
+    if t.background is not None:  # the global batch's draws, in one process's order; this rank's share
+        xb = warp(xb, affine_draws(len(idx), t.gen)[t.ranks.rank::world], t.background)
+    out = t.model(xb)
+    share = F.cross_entropy(out, yb, label_smoothing=t.label_smoothing, reduction="sum")
+    value, images, hits = t.ranks.group.step_totals(share, out, yb)
+    return share * (world / len(idx)), value, images, hits
 
-            raise PipelineError(f"{what} stopped: the model's output carries no gradient in training mode, {NO_GRADIENT} "
-                                f"{_KEPT}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if after_step is not None:
-            after_step()
-        loss_sum += value * k
-        correct += int((out.argmax(1) == yb).sum()) if hits is None else hits
-        if progress:
-            progress.update(task, advance=1, description=f"{label}epoch {epoch}/{epochs} loss {value:.4f}")
-    if progress:
-        progress.remove_task(task)
-    return loss_sum, correct
+
+def _step(t: Trainer, loss) -> None:
+    """Backward and one optimizer (and scheduler) step, after the loss was found finite."""
+    if not loss.requires_grad:  # models.py refuses this before training; a forward that detaches only in train mode
+        from pipeline.models import NO_GRADIENT
+
+        raise PipelineError(f"{t.what} stopped: the model's output carries no gradient in training mode, {NO_GRADIENT} "
+                            f"{_KEPT}")
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    t.opt.step()
+    if t.sched is not None:
+        t.sched.step()
+    if t.after_step is not None:
+        t.after_step()
 
 
 class WeightEMA:
@@ -312,92 +386,137 @@ def _train(model, splits: Splits, cfg: TrainConfig, progress, resume_path, resum
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # the shuffle: the same on every rank
-    device = pick_device(cfg.device) if group is None else group.device
-    lead = group is None or group.rank == 0  # the one process that validates into the log, saves and tests
-    model = core = model.to(device)
-    if cfg.channels_last:  # NHWC convolutions are the fast oneDNN path on CPU; a no-op for models without convs
-        model = core = model.to(memory_format=torch.channels_last)
-    x_train, y_train = splits.train_x.to(device), splits.train_y.to(device)
-    background = (0.0 - splits.mean) / splits.std
-    n = len(x_train)
-    opt = _optimizer(model, cfg)
-    sched = _scheduler(opt, cfg, math.ceil(n / cfg.batch_size))
-    ema = WeightEMA(model, cfg.ema) if cfg.ema else None
-    kept = ema.model if ema is not None else model  # the weights validated, selected and returned
-
-    history, best, best_state, first, offset = [], (-1.0, 0), None, 1, 0.0
-    state = _load_state(resume_path, resume_key) if lead else None
-    if group is not None:
-        state = group.start_training(state)  # rank 0's state (or None) to every rank
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        history, best, best_state = state["history"], (state["best_acc"], state["best_epoch"]), state["best_state"]
-        if ema is not None:
-            ema.model.load_state_dict(state["ema"])
-            ema.updates = state["ema_updates"]
-        first, offset = state["epoch"] + 1, history[-1]["seconds"]
-        if lead:
-            log.info("resuming after epoch %d of %d (state in %s)", state["epoch"], cfg.epochs, resume_path)
-    if group is not None:
-        model = group.wrap(core)
+    fit = _Fit.build(model, cfg, Ranks.of(group, cfg.device), gen)
+    loop = fit.trainer(splits, progress)
+    first, offset = fit.resume(_load_state(resume_path, resume_key) if fit.ranks.lead else None, resume_path)
+    loop.model = fit.ranks.wrap(fit.core)  # after resuming: DDP sends rank 0's (resumed) weights to every rank
     start = time.perf_counter() - offset
     for epoch in range(first, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        loss_sum, correct = run_epoch(
-            model, x_train, y_train, opt, sched, gen, batch_size=cfg.batch_size, epoch=epoch, epochs=cfg.epochs,
-            what="Training", advice=f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})",
-            label_smoothing=cfg.label_smoothing, background=background if cfg.augment else None,
-            progress=progress if lead else None, after_step=ema.update if ema is not None else None,
-            **({} if group is None else {"shard": (group.rank, group.world), "totals": group.step_totals}))
-        train_seconds = time.perf_counter() - t0
-        if group is None:
-            val_loss, val_acc, _ = evaluate(kept, splits.val_x, splits.val_y, device=device)
-        else:
-            val_loss, val_acc = _sharded_validation(kept, splits, group)
-        if not math.isfinite(val_loss):
-            raise PipelineError(
-                f"Training stopped after epoch {epoch} of {cfg.epochs}: the training loss stayed finite but the "
-                f"validation loss is {val_loss} (the model gives NaN or infinite logits in eval mode). Check the "
-                "model's eval-mode forward (BatchNorm statistics, a division by zero, a branch on self.training), or "
-                f"rerun with a lower --lr (now {cfg.lr:g}). {_KEPT}")
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / n,
-            "train_accuracy": correct / n,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - start,
-            "train_seconds": train_seconds,  # the training loop alone (no validation): the throughput's time
-            "images": n - (n % cfg.batch_size if 0 < n % cfg.batch_size < cfg.world_size else 0),
-        }
-        history.append(row)
-        if not lead:
-            continue
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  (%.0f s)",
-            epoch, cfg.epochs, row["train_loss"], 100 * row["train_accuracy"], val_loss, 100 * val_acc, row["seconds"],
-        )
-        if val_acc > best[0]:
-            best = (val_acc, epoch)
-            best_state = copy.deepcopy(kept.state_dict())
-        if resume_path is not None:
-            _save_state(resume_path, {
-                **({"ema": ema.model.state_dict(), "ema_updates": ema.updates} if ema is not None else {}),
-                "key": resume_key, "epoch": epoch, "model": core.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else {}, "generator": gen.get_state(),
-                "history": history, "best_acc": best[0], "best_epoch": best[1], "best_state": best_state,
-            })
+        fit.record(_epoch(fit, loop, splits, epoch, start))
+        if fit.ranks.lead and resume_path is not None:
+            _save_state(resume_path, fit.state(resume_key, epoch))
     seconds = time.perf_counter() - start
-    if not lead:
-        return None
-    model = core
-    model.load_state_dict(best_state)
+    return _result(fit, splits, seconds) if fit.ranks.lead else None
+
+
+@dataclass
+class _Fit:
+    """One FP32 training run's state: the model, its optimizer, scheduler, shuffle generator and weight EMA, and
+    the epochs so far (history and best). What the resumable state file holds, and what :func:`_train` steps."""
+
+    cfg: TrainConfig
+    ranks: Ranks
+    core: object  # the model itself (the loop steps its DDP wrapper in a data-parallel run)
+    opt: object
+    sched: object
+    gen: object
+    ema: WeightEMA | None
+    history: list = field(default_factory=list)  # one dict per epoch
+    best: tuple = (-1.0, 0)  # (validation accuracy, epoch)
+    best_state: dict | None = None  # the kept weights of the best epoch
+
+    @classmethod
+    def build(cls, model, cfg: TrainConfig, ranks: Ranks, gen) -> "_Fit":
+        import torch
+
+        core = model.to(ranks.device)
+        if cfg.channels_last:  # NHWC convolutions are the fast oneDNN path on CPU; a no-op for models without convs
+            core = core.to(memory_format=torch.channels_last)
+        opt = _optimizer(core, cfg)
+        return cls(cfg, ranks, core, opt, None, gen, WeightEMA(core, cfg.ema) if cfg.ema else None)
+
+    @property
+    def kept(self):
+        """The weights validated, selected and returned: the EMA's, else the model's own."""
+        return self.ema.model if self.ema is not None else self.core
+
+    def trainer(self, splits: Splits, progress) -> Trainer:
+        """The loop over the training split (and the scheduler, which needs its steps per epoch)."""
+        cfg, x = self.cfg, splits.train_x.to(self.ranks.device)
+        self.sched = _scheduler(self.opt, cfg, math.ceil(len(x) / cfg.batch_size))
+        return Trainer(
+            self.core, self.opt, self.sched, self.gen, x, splits.train_y.to(self.ranks.device),
+            batch_size=cfg.batch_size, epochs=cfg.epochs, what="Training",
+            advice=f"--lr (now {cfg.lr:g}) or another --schedule (now {cfg.schedule})",
+            label_smoothing=cfg.label_smoothing, background=(0.0 - splits.mean) / splits.std if cfg.augment else None,
+            progress=progress if self.ranks.lead else None, after_step=self.ema.update if self.ema is not None else None,
+            ranks=self.ranks)
+
+    def resume(self, state, path) -> tuple[int, float]:
+        """Continue from ``state`` (rank 0's, sent to every rank; None: from the start). Returns the first epoch
+        to train and the seconds already spent."""
+        state = self.ranks.start(state)
+        if state is None:
+            return 1, 0.0
+        self.core.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        self.history, self.best = state["history"], (state["best_acc"], state["best_epoch"])
+        self.best_state = state["best_state"]
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["ema"])
+            self.ema.updates = state["ema_updates"]
+        if self.ranks.lead:
+            log.info("resuming after epoch %d of %d (state in %s)", state["epoch"], self.cfg.epochs, path)
+        return state["epoch"] + 1, self.history[-1]["seconds"]
+
+    def record(self, row: dict) -> None:
+        """Add an epoch's row; rank 0 logs it and keeps the kept weights when validation improved."""
+        self.history.append(row)
+        if not self.ranks.lead:
+            return
+        log.info("epoch %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  (%.0f s)", row["epoch"],
+                 self.cfg.epochs, row["train_loss"], 100 * row["train_accuracy"], row["val_loss"],
+                 100 * row["val_accuracy"], row["seconds"])
+        if row["val_accuracy"] > self.best[0]:
+            self.best = (row["val_accuracy"], row["epoch"])
+            self.best_state = copy.deepcopy(self.kept.state_dict())
+
+    def state(self, key: str, epoch: int) -> dict:
+        """The resumable training state after ``epoch`` (see :func:`_load_state`)."""
+        ema = {"ema": self.ema.model.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {}
+        return {**ema, "key": key, "epoch": epoch, "model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else {},
+                "generator": self.gen.get_state(), "history": self.history, "best_acc": self.best[0],
+                "best_epoch": self.best[1], "best_state": self.best_state}
+
+
+def _epoch(fit: _Fit, loop: Trainer, splits: Splits, epoch: int, start: float) -> dict:
+    """Train one epoch and validate the kept weights: the epoch's history row (every rank gets the same one)."""
+    cfg, n = fit.cfg, len(loop.x)
+    t0 = time.perf_counter()
+    loss_sum, correct = run_epoch(loop, epoch)
+    train_seconds = time.perf_counter() - t0
+    val_loss, val_acc = fit.ranks.validate(fit.kept, splits)
+    if not math.isfinite(val_loss):
+        raise PipelineError(
+            f"Training stopped after epoch {epoch} of {cfg.epochs}: the training loss stayed finite but the "
+            f"validation loss is {val_loss} (the model gives NaN or infinite logits in eval mode). Check the "
+            "model's eval-mode forward (BatchNorm statistics, a division by zero, a branch on self.training), or "
+            f"rerun with a lower --lr (now {cfg.lr:g}). {_KEPT}")
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / n,
+        "train_accuracy": correct / n,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": fit.opt.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - start,
+        "train_seconds": train_seconds,  # the training loop alone (no validation): the throughput's time
+        "images": usable(n, cfg.batch_size, fit.ranks.world),
+    }
+
+
+def _result(fit: _Fit, splits: Splits, seconds: float) -> TrainResult:
+    """Rank 0's result: the best epoch's kept weights, on CPU in eval mode, and their test accuracy."""
+    import torch
+
+    model = fit.core
+    model.load_state_dict(fit.best_state)
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     _, test_acc, _ = evaluate(model, splits.test_x, splits.test_y)
-    log.info("kept epoch %d (val %.2f%%); test accuracy %.2f%%", best[1], 100 * best[0], 100 * test_acc)
-    return TrainResult(model, history, best[1], best[0], test_acc, seconds, str(device))
+    acc, epoch = fit.best
+    log.info("kept epoch %d (val %.2f%%); test accuracy %.2f%%", epoch, 100 * acc, 100 * test_acc)
+    return TrainResult(model, fit.history, epoch, acc, test_acc, seconds, str(fit.ranks.device))

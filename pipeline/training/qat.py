@@ -106,7 +106,7 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
     from exporters.precision import QuantizationError, write_int8
 
     from pipeline.store.paths import refused_writes
-    from .fit import run_epoch
+    from .fit import Trainer, run_epoch
 
     torch.manual_seed(seed)
     prepared = prepare(model, splits.train_x[:2])
@@ -118,11 +118,11 @@ def qat(model, splits, cfg: QuantConfig, final: Path, metadata: dict, opset: int
     gen = torch.Generator().manual_seed(seed)
     recipe = Recipe(prepared, cfg)
     background = float((0.0 - splits.mean) / splits.std) if cfg.qat_augment else None
+    loop = Trainer(prepared, opt, sched, gen, x, y, batch_size=batch_size, epochs=cfg.qat_epochs,
+                   what="QAT fine-tuning", advice=f"--qat-lr (now {cfg.qat_lr:g})", images=n, background=background,
+                   set_train_mode=move_exported_model_to_train, after_step=recipe.step, progress=progress, label="QAT ")
     for epoch in range(1, cfg.qat_epochs + 1):
-        run_epoch(prepared, x, y, opt, sched, gen, batch_size=batch_size, images=n, epoch=epoch,
-                  epochs=cfg.qat_epochs, what="QAT fine-tuning", advice=f"--qat-lr (now {cfg.qat_lr:g})",
-                  background=background, set_train_mode=move_exported_model_to_train, progress=progress,
-                  label="QAT ", after_step=recipe.step)
+        run_epoch(loop, epoch)
     recipe.finish()
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)

@@ -186,3 +186,21 @@ def test_importing_pipeline_does_not_import_torch():
     code = ("import sys, pipeline; from pipeline import run, RunResult, PipelineError; "
             "assert callable(run) and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"epoch": 3}, "'epoch' is not one (did you mean 'epochs'?)"),
+    ({"batchsize": 64, "lrr": 0.1}, "2 unknown keywords: 'batchsize' is not one (did you mean 'batch_size'?); 'lrr'"),
+    ({"nproc": 2}, "nproc is an option of the `pipeline run` command only: it starts worker processes"),
+    ({"verbose": True}, "verbose is an option of the `pipeline run` command only"),
+])
+def test_an_unknown_keyword_is_one_paragraph_naming_the_valid_ones(tmp_path, kwargs, says):
+    """The keywords are read from the option table (pipeline.config.OPTIONS), so a misspelt one is a user error
+    like any other, not a TypeError, and the message lists the table's keywords."""
+    from pipeline.config import OPTIONS
+
+    with pytest.raises(PipelineError) as e:
+        pipeline.run(stage="data", artifacts=tmp_path / "a", **kwargs)
+    assert says in str(e.value) and str(e.value).endswith("Nothing was run.")
+    assert all(o.name in str(e.value) for o in OPTIONS if not o.command_only)
+    assert not (tmp_path / "a").exists()

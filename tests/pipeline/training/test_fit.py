@@ -117,9 +117,9 @@ def test_ema_weights_are_the_ones_validated_and_kept(small, monkeypatch):
     snapshots = []
     real_run_epoch = train.run_epoch
 
-    def recording(model, *args, **kwargs):
-        kwargs["after_step"] = lambda: snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return real_run_epoch(model, *args, **kwargs)
+    def recording(loop, epoch):
+        loop.after_step = lambda: snapshots.append({k: v.detach().clone() for k, v in loop.model.state_dict().items()})
+        return real_run_epoch(loop, epoch)
 
     monkeypatch.setattr(train, "run_epoch", recording)
     raw = _run(small, cfg)

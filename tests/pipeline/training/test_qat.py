@@ -9,7 +9,7 @@ from pipeline import models
 from pipeline.config import DataConfig, QuantConfig
 from pipeline.errors import PipelineError
 from pipeline.training.qat import Recipe, prepare
-from pipeline.training.fit import run_epoch
+from pipeline.training.fit import Trainer, run_epoch
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def _train(prepared, splits, cfg: QuantConfig, record, steps: int = 8, lr: float
         record(recipe.steps)
 
     opt = torch.optim.SGD(prepared.parameters(), lr=lr, momentum=0.9)
-    run_epoch(prepared, splits.train_x, splits.train_y, opt, None, torch.Generator().manual_seed(0), batch_size=32,
-              images=32 * steps, epoch=1, epochs=1, what="QAT", advice="-", set_train_mode=move_exported_model_to_train,
-              after_step=after)
+    run_epoch(Trainer(prepared, opt, None, torch.Generator().manual_seed(0), splits.train_x, splits.train_y,
+                      batch_size=32, epochs=1, what="QAT", advice="-", images=32 * steps,
+                      set_train_mode=move_exported_model_to_train, after_step=after), 1)
     return recipe
 
 
