@@ -579,5 +579,10 @@ def bench(
         out.print(literal(f"results written to {json_out}"), soft_wrap=True)
 
 
+from .devices.cli import app as _device_app  # noqa: E402  (the `pipeline device` commands)
+
+app.add_typer(_device_app, name="device")
+
+
 def main() -> None:
     app()

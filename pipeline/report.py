@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from runtime.bench import METHOD, NOISY_SPREAD_PCT, ROUNDS_METHOD, SPREAD
 
 from . import ladder, recommend, variants
+from .devices import report as device_report
 from .layout import atomic_write, strict_json
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _plotted(target, rows: list[dict], small: str) -> list[dict]:
 
 def _what_to_ship(report: dict) -> list[str]:
     """The "What to ship" section: per target, the file, the variant, its figures and why; then the commands."""
-    recs = _recommended(report)
+    recs = device_report.ship(report, _recommended(report))  # a device's measured rows win for its target
     small, big = recommend.batches(report["variants"])
     titles = {t.key: t.title for t in recommend.TARGETS}
     lines = ["## What to ship", "", *_untrusted(report),
@@ -177,6 +178,7 @@ def render_markdown(report: dict) -> str:
         *_training_throughput(t),
         "",
         *_what_to_ship(report),
+        *device_report.markdown(report),
         "## Variants",
         "",
         f"Accuracy over the full test set; agreement and max |logit diff| against `{variants.REFERENCE}`.",
@@ -477,6 +479,7 @@ def render_html(report: dict, figs: dict[str, Path]) -> str:
 def write_all(report: dict, run_dir: Path) -> list[Path]:
     """report.json, report.md, report.html and the figures under report/; returns the paths written."""
     json_path, md_path, html_path = run_dir / "report.json", run_dir / "report.md", run_dir / "report.html"
+    report = device_report.attach(report, run_dir)  # the run's device recordings (pipeline.devices)
     write(report, json_path, md_path)
     figs = figures(report, run_dir / "report")
     atomic_write(html_path, render_html(report, figs))
