@@ -20,9 +20,14 @@ SHIP_KEY = {"cpu": "cpu", "gpu": "tensorrt", "jetson": "tensorrt", "browser": "b
 def attach(report: dict, run_dir: Path) -> dict:
     """``report`` with ``devices`` from the run's recordings (a copy; a folder without devices/ keeps what the
     report already says, so a copied report.json renders as it was)."""
-    if not (Path(run_dir) / "devices").is_dir():
-        return report
-    measurements = load_all(run_dir)
+    if not (Path(run_dir) / "devices").is_dir():  # a copied report.json: its own measurements, checked again
+        from .record import problems
+
+        kept = [m for m in (report.get("devices") or {}).get("measurements") or []
+                if isinstance(m, dict) and not problems({k: v for k, v in m.items() if k != "stale"})]
+        measurements = [{**m, "stale": m.get("stale") is True} for m in kept]
+    else:
+        measurements = load_all(run_dir)
     out = {k: v for k, v in report.items() if k != "devices"}
     if measurements:
         out["devices"] = {"measurements": measurements, "recommended": recommended(report, measurements)}

@@ -207,3 +207,17 @@ def test_jetson_target_builds_engines_on_the_device_and_records_their_figures(qu
     assert ship["device"] == "orin" and ship["measured"] is True
     md = (quick_copy / "edgenet" / "report.md").read_text().split("## What to ship", 1)[1].split("## Variants")[0]
     assert "NVIDIA GPU or Jetson, TensorRT" in md and "measured on the device orin (ssh," in md
+
+
+def test_an_authentication_failure_says_try_ssh_first(quick_copy, ssh_args, sshd, tmp_path):
+    before = (quick_copy / "edgenet" / "report.json").read_bytes()
+    stranger = _sshd.keygen(tmp_path / "stranger")  # a key the server does not authorize
+    config = tmp_path / "ssh_config"
+    config.write_text(sshd.client_config.read_text().replace(str(sshd.client_key), str(stranger)))
+    args = list(ssh_args)
+    args[args.index("--ssh-config") + 1] = config
+    result = run_device(quick_copy, args, "dev-box")
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "ssh could not log in to dev-box" in out and "Try `ssh dev-box` first" in out
+    nothing_recorded(quick_copy, before)
