@@ -29,19 +29,20 @@ class BundleTarget:
     engines: bool = False  # builds TensorRT engines on the device, from the files whose row says tensorrt
     site: bool = False  # a static page with classifier.js on onnxruntime-web's wasm build: what `pipeline demo` serves
     readme: tuple[str, ...] = ()  # lines its device README adds at the end of the steps
+    deploy: str | None = None  # the DEPLOY row (report.json's "recommended" key) a device running it measures
 
 
 BUNDLES: tuple[BundleTarget, ...] = (
-    BundleTarget("jetson", "python", "Python, bench.py", engines=True, readme=(
+    BundleTarget("jetson", "python", "Python, bench.py", engines=True, deploy="tensorrt", readme=(
         "On a Jetson, set and record the power mode first (`sudo nvpmodel -m 0`, `sudo jetson_clocks`);",
         "bench.py --json records `nvpmodel -q` and `jetson_clocks --show` with the results.",
         "`python3 build_engines.py --dla-core 0` builds the fp16 and int8 engines for a DLA core (static",
         "profile: batch = --max-batch; GPU fallback on); the layers that run on the GPU, read from the",
         "built engine, are printed and stored in the sidecar.")),
-    BundleTarget("gpu", "python", "Python, bench.py", engines=True),
-    BundleTarget("cpu", "python", "Python, bench.py"),
+    BundleTarget("gpu", "python", "Python, bench.py", engines=True, deploy="tensorrt"),
+    BundleTarget("cpu", "python", "Python, bench.py", deploy="cpu"),
     BundleTarget("node", "js", "onnxruntime-node, classify.mjs"),
-    BundleTarget("web", "js", "static page, classifier.js, onnxruntime-web wasm", site=True),
+    BundleTarget("web", "js", "static page, classifier.js, onnxruntime-web wasm", site=True, deploy="browser"),
 )
 #: every ``pipeline bundle --target`` value, in table order
 TARGETS = tuple(t.name for t in BUNDLES)
@@ -54,6 +55,9 @@ JS_TARGETS = tuple(t.name for t in BUNDLES if t.runner == "js")
 ENGINE_TARGETS = tuple(t.name for t in BUNDLES if t.engines)
 #: the bundle that is a web site (``pipeline demo`` builds and serves it)
 SITE = next(t.name for t in BUNDLES if t.site)
+#: what a device measurement's ``target`` may be -> the DEPLOY row it measures: the Python bundles (measured by
+#: ``pipeline device run``/``add``) and ``browser``, a phone's browser measuring the web site (``pipeline demo --lan``)
+DEVICE = {**{t.name: t.deploy for t in BUNDLES if t.runner == "python"}, "browser": next(t.deploy for t in BUNDLES if t.site)}
 
 
 class _ByName(Mapping):

@@ -18,8 +18,9 @@ PACKAGES = ("pipeline", "exporters", "runtime")
 #: top to bottom: each entry is a module-name prefix; a module belongs to the longest prefix that names it
 LAYERS = (
     ("pipeline", "pipeline.cli", "pipeline.api", "pipeline.__main__"),
-    ("pipeline.stages",),
     ("pipeline.devices",),
+    ("pipeline.stages",),
+    ("pipeline.guard",),
     ("pipeline.report",),
     ("pipeline.measure",),
     ("pipeline.bundle",),
@@ -186,8 +187,8 @@ def test_the_checker_finds_every_kind_of_import(tmp_path):
     assert graph["exporters.sub.m"] == {"pipeline.store.paths": 2, "pipeline.config": 5, "exporters.sub.fine": 6,
                                         "runtime.metadata": 9}
     assert upward_imports(graph) == [
-        "exporters.sub.m (layer 15) imports pipeline.config (layer 8) at line 5",
-        "exporters.sub.m (layer 15) imports pipeline.store.paths (layer 9) at line 2",
+        "exporters.sub.m (layer 16) imports pipeline.config (layer 9) at line 5",
+        "exporters.sub.m (layer 16) imports pipeline.store.paths (layer 10) at line 2",
     ]
 
 

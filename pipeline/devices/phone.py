@@ -16,7 +16,7 @@ untrusted input: its size is capped before it is read, its shape checked by :fun
 and, stricter than the build host's own browser, every logit must be a finite number and every timing a sane one
 (:func:`check_post`). It is then judged exactly like the report's ``web-wasm-*`` rows: the same
 :func:`pipeline.validate.compare` against the run's PyTorch reference logits, the same
-:func:`runtime.bench.combine_rounds`, and recorded with :func:`pipeline.devices.record.record` as a device named
+:func:`runtime.bench.combine_rounds`, and recorded with :func:`pipeline.store.devices.record` as a device named
 from its user agent ("Chrome 131 on Android"), with "equals report" true when accuracy, agreement and the flipped
 images are the report's for that row.
 
@@ -231,7 +231,7 @@ class Judge:
             return HTTPStatus.UNPROCESSABLE_ENTITY, f"nothing recorded: the page could not measure ({text})"
         with self._lock:
             measurement = self.judge(data)
-            from .record import record
+            from pipeline.store.devices import record
 
             try:
                 path = record(self.run_dir, measurement)

@@ -140,8 +140,11 @@ def write_all(report: dict, run_dir: Path) -> list[Path]:
     :func:`complete`'s report); returns the paths written."""
     from . import figures, html, markdown
 
+    from . import on_devices
+
     run = RunDir(Path(run_dir))
     json_path, md_path, html_path = run.report_json, run.report_md, run.report_html
+    report = on_devices.attach(report, run.root)  # the run's device recordings (pipeline.devices)
     text = _checked_json(report)
     shown = complete(report)
     md = markdown.render_markdown(shown)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from runtime.bench import METHOD, NOISY_SPREAD_PCT
 
-from . import ladder, recommend
+from . import ladder, on_devices, recommend
 from .figures import plotted
 from pipeline import targets, variants
 
@@ -70,7 +70,7 @@ def _training_throughput(t: dict) -> list[str]:
 
 def _what_to_ship(report: dict) -> list[str]:
     """Per target, report.json's recommendation: the file, the variant, its figures and why; then the commands."""
-    recs = report["recommended"] or {}
+    recs = on_devices.ship(report, report["recommended"] or {})  # a current device's measured rows win for its target
     small, big = recommend.batches(report["variants"])
     titles = {t.key: t.title for t in targets.DEPLOY}
     lines = ["## What to ship", "", *_untrusted(report),
@@ -295,8 +295,8 @@ def _environment(report: dict) -> list[str]:
 
 
 #: report.md, top to bottom
-SECTIONS = (_header, _what_to_ship, _variants, _latency, _speed, _budgets_and_skipped, _quantization, _timing,
-            _ladder, _environment)
+SECTIONS = (_header, _what_to_ship, on_devices.markdown, _variants, _latency, _speed, _budgets_and_skipped,
+            _quantization, _timing, _ladder, _environment)
 
 
 def render_markdown(report: dict) -> str:

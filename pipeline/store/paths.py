@@ -292,7 +292,7 @@ def check_writable(root: Path, option: str = "--artifacts") -> None:
 class RunDir:
     """Artifact layout of one model's run: ``<artifacts>/<model>/...``, and the bundles made from it.
 
-    Every run path is built here and nowhere else (tests/pipeline/store/test_run_paths.py greps ``pipeline/`` for
+    Every run path is built here and nowhere else (tests/pipeline/store/test_paths_run.py greps ``pipeline/`` for
     the names below), so the layout can change in one place. A path a report or a message cites relative to the
     run folder (``quantize/qat-torch.json``) comes from :meth:`relative`."""
 
@@ -410,6 +410,11 @@ class RunDir:
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def devices(self) -> Path:
+        """Measurements taken on the user's devices, one ``<slug>.json`` each (:mod:`pipeline.store.devices`)."""
+        return self.root / "devices"
 
     @property
     def report_figures(self) -> Path:

@@ -43,8 +43,17 @@ from runtime.errors import RuntimeInputError  # noqa: E402
 
 
 def device_state():
-    """Jetson power mode and clocks when the Jetson tools exist; CPU/platform otherwise."""
-    state = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
+    """What the figures were measured on: host, OS, CPU, GPU, runtime versions and, on a Jetson, the JetPack
+    release, power mode and clocks. Every probe is read defensively (a missing tool or file leaves its key
+    out, a failing one says so), because a device owes us none of them."""
+    state = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
+             "host": platform.node(), "os": _os_name(), "cpu": _cpu_name(), "runtimes": _runtimes()}
+    gpu = _gpu_name()
+    if gpu:
+        state["gpu"] = gpu
+    jetpack = _read_text("/etc/nv_tegra_release")
+    if jetpack:
+        state["jetpack"] = jetpack.splitlines()[0][:200]  # "# R36 (release), REVISION: 3.0, ..." (L4T = JetPack)
     for tool, args in (("nvpmodel", ["-q"]), ("jetson_clocks", ["--show"])):
         if shutil.which(tool):
             try:
@@ -53,6 +62,79 @@ def device_state():
             except (OSError, subprocess.SubprocessError) as e:
                 state[tool] = f"could not run: {e}"
     return state
+
+
+def _read_text(path, limit=4096):
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace").replace("\0", "").strip()
+    except OSError:
+        return ""
+
+
+def _os_name():
+    for line in _read_text("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')[:200]
+    return f"{platform.system()} {platform.release()}"
+
+
+def _cpu_name():
+    for line in _read_text("/proc/cpuinfo", 1 << 16).splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("model name", "hardware", "cpu model") and ":" in line:
+            return line.split(":", 1)[1].strip()[:200]
+    return (platform.processor() or platform.machine())[:200]
+
+
+def _gpu_name():
+    """nvidia-smi's GPU name, else a Jetson's device-tree model; '' when neither says."""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip().splitlines()[0][:200]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return _read_text("/proc/device-tree/model")[:200]
+
+
+def _runtimes():
+    """Versions of the runtimes this script may use, from their own modules (only those that import)."""
+    import importlib
+
+    found = {"numpy": np.__version__}
+    for name in ("onnxruntime", "tensorrt", "polygraphy"):
+        try:
+            found[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
+        except Exception:  # not installed, or broken: either way not a runtime this device has
+            pass
+    return found
+
+
+#: what a --json file is (pipeline device add checks it)
+RESULT_FORMAT = "edge-export-pipeline/bench-result-v1"
+
+
+def bundle_identity(manifest_bytes):
+    """Which bundle the figures came from: the SHA-256 of its MANIFEST.json and its models' SHA-256, so the
+    pipeline can refuse a result of another bundle or model and mark one stale when the model changes."""
+    import hashlib
+
+    manifest = json.loads(manifest_bytes)
+    return {"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "model": manifest.get("model"),
+            "target": manifest.get("target"),
+            "files": {k: v for k, v in manifest.get("files", {}).items() if k.startswith("models/")}}
+
+
+def digest_of(body):
+    """SHA-256 of the result's canonical JSON (sorted keys, no spaces): catches an edited or damaged file.
+    Anyone can recompute it, so it guards against accidents, not against a forger."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+                          .encode()).hexdigest()
 
 
 def normalize(images_u8, meta):
@@ -263,7 +345,8 @@ def main(argv=None):
     except RuntimeInputError as e:
         sys.exit(f"error: {e}")
 
-    manifest = json.loads((HERE / "MANIFEST.json").read_text())
+    manifest_bytes = (HERE / "MANIFEST.json").read_bytes()
+    manifest = json.loads(manifest_bytes)
     test = np.load(HERE / "data" / "mnist-test.npz")
     ref = np.load(HERE / "data" / "reference.npz")["logits"]
     images, labels = test["images"], test["labels"]
@@ -334,9 +417,13 @@ def main(argv=None):
             print(f"{r['variant']}: layers by precision {r['layer_precisions'].get('by_precision')}")
     state = device_state()
     if args.json:
-        out = {"rows": rows, "reference_failed_checks": reference_failed, "device": state,
-               "contention": {**signals, "untrusted": noisy}}
-        Path(args.json).write_text(json.dumps(strict_json(out), indent=2, allow_nan=False))
+        out = strict_json({"format": RESULT_FORMAT, "bundle": bundle_identity(manifest_bytes),
+                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "engines": args.engines, "provider": args.provider, "images": int(len(labels)),
+                           "rows": rows, "reference_failed_checks": reference_failed, "device": state,
+                           "contention": {**signals, "untrusted": noisy}})
+        out["digest"] = digest_of(out)
+        Path(args.json).write_text(json.dumps(out, indent=2, allow_nan=False))
     broken = [r["variant"] for r in rows if r["nonfinite"]]
     if broken:
         print(f"FAILED: NaN or infinite logits from {', '.join(broken)}")
