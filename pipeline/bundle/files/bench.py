@@ -51,9 +51,11 @@ def device_state():
     gpu = _gpu_name()
     if gpu:
         state["gpu"] = gpu
-    jetpack = _read_text("/etc/nv_tegra_release")
-    if jetpack:
-        state["jetpack"] = jetpack.splitlines()[0][:200]  # "# R36 (release), REVISION: 3.0, ..." (L4T = JetPack)
+    l4t = _read_text("/etc/nv_tegra_release")  # "# R36 (release), REVISION: 3.0, ...": the L4T release
+    jetpack = _jetpack_version()
+    if jetpack or l4t:
+        state["jetpack"] = "; ".join(x for x in (jetpack and f"JetPack {jetpack}", l4t.splitlines()[0][:200] if l4t
+                                                 else "") if x)
     for tool, args in (("nvpmodel", ["-q"]), ("jetson_clocks", ["--show"])):
         if shutil.which(tool):
             try:
@@ -62,6 +64,18 @@ def device_state():
             except (OSError, subprocess.SubprocessError) as e:
                 state[tool] = f"could not run: {e}"
     return state
+
+
+def _jetpack_version():
+    """The nvidia-jetpack package's version ('' when dpkg or the package is absent)."""
+    if not shutil.which("dpkg-query"):
+        return ""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"], capture_output=True, text=True,
+                             timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()[:50] if out.returncode == 0 else ""
 
 
 def _read_text(path, limit=4096):
