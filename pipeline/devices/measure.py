@@ -210,12 +210,13 @@ def run_all(cfg: DeviceRun, hosts: list[str], folder: Path, tar: Path, on_line, 
 
 def _source_files(target: str) -> dict[str, Path]:
     """The bundle's scripts and where they come from here: a bundle with older copies is rebuilt."""
+    from pipeline import targets
     from pipeline.bundle import build as bundle
 
-    repo = Path(bundle.__file__).resolve().parents[1]
+    repo = Path(bundle.__file__).resolve().parents[2]
     files = {"bench.py": bundle.FILES / "bench.py",
              **{f"runtime/{n}": repo / "runtime" / n for n in ("__init__.py", "bench.py", "errors.py")}}
-    if target in bundle.ENGINE_TARGETS:
+    if targets.BUNDLE[target].engines:
         files["build_engines.py"] = repo / "exporters" / "tensorrt.py"
     return files
 
@@ -223,10 +224,11 @@ def _source_files(target: str) -> dict[str, Path]:
 def bundle_is_current(run, target: str, folder: Path, tar: Path) -> str | None:
     """Why the bundle ``folder`` (and its ``tar``) cannot be reused for ``target`` (None when it can): it must be
     intact, made for this target from this run's current models and report figures, with today's scripts."""
-    from pipeline.bundle import build as bundle
     from pipeline import variants
-    from pipeline.store.paths import sha256_file
+    from pipeline.bundle import build as bundle, layout
     from pipeline.store.devices import current_models
+    from pipeline.store.paths import sha256_file
+    from pipeline.store.schema import load_report
 
     if not (folder / "MANIFEST.json").is_file() or not tar.is_file():
         return "no bundle yet"
@@ -235,7 +237,7 @@ def bundle_is_current(run, target: str, folder: Path, tar: Path) -> str | None:
     try:
         problems = bundle.verify(folder)
         man = json.loads((folder / "MANIFEST.json").read_text())
-        report = json.loads(run.report_json.read_text())
+        report = load_report(run.report_json)
     except (OSError, ValueError, PipelineError) as e:
         return f"unreadable ({e})"
     if problems:
@@ -243,9 +245,9 @@ def bundle_is_current(run, target: str, folder: Path, tar: Path) -> str | None:
     if man.get("target") != target or man.get("model") != report.get("model"):
         return "made for another target or model"
     models = current_models(run.root) or {}
-    shipped = {rel: sha for rel, sha in man.get("files", {}).items() if rel.startswith("models/")}
+    shipped = {rel: sha for rel, sha in man.get("files", {}).items() if rel.startswith(layout.MODELS + "/")}
     rows = {r["name"]: r for r in report.get("variants", [])}
-    want = {f"models/{v.file}" for v in variants.VARIANTS if target in v.bundle and v.name in rows}
+    want = {layout.model(v.file) for v in variants.VARIANTS if target in v.bundle and v.name in rows}
     if set(shipped) != want or any(models.get(rel) != sha for rel, sha in shipped.items()):
         return "the run's models changed since it was made"
     for stem, info in man.get("models", {}).items():

@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import math
 import re
 import secrets
 import socket
@@ -203,7 +202,12 @@ class Judge:
 
         self.run_dir, self.ref, self.name = Path(run_dir), ref, name
         manifest = json.loads((bundle_folder / "MANIFEST.json").read_text())
-        self.bundle = {"manifest_sha256": sha256_file(bundle_folder / "MANIFEST.json"), "model": manifest.get("model")}
+        from pipeline.bundle import layout
+
+        # the served models' SHA-256s: a rerun that changes a model marks this recording stale (store.devices.is_stale)
+        files = {rel: sha for rel, sha in (manifest.get("files") or {}).items() if rel.startswith(layout.MODELS + "/")}
+        self.bundle = {"manifest_sha256": sha256_file(bundle_folder / "MANIFEST.json"), "model": manifest.get("model"),
+                       "files": files}
         entries = json.loads((bundle_folder / "preprocessing.json").read_text())["models"]
         self.models = {key: len(e["classes"]) for key, e in entries.items()}
         self.variants = {key: browser_variant(e) for key, e in entries.items()}

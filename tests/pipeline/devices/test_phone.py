@@ -259,6 +259,14 @@ def test_a_malformed_or_nan_post_is_refused_and_nothing_recorded(lan, labels):
     assert set(_recorded(lan)) == set(before) | {"chrome-131-on-android.json"}
     assert {k: v for k, v in _recorded(lan).items() if k in before} == before
 
+    # the recording names the served models' SHA-256s, which are the run's: current now, stale once a rerun changes one
+    from pipeline.store.devices import current_models, is_stale
+
+    models = current_models(lan["run"])
+    assert rec["bundle"]["files"] and set(rec["bundle"]["files"]) <= set(models) and not is_stale(rec, models)
+    changed = dict(models, **{next(iter(rec["bundle"]["files"])): "0" * 64})
+    assert is_stale(rec, changed)
+
 
 @pytest.mark.parametrize("ua, name", [
     (PIXEL, "Chrome 131 on Android"),
