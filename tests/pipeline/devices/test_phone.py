@@ -97,7 +97,9 @@ def test_a_phone_measures_itself_and_the_run_records_it(lan, quick_run, tmp_path
     rec = json.loads(path.read_text())
     assert rec["name"] == name and rec["source"] == rec["target"] == "browser" and rec["schema"] == 1
     assert rec["device"]["user_agent"] == got["userAgent"] and rec["device"]["os"] == "Linux"
-    assert rec["bundle"] == {"manifest_sha256": sha256_file(lan["bundle"] / "MANIFEST.json"), "model": "edgenet"}
+    shipped = json.loads((lan["bundle"] / "MANIFEST.json").read_text())["files"]
+    assert rec["bundle"] == {"manifest_sha256": sha256_file(lan["bundle"] / "MANIFEST.json"), "model": "edgenet",
+                             "files": {k: v for k, v in shipped.items() if k.startswith("models/")}}
     rows = {row["name"]: row for row in quick_run["report"]["variants"] if row["name"].startswith("web-wasm-")}
     assert set(rec["variants"]) == set(rows) == {"web-wasm-fp32", "web-wasm-int8"}, quick_run["report"]["skipped"]
     for v, row in rows.items():
