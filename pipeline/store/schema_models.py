@@ -22,6 +22,17 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
+def _column(name: str):
+    """The values a report row's field may take: those of the variant table's column (pipeline.variants), so a
+    backend, provider or precision is named in one place."""
+    from pipeline.variants import VARIANTS
+
+    return Literal[tuple(sorted({getattr(v, name) for v in VARIANTS}))]
+
+
+Backend, Provider, Precision = _column("backend"), _column("provider"), _column("precision")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
 
@@ -64,9 +75,9 @@ class VsFp32(Strict):
 
 class VariantRow(Strict):
     name: str
-    backend: Literal["torch", "onnxruntime", "tensorrt", "onnxruntime-web"]
-    provider: Literal["cpu", "cuda", "wasm"]
-    precision: Literal["fp32", "fp16", "int8"]
+    backend: Backend
+    provider: Provider
+    precision: Precision
     path: str
     size_bytes: Count
     accuracy: Fraction
