@@ -211,7 +211,7 @@ def bundle_cmd(
     """Folder + .tar.gz with the ONNX variants, test data, reference outputs, build and bench scripts."""
     from .bundle import build as bundle
     from .store.paths import check_output_dir
-    from .bundle.signals import as_interrupt
+    from .signals import as_interrupt
 
     _setup_logging()
     run_dir = RunDir.for_model(artifacts, model)
@@ -239,7 +239,7 @@ def demo(
     """Serve the web bundle (built first if missing, checked like `pipeline verify`) on 127.0.0.1 and print its URL;
     Ctrl-C stops it. With --lan, on the local network for a phone's browser to measure itself."""
     from .bundle import build as bundle, demo as demo_mod
-    from .bundle.signals import as_interrupt
+    from .signals import as_interrupt
 
     if bind is not None and not lan:
         raise PipelineError("--bind chooses the address of `pipeline demo --lan`; add --lan (without it the demo "

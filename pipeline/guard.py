@@ -58,9 +58,9 @@ def guarded(fn=None, *, advice: WriteAdvice = RUN_ADVICE):
             _error(e)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
-            from .bundle.signals import Terminated
+            from .signals import Terminated
 
-            if isinstance(e, Terminated):  # SIGTERM or SIGHUP (pipeline.bundle.signals): the same cleanup ran
+            if isinstance(e, Terminated):  # SIGTERM or SIGHUP (pipeline.signals): the same cleanup ran
                 _error("the command was stopped; its temp files were removed, and finished stages and files are "
                        "kept; rerun to continue.", prefix=f"terminated by {e.name}:")
                 raise typer.Exit(128 + e.signum) from None

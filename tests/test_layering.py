@@ -31,6 +31,7 @@ LAYERS = (
     ("pipeline.models",),
     ("pipeline.variants",),
     ("pipeline.targets",),
+    ("pipeline.signals",),
     ("pipeline.console",),
     ("pipeline.errors",),
     ("exporters",),
@@ -187,8 +188,8 @@ def test_the_checker_finds_every_kind_of_import(tmp_path):
     assert graph["exporters.sub.m"] == {"pipeline.store.paths": 2, "pipeline.config": 5, "exporters.sub.fine": 6,
                                         "runtime.metadata": 9}
     assert upward_imports(graph) == [
-        "exporters.sub.m (layer 16) imports pipeline.config (layer 9) at line 5",
-        "exporters.sub.m (layer 16) imports pipeline.store.paths (layer 10) at line 2",
+        "exporters.sub.m (layer 17) imports pipeline.config (layer 9) at line 5",
+        "exporters.sub.m (layer 17) imports pipeline.store.paths (layer 10) at line 2",
     ]
 
 

@@ -90,7 +90,7 @@ def _run(*, hosts, target, model, name, artifacts, data_root, ssh_config, ssh_op
     from ..config import default_data_root
     from ..errors import PipelineError
     from pipeline.store.paths import RunDir, sha256_file
-    from pipeline.bundle.signals import as_interrupt
+    from pipeline.signals import as_interrupt
     from pipeline.store import devices as record
 
     from . import measure, result
