@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import typer
 
+from pipeline import targets
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure the run's bundle on your own devices (ssh, or a result file) and record it in the report.")
 
@@ -56,8 +58,9 @@ def _guard():
 def run_cmd(
     hosts: List[str] = typer.Argument(..., help="ssh destinations ([user@]host or a Host of your ssh config); several "
                                       "are measured in parallel."),
-    target: str = typer.Option(..., "--target", help="cpu (onnxruntime CPU) | gpu | jetson (TensorRT engines built "
-                               "on the device, then bench.py --engines)"),
+    target: str = typer.Option(..., "--target", help=" | ".join(
+        f"{t.name}{' (TensorRT engines built on the device, then bench.py --engines)' if t.engines else ''}"
+        for t in targets.BUNDLES if t.runner == "python")),
     model: str = typer.Option("edgenet", "--model", "-m", help="Which run to measure."),
     name: Optional[str] = typer.Option(None, "--name", help="The device's name in the report [default: the host]; "
                                        "one host only."),

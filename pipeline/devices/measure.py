@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import targets
+
 from ..errors import PipelineError
 from . import ssh
 from .ssh import DeviceError, SshConfig
@@ -25,8 +27,9 @@ from .ssh import DeviceError, SshConfig
 log = logging.getLogger(__name__)
 AGENT = Path(__file__).with_name("agent.py")
 #: the modules each target's bench needs on the device, and how to install them
-NEEDS = {"cpu": ("numpy", "onnxruntime"), "gpu": ("numpy", "onnxruntime", "tensorrt", "polygraphy"),
-         "jetson": ("numpy", "onnxruntime", "tensorrt", "polygraphy")}
+#: (the targets bench.py measures: the Python bundles of pipeline.targets; those that build engines need TensorRT)
+NEEDS = {t.name: ("numpy", "onnxruntime") + (("tensorrt", "polygraphy") if t.engines else ())
+         for t in targets.BUNDLES if t.runner == "python"}
 INSTALL = {"numpy": "numpy", "onnxruntime": "onnxruntime", "polygraphy": "polygraphy",
            "tensorrt": "tensorrt (on a Jetson: JetPack's python3-libnvinfer, `sudo apt-get install nvidia-jetpack`)"}
 #: free bytes the device needs where the bundle goes, beyond the archive: the unpacked folder and the engines
@@ -115,7 +118,7 @@ def measure_host(cfg: DeviceRun, host: str, folder: Path, tar: Path, session: Se
     manifest_sha = sha256_file(folder / "MANIFEST.json")
     tar_sha = sha256_file(tar)
     base = ["--dir", cfg.remote_dir, "--sha", manifest_sha]
-    engines = cfg.target in ("jetson", "gpu")
+    engines = targets.BUNDLE[cfg.target].engines
     need = list(NEEDS[cfg.target])
     out = _agent_call(cfg, host, ["probe", *base, "--need", *need,
                                   *(["--trtexec-check"] if engines and cfg.build == "trtexec" else []),

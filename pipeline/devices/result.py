@@ -16,7 +16,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import variants
+from .. import targets, variants
 from pipeline.store.devices import SCHEMA, MeasurementError
 
 FORMAT = "edge-export-pipeline/bench-result-v1"
@@ -153,8 +153,9 @@ def to_measurement(data: bytes, where: str, *, report: dict, models: dict[str, s
     except ValueError:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     tgt = target or b.get("target")
-    if tgt not in ("cpu", "gpu", "jetson"):
-        raise refuse(f"its bundle's target {tgt!r} is not one bench.py measures (cpu, gpu, jetson)")
+    measured = [t.name for t in targets.BUNDLES if t.runner == "python"]
+    if tgt not in measured:
+        raise refuse(f"its bundle's target {tgt!r} is not one bench.py measures ({', '.join(measured)})")
     untrusted = (res.get("contention") or {}).get("untrusted") or []
     return {"schema": SCHEMA, "name": name, "source": source, "target": tgt, "measured_at": when,
             "bundle": {"manifest_sha256": b.get("manifest_sha256"), "model": b["model"], "target": b.get("target"),
