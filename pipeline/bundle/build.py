@@ -305,18 +305,11 @@ def _fill_python(folder: Path, run: RunDir, target: str, report: dict, models: d
                  data_root: Path) -> None:
     """The Python targets' files: the test set and PyTorch's logits on it, so bench.py reproduces the report's
     figures exactly; bench.py; the README; and, for the engine targets (jetson, gpu), the engine build scripts."""
-    import torch
-
+    from pipeline.dataset import read_test_set
     from pipeline.store import checkpoint
 
-    from pipeline.dataset import read_test_set
-
     images, labels = read_test_set(raw)
-    ckpt = checkpoint.load(run.checkpoint)
-    model, norm = checkpoint.restore(ckpt), ckpt["normalization"]
-    x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))
-    with torch.inference_mode():
-        logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+    logits = checkpoint.reference_logits(checkpoint.load(run.checkpoint), images)
     acc = float((logits.argmax(1) == labels).mean())
     if not np.isfinite(logits).all() or acc != reference["accuracy"]:
         raise PipelineError(

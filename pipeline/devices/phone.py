@@ -131,18 +131,14 @@ class Reference:
 def reference(run, raw: Path, report: dict) -> Reference:
     """PyTorch's logits on the MNIST test set in ``raw``, from the run's checkpoint (as the jetson bundle's
     ``reference.npz`` is made), refused unless they reproduce the report's reference accuracy exactly."""
-    import torch
-
+    from pipeline.dataset import read_test_set
     from pipeline.store import checkpoint
+
     from ..variants import REFERENCE
 
-    images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8).astype(np.int64)
-    ckpt = checkpoint.load(run.checkpoint)
-    model, norm = checkpoint.restore(ckpt), ckpt["normalization"]
-    x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))
-    with torch.inference_mode():
-        logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+    images, labels = read_test_set(raw)
+    labels = labels.astype(np.int64)
+    logits = checkpoint.reference_logits(checkpoint.load(run.checkpoint), images)
     want = next((r["accuracy"] for r in report.get("variants", []) if r.get("name") == REFERENCE), None)
     acc = float((logits.argmax(1) == labels).mean())
     if not np.isfinite(logits).all() or acc != want:

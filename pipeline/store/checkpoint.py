@@ -105,3 +105,17 @@ def restore(ckpt: dict):
             f"{str(e).splitlines()[0]}. Retrain with `pipeline run train --force`."
         ) from None
     return model.eval()
+
+
+def reference_logits(ckpt: dict, images):
+    """The checkpoint's model's float32 logits (N, 10) on raw uint8 MNIST images (N, 28, 28), normalized with the
+    mean and std it recorded: PyTorch's reference on the test set, which a Python bundle ships (``reference.npz``)
+    and a phone's figures are judged against. One computation for both, so they agree to the bit."""
+    import numpy as np
+    import torch
+
+    model, norm = restore(ckpt), ckpt["normalization"]
+    x = torch.from_numpy(((images[:, None].astype(np.float32) / 255 - norm["mean"][0]) / norm["std"][0]).astype(np.float32))
+    with torch.inference_mode():
+        return torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+
