@@ -16,6 +16,7 @@ import typer
 from .config import (OPTIONS, QUICK, RUN_OPTIONS, LaunchConfig, Option, build_config, default_data_root, default_of,
                      parse_nproc, shown)
 from .console import console as _console, error as _error, escape, literal, setup_logging as _setup_logging
+from .devices.commands import app as device_app
 from .errors import PipelineError
 from . import targets
 from .guard import ADVICE, guarded
@@ -436,9 +437,7 @@ def bench(
         out.print(literal(f"results written to {json_out}"), soft_wrap=True)
 
 
-from .devices.commands import app as _device_app  # noqa: E402  (the `pipeline device` commands)
-
-app.add_typer(_device_app, name="device")
+app.add_typer(device_app, name="device")  # after the commands above, so `pipeline --help` lists it last
 
 
 def main() -> None:

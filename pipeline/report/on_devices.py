@@ -14,9 +14,6 @@ from pathlib import Path
 from pipeline import targets
 from pipeline.store.devices import load_all
 
-#: a measurement's target -> the "What to ship" target it measures (the DEPLOY keys)
-SHIP_KEY = targets.DEVICE
-
 
 def attach(report: dict, run_dir: Path) -> dict:
     """``report`` with ``devices`` from the run's recordings (a copy; a folder without devices/ keeps what the
@@ -38,7 +35,7 @@ def attach(report: dict, run_dir: Path) -> dict:
 
 
 def _fresh_for(measurements: list[dict], key: str) -> list[dict]:
-    ms = [m for m in measurements if not m.get("stale") and SHIP_KEY.get(m.get("target")) == key]
+    ms = [m for m in measurements if not m.get("stale") and targets.DEVICE.get(m.get("target")) == key]
     return sorted(ms, key=lambda m: m["measured_at"], reverse=True)
 
 
@@ -50,7 +47,7 @@ def recommended(report: dict, measurements: list[dict]) -> dict[str, dict]:
 
     rows = {r["name"]: r for r in report.get("variants", [])}
     out = {}
-    for key in sorted(set(SHIP_KEY.values())):
+    for key in sorted(set(targets.DEVICE.values())):
         for m in _fresh_for(measurements, key):
             ok = {k: v for k, v in m["variants"].items() if v.get("equals_report") and v.get("latency_ms")}
             if not ok:
