@@ -91,15 +91,22 @@ def test_a_connection_killed_mid_run_records_nothing_and_a_rerun_completes(quick
     assert (quick_copy / "edgenet" / "devices" / "dev-box.json").is_file()
 
 
+def _with_config(ssh_args, sshd, tmp_path, old, new) -> list:
+    """``ssh_args`` with a copy of the test's ssh client config in which the path ``old`` is ``new`` (another
+    known_hosts, another client key)."""
+    config = tmp_path / "ssh_config"
+    config.write_text(sshd.client_config.read_text().replace(str(old), str(new)))
+    args = list(ssh_args)
+    args[args.index("--ssh-config") + 1] = config
+    return args
+
+
 def test_a_wrong_host_key_is_refused_with_how_to_check_it(quick_copy, ssh_args, sshd, tmp_path):
     before = (quick_copy / "edgenet" / "report.json").read_bytes()
     other = _sshd.keygen(tmp_path / "other")
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} " + " ".join(Path(f"{other}.pub").read_text().split()[:2]) + "\n")
-    config = tmp_path / "ssh_config"
-    config.write_text(sshd.client_config.read_text().replace(str(sshd.known_hosts), str(known)))
-    args = list(ssh_args)
-    args[args.index("--ssh-config") + 1] = config
+    args = _with_config(ssh_args, sshd, tmp_path, sshd.known_hosts, known)
     result = run_device(quick_copy, args, "dev-box")
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
@@ -212,10 +219,7 @@ def test_jetson_target_builds_engines_on_the_device_and_records_their_figures(qu
 def test_an_authentication_failure_says_try_ssh_first(quick_copy, ssh_args, sshd, tmp_path):
     before = (quick_copy / "edgenet" / "report.json").read_bytes()
     stranger = _sshd.keygen(tmp_path / "stranger")  # a key the server does not authorize
-    config = tmp_path / "ssh_config"
-    config.write_text(sshd.client_config.read_text().replace(str(sshd.client_key), str(stranger)))
-    args = list(ssh_args)
-    args[args.index("--ssh-config") + 1] = config
+    args = _with_config(ssh_args, sshd, tmp_path, sshd.client_key, stranger)
     result = run_device(quick_copy, args, "dev-box")
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
