@@ -11,26 +11,11 @@
 // Every request to a host other than 127.0.0.1 is aborted and listed in `blocked` (the page must work offline).
 import { readFileSync } from "node:fs";
 
-import { chromium } from "playwright-core";
+import { openOfflinePage } from "./offline_page.mjs";
 
 const spec = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync"];
-
-const context = await chromium.launchPersistentContext(spec.profile, {
-  executablePath: spec.chromium, args: ARGS, headless: true, viewport: { width: 900, height: 800 }, hasTouch: true,
-});
-const out = { blocked: [], console: [] };
+const { context, page, out } = await openOfflinePage(spec, { viewport: { width: 900, height: 800 }, hasTouch: true });
 try {
-  const page = await context.newPage();
-  await context.route("**/*", (route) => {
-    const url = new URL(route.request().url());
-    if (url.hostname === "127.0.0.1" || url.protocol === "blob:" || url.protocol === "data:") return route.continue();
-    out.blocked.push(url.href);
-    return route.abort();
-  });
-  page.on("console", (m) => { if (m.type() === "error") out.console.push(m.text()); });
-  page.on("pageerror", (e) => out.console.push(String(e)));
   await page.goto(spec.url);
   await page.waitForFunction(() => window.demo && window.demo.latency, null, { timeout: 120_000 });
   out.latency = await page.evaluate(() => window.demo.latency);

@@ -6,25 +6,11 @@
 // Every request to a host other than 127.0.0.1 is aborted and listed in `blocked` (the page must work offline).
 import { readFileSync } from "node:fs";
 
-import { chromium } from "playwright-core";
+import { openOfflinePage } from "./offline_page.mjs";
 
 const spec = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync"];
-
-const context = await chromium.launchPersistentContext(spec.profile, { executablePath: spec.chromium, args: ARGS,
-  headless: true });
-const out = { blocked: [], console: [] };
+const { context, page, out } = await openOfflinePage(spec);
 try {
-  const page = await context.newPage();
-  await context.route("**/*", (route) => {
-    const url = new URL(route.request().url());
-    if (url.hostname === "127.0.0.1" || url.protocol === "blob:" || url.protocol === "data:") return route.continue();
-    out.blocked.push(url.href);
-    return route.abort();
-  });
-  page.on("console", (m) => { if (m.type() === "error") out.console.push(m.text()); });
-  page.on("pageerror", (e) => out.console.push(String(e)));
   const resp = await page.goto(spec.url);
   out.pageStatus = resp.status();
   out.title = await page.title();
