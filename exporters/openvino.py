@@ -111,7 +111,6 @@ def export_int8(source, path: Path, metadata: dict[str, str], calibration, examp
     """
     import numpy as np
 
-    model = convert(source, example)
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or len(calibration) == 0 or not np.isfinite(calibration).all():
         raise OpenvinoExportError("OpenVINO INT8 calibration needs a non-empty finite float32 batch (N, C, H, W); "
@@ -120,6 +119,7 @@ def export_int8(source, path: Path, metadata: dict[str, str], calibration, examp
         import nncf
     except ImportError:
         raise OpenvinoExportError(f"NNCF is not installed: {install_hint()}.") from None
+    model = convert(source, example)
     batches = [calibration[i:i + 1] for i in range(len(calibration))]
     try:
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **NNCF_OPTIONS)
