@@ -90,6 +90,7 @@ def _export(model, path: Path, metadata: dict[str, str], precision: str, calibra
         converted = tmp / "model.tflite"
         io_dtype = _check(converted, example, venv)
         side = {**metadata, "precision": precision, "batch": result["batch"], "io_dtype": io_dtype,
+                **({"dynamic_batch_error": str(result["dynamic_failed"])[:300]} if result.get("dynamic_failed") else {}),
                 "converter": "litert-torch 0.10 (PT2EQuantizer symmetric per-channel)" if precision == "int8"
                 else "litert-torch 0.10"}
         if precision == "int8":

@@ -63,9 +63,10 @@ def main() -> int:
         quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
         graph = torch.export.export(module, (sample,), dynamic_shapes=shapes).module()
         prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+        step = 256 if dynamic else len(sample)  # a fixed-batch graph takes only its own batch
         with torch.no_grad():
-            for i in range(0, len(calibration), 256):
-                prepared(calibration[i:i + 256])
+            for i in range(0, len(calibration) - step + 1, step):
+                prepared(calibration[i:i + step])
         converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
         return litert_torch.convert(converted, (sample,), dynamic_shapes=shapes,
                                     quant_config=QuantConfig(pt2e_quantizer=quantizer))

@@ -3,7 +3,7 @@
 Where ai-edge-litert is installed in this process's environment (a bundle, a device) the interpreter runs here.
 In the project's environment it is not (it is pinned together with litert-torch, whose pins would break the
 project's ``pip check``: see :mod:`runtime.litert_venv`), so the runner starts :mod:`runtime.litert_worker` with
-the LiteRT venv's python and exchanges ``.npy`` arrays with it over a pipe. That costs one copy of the batch each
+the LiteRT venv's python and exchanges arrays with it over a pipe. That costs one copy of the batch each
 way plus a pipe round trip per call (about 0.1 ms per batch-1 call and about 1 ms per batch of 256 on
 this host, measured in docs/runtimes.md), which :attr:`LitertRunner.latency_includes` records beside every timing.
 
@@ -23,6 +23,7 @@ import numpy as np
 from .base import BaseRunner
 from . import litert_venv
 from .errors import BackendUnavailable, RuntimeInputError
+from .litert_worker import recv_array, send_array
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -141,11 +142,10 @@ class LitertRunner(BaseRunner):
 
     def _ask(self, x: np.ndarray) -> np.ndarray:
         try:
-            np.lib.format.write_array(self.proc.stdin, x, allow_pickle=False)
-            self.proc.stdin.flush()
+            send_array(self.proc.stdin, x)
             status = self.proc.stdout.read(1)
             if status == b"K":
-                return np.lib.format.read_array(self.proc.stdout, allow_pickle=False)
+                return recv_array(self.proc.stdout)
             if status == b"E":
                 error = json.loads(self.proc.stdout.readline()).get("error")
                 raise RuntimeInputError(f"LiteRT could not run {self.path} on float32{list(x.shape)}: {error}")

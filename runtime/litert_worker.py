@@ -5,8 +5,12 @@ Needs only numpy and ai-edge-litert (never torch, never the project): :class:`ru
 path with the LiteRT venv's python (:mod:`runtime.litert_venv`) and talks to it over stdin/stdout:
 
 - the worker first writes one JSON line: ``{"ok": true, "info": {...}}`` or ``{"ok": false, "error": "..."}``;
-- then for each request (one ``.npy`` array, ``np.save`` format, on stdin) it answers ``b"K"`` + one ``.npy``
+- then for each request (one array framed by :func:`send_array` on stdin) it answers ``b"K"`` + one framed
   array (the float32 logits), or ``b"E"`` + one JSON line with the error; end of stdin ends it.
+
+Arrays are framed by hand (a JSON header line with dtype and shape, then the raw bytes), not with ``np.save``:
+numpy's ``.npy`` reader uses ``np.fromfile`` on a real file object, which reads the descriptor directly and skips
+what the buffered pipe already holds.
 
 The worker moves file descriptor 1 aside before loading LiteRT, so a line the C++ runtime prints can never
 corrupt the answers.
@@ -24,6 +28,37 @@ import os
 import sys
 
 import numpy as np
+
+
+#: dtypes a frame may carry (a header naming another is refused, so a frame can never build objects)
+DTYPES = ("float32", "int8", "uint8", "int32", "int64", "float64")
+
+
+def send_array(stream, a: np.ndarray) -> None:
+    a = np.ascontiguousarray(a)
+    stream.write((json.dumps({"dtype": a.dtype.name, "shape": list(a.shape)}) + "\n").encode())
+    stream.write(a.tobytes())
+    stream.flush()
+
+
+def recv_array(stream) -> np.ndarray:
+    """One framed array; EOFError at a clean end of the stream, ValueError on a malformed frame."""
+    line = stream.readline()
+    if not line:
+        raise EOFError
+    header = json.loads(line)
+    dtype, shape = header.get("dtype"), header.get("shape")
+    if dtype not in DTYPES or not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"bad array header {line[:200]!r}")
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise ValueError("the stream ended inside an array")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return np.frombuffer(b"".join(chunks), dtype=dtype).reshape(shape)
 
 
 def _interpreter_class():
@@ -125,7 +160,7 @@ def _serve(path: str, threads: int) -> int:
     out.write((json.dumps({"ok": True, "info": model.info()}) + "\n").encode())
     while True:
         try:
-            x = np.lib.format.read_array(stdin, allow_pickle=False)
+            x = recv_array(stdin)
         except (EOFError, ValueError):
             return 0
         try:
@@ -135,7 +170,7 @@ def _serve(path: str, threads: int) -> int:
                               + "\n").encode())
             continue
         out.write(b"K")
-        np.lib.format.write_array(out, y, allow_pickle=False)
+        send_array(out, y)
 
 
 if __name__ == "__main__":  # python litert_worker.py MODEL.tflite [THREADS]
