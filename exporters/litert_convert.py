@@ -71,10 +71,12 @@ def main() -> int:
         return litert_torch.convert(converted, (sample,), dynamic_shapes=shapes,
                                     quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
+    # a dynamic attempt needs a sample batch of 2 or more: torch.export specializes a batch of 1 to the constant 1
+    dynamic_example = example.repeat(2, 1, 1, 1)[:max(2, len(example))]
     errors = []
     for dynamic in (True, False):
         try:
-            model = convert(example, dynamic)
+            model = convert(dynamic_example if dynamic else example, dynamic)
             model.export(args.out)
             return answer({"ok": True, "batch": "dynamic" if dynamic else args.batch,
                            "dynamic_failed": errors[0] if errors else None})
