@@ -4,8 +4,8 @@ Where ai-edge-litert is installed in this process's environment (a bundle, a dev
 In the project's environment it is not (it is pinned together with litert-torch, whose pins would break the
 project's ``pip check``: see :mod:`runtime.litert_venv`), so the runner starts :mod:`runtime.litert_worker` with
 the LiteRT venv's python and exchanges arrays with it over a pipe. That costs one copy of the batch each
-way plus a pipe round trip per call (about 0.1 ms per batch-1 call and about 1 ms per batch of 256 on
-this host, measured in docs/runtimes.md), which :attr:`LitertRunner.latency_includes` records beside every timing.
+way plus a pipe round trip per call (measured on this host under load: about +0.24 ms per batch-1 call and
++6 ms per batch of 256, see docs/runtimes.md), which :attr:`LitertRunner.latency_includes` records beside every timing.
 
 INT8 files have int8 input/output tensors; the worker (de)quantizes with the tensors' scale and zero point, so
 ``infer`` takes and returns float32 like every runner.
