@@ -59,3 +59,18 @@ def test_runner_errors(fp32_ir, tmp_path):
             r.infer({"x": np.zeros((1, 1, 28, 28), np.float32)})
         with pytest.raises(RuntimeInputError, match="could not run"):
             r.infer({"input": np.zeros((1, 3, 28, 28), np.float32)})
+
+
+def test_runners_are_torch_free(fp32_ir, edge_model, tmp_path):
+    """runtime/openvino.py runs an IR, and the LiteRT runner modules import, in a process that never loads torch
+    (they ship to devices; ExecuTorch's runner is in pipeline/ because its Python runtime needs torch)."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", edge_model["test_x"][:8])
+    code = ("import sys, numpy as np; import runtime.openvino, runtime.litert, runtime.litert_venv, "
+            "runtime.litert_worker; from runtime.openvino import OpenvinoRunner\n"
+            f"with OpenvinoRunner({str(fp32_ir)!r}) as r: y = r.infer({{'input': np.load({str(tmp_path / 'x.npy')!r})}})\n"
+            "assert y['logits'].shape == (8, 10)\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    subprocess.run([sys.executable, "-c", code], check=True)
