@@ -82,3 +82,39 @@ def fake_polygraphy(monkeypatch):
     from tests.fixtures.trt_standins import install_polygraphy
 
     return install_polygraphy(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def edge_model(data_root):
+    """A small user model (tests/fixtures/user_models.py TinyNet) trained for a few seconds on real MNIST, for
+    the edge-runtime exporters and runners (tests/exporters/test_openvino.py etc.): its eval-mode model, 3,000
+    real test images and labels (normalized like the pipeline does), 512 calibration images from the training
+    split, its torch FP32 logits on the test images and the preprocessing contract to embed."""
+    import torch
+    from torchvision import datasets
+
+    from exporters.onnx import build_metadata
+    from tests.fixtures.user_models import TinyNet
+
+    torch.manual_seed(0)
+    train, test = (datasets.MNIST(str(data_root), train=t, download=False) for t in (True, False))
+    mean, std = float(train.data.float().div(255).mean()), float(train.data.float().div(255).std())
+
+    def norm(u8):
+        return ((u8.float() / 255 - mean) / std).unsqueeze(1).contiguous()
+
+    x, y = norm(train.data[:12000]), train.targets[:12000]
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for i in range(0, len(x), 128):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i:i + 128]), y[i:i + 128]).backward()
+        opt.step()
+    model.eval()
+    test_x = norm(test.data[:3000])
+    with torch.no_grad():
+        ref = model(test_x).numpy()
+    meta = build_metadata(model_name="tinynet", mean=[mean], std=[std], classes=[str(c) for c in range(10)],
+                          checkpoint_sha256="0" * 64, precision="fp32")
+    return {"model": model, "test_x": test_x.numpy(), "test_y": test.targets[:3000].numpy(), "ref": ref,
+            "calib": norm(train.data[-512:]).numpy(), "meta": meta}
