@@ -24,7 +24,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class BundleTarget:
     name: str  # the `pipeline bundle --target` value (and the bundle folder's <model>-<name>-bundle)
-    runner: str  # python (bench.py, numpy + onnxruntime or TensorRT) | js (onnxruntime-node or onnxruntime-web)
+    # python (bench.py, numpy + onnxruntime or TensorRT) | openvino (bench.py, numpy + openvino) | mobile (.pte and
+    # .tflite for an app, checked by check.py with each runtime's Python API) | js (onnxruntime-node or -web)
+    runner: str
     says: str  # what runs it, for --target's help
     engines: bool = False  # builds TensorRT engines on the device, from the files whose row says tensorrt
     site: bool = False  # a static page with classifier.js on onnxruntime-web's wasm build: what `pipeline demo` serves
@@ -41,11 +43,17 @@ BUNDLES: tuple[BundleTarget, ...] = (
         "built engine, are printed and stored in the sidecar.")),
     BundleTarget("gpu", "python", "Python, bench.py", engines=True, deploy="tensorrt"),
     BundleTarget("cpu", "python", "Python, bench.py", deploy="cpu"),
+    BundleTarget("openvino", "openvino", "Python, bench.py on OpenVINO", deploy="intel"),
+    BundleTarget("android", "mobile", "the .pte and .tflite files, app snippets, check.py", deploy="mobile"),
     BundleTarget("node", "js", "onnxruntime-node, classify.mjs"),
     BundleTarget("web", "js", "static page, classifier.js, onnxruntime-web wasm", site=True, deploy="browser"),
 )
 #: every ``pipeline bundle --target`` value, in table order
 TARGETS = tuple(t.name for t in BUNDLES)
+#: the bundle of the OpenVINO IR files (bench.py on openvino and numpy alone)
+OPENVINO = next(t.name for t in BUNDLES if t.runner == "openvino")
+#: the bundle of the phone formats (ExecuTorch .pte, LiteRT .tflite): files, contract, golden vectors, app snippets
+MOBILE = next(t.name for t in BUNDLES if t.runner == "mobile")
 #: the targets run by Python (bench.py; the engine targets also build TensorRT engines on the device)
 PYTHON_TARGETS = tuple(t.name for t in BUNDLES if t.runner == "python")
 #: the targets run by JavaScript (onnxruntime-node's classify.mjs, the web page's classifier.js), both with the JS
@@ -96,26 +104,41 @@ class DeployTarget:
     title: str
     # which report rows are measurements on this target: every (field, value) of ``where`` matches the row's, and
     # none of ``unless`` does
-    where: tuple[tuple[str, str], ...]
+    # (a tuple of values: any of them)
+    where: tuple[tuple[str, str | tuple[str, ...]], ...]
     bundle: str  # the BUNDLES name whose bundle carries build_from's file
     build_from: str  # the variant whose file to start from when nothing measured here qualifies
     command: str  # what measures it on the device; {model} is the --model value, {folder} the bundle folder
     note: str = ""  # added to the reason when the target is not measured here
+    proxy: str = ""  # added to the reason when it is: how this host's measurement stands in for the device's
     unless: tuple[tuple[str, str], ...] = ()
 
     def measures(self, row: dict) -> bool:
         """Whether a report row (a dict of report.json's ``variants``) is a measurement on this target."""
-        return (all(row.get(k) == want for k, want in self.where)
+        return (all(row.get(k) in (want if isinstance(want, tuple) else (want,)) for k, want in self.where)
                 and not any(row.get(k) == no for k, no in self.unless))
 
 
 DEPLOY: tuple[DeployTarget, ...] = (
-    # Q/DQ-as-written rows (ort_optimization "basic") are TensorRT files timed the way TensorRT computes: neither
-    # their CPU latency nor, on CPUs without VNNI, onnxruntime's default (fused) accuracy is what a CPU app gets
-    DeployTarget("cpu", "x86/ARM CPU, onnxruntime", (("backend", "onnxruntime"), ("provider", "cpu")), "cpu",
+    # Any x86/ARM CPU: the fastest verified file of every runtime measured on this CPU (onnxruntime, OpenVINO, ExecuTorch,
+    # LiteRT), with the bundle that carries it. Q/DQ-as-written rows (ort_optimization "basic") are TensorRT files timed
+    # the way TensorRT computes: neither their CPU latency nor, on CPUs without VNNI, onnxruntime's default (fused)
+    # accuracy is what a CPU app gets. The torch row is the reference, not a deployable file.
+    DeployTarget("cpu", "x86/ARM CPU, any runtime", (("provider", "cpu"),), "cpu",
                  "onnx-fp32", "pipeline bundle --target cpu --model {model}; then, on the device, in the unpacked "
-                 "{folder}/: python3 bench.py", unless=(("ort_optimization", "basic"),)),
-    # the wasm provider is onnxruntime-web's WebAssembly build: the rows measured in a browser (variants.BROWSER)
+                 "{folder}/: python3 bench.py", unless=(("ort_optimization", "basic"), ("backend", "torch"))),
+    DeployTarget("intel", "Intel CPU, iGPU or NPU, OpenVINO", (("backend", "openvino"),), OPENVINO, "openvino-fp32",
+                 "pipeline bundle --target openvino --model {model}; then, on the device, in the unpacked {folder}/: "
+                 "python3 bench.py (--device GPU or NPU for the iGPU or NPU)",
+                 note="OpenVINO is not installed here (pip install -e .[openvino])",
+                 proxy="timed with OpenVINO's CPU plugin on this host's CPU; an iGPU or NPU is not here"),
+    DeployTarget("mobile", "Android or iOS, ExecuTorch (XNNPACK) or LiteRT", (("backend", ("executorch", "litert")),),
+                 MOBILE, "executorch-fp32",
+                 "pipeline bundle --target android --model {model}; then python3 check.py in the unpacked {folder}/, "
+                 "and load the file in the app as its README shows",
+                 note="neither ExecuTorch nor LiteRT is installed here (pip install -e .[executorch,litert])",
+                 proxy="timed on this host's CPU with the same runtimes (ExecuTorch's XNNPACK, LiteRT's CPU kernels), "
+                       "not on a phone: the ranking on a phone's ARM cores can differ, so time it there"),
     DeployTarget("browser", "Browser, onnxruntime-web (wasm)", (("provider", "wasm"),), "web", "onnx-fp32",
                  "pipeline bundle --target web --model {model}; then serve {folder}/ (pipeline demo --model {model}) "
                  "and open the page in the target browser: it shows p50/p99 batch-1 latency in wasm",

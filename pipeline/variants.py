@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from pipeline.targets import PYTHON_TARGETS, SITE, TARGETS
+from pipeline.targets import MOBILE, OPENVINO, PYTHON_TARGETS, SITE, TARGETS
 
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
 REFERENCE = "torch-fp32"
@@ -30,9 +30,9 @@ BROWSER = "onnxruntime-web"
 @dataclass(frozen=True)
 class Variant:
     name: str
-    backend: str  # torch | onnxruntime | tensorrt (a key of measure.runners.RUNNERS) | BROWSER
+    backend: str  # torch | onnxruntime | tensorrt | openvino | executorch | litert (measure.runners.RUNNERS) | BROWSER
     provider: str  # cpu | cuda | wasm (onnxruntime-web's WebAssembly build, single-threaded as classifier.js runs it)
-    precision: str  # fp32 | fp16 | int8
+    precision: str  # fp32 | fp16 | bf16 | int8
     file: str | None  # file name under <run>/export/ (None for the torch reference: it runs the checkpoint)
     atol: float | None = None  # enforced parity: max |logit diff| vs REFERENCE (and agreement 1.0)
     budget_pp: float | None = None  # accuracy drop vs REFERENCE we aim to stay within (percentage points)
@@ -41,7 +41,9 @@ class Variant:
     # qat-cpu: the quantize stage). None: the row makes no file (the torch reference; rows that run another row's
     # file elsewhere; TensorRT engines, which the engines stage builds from ``source``)
     recipe: str | None = None
-    requires: str | None = None  # hardware/backend it needs: cuda (onnxruntime-gpu) | tensorrt | browser (Chromium)
+    # hardware/backend it needs: cuda (onnxruntime-gpu) | tensorrt | browser (Chromium) | openvino | openvino-bf16 (and
+    # a CPU with BF16) | executorch | litert: the keys of measure.runners.REQUIRES, which says how each is checked
+    requires: str | None = None
     source: str | None = None  # for engines: the ONNX file (another row's file) they are built from
     # onnxruntime graph optimizations: "all" (what an app gets by default) or "basic", which runs Q/DQ exactly as
     # written (dequantize -> float op -> quantize), i.e. what TensorRT computes. The TensorRT-targeted INT8 files
@@ -52,6 +54,9 @@ class Variant:
     # one keeps TensorRT's Q/DQ placement (exporters.qdq.check_qdq, which the quantizer enforces before writing)
     tensorrt: bool = False
     bundle: tuple[str, ...] = ()  # the bundle targets (pipeline.targets.BUNDLES) that ship this file (and its figures)
+    # the files that belong to ``file`` and travel with it (size, manifest, bundles): an OpenVINO IR's weights (.bin),
+    # and the sidecar holding the preprocessing contract of a format without free-form metadata (.pte, .tflite)
+    extra: tuple[str, ...] = ()
 
 
 #: node ships onnx-fp32 only: it is the file whose accuracy the Node bundle proves (its golden set and the 10,000 test
@@ -74,6 +79,25 @@ VARIANTS: tuple[Variant, ...] = (
     # the QAT weights and learned scales in onnx-int8-cpu's fused placement (exporters.cpu_placement); QAT's budget
     Variant("onnx-int8-qat-cpu", "onnxruntime", "cpu", "int8", "model-int8-qat-cpu.onnx", budget_pp=0.05, quant="qat",
             recipe="qat-cpu", bundle=PYTHON_TARGETS),
+    # The edge runtimes (issue 24): each built by its own converter from the checkpoint (OpenVINO from the FP32 ONNX
+    # file), run by its own runner, judged like the ONNX rows. FP32 is held to the same parity tolerance; INT8 to the
+    # PTQ budget (each is that runtime's own post-training quantization of the same calibration images). openvino-bf16
+    # runs the FP32 IR with OpenVINO's bfloat16 inference hint, only on CPUs that offer BF16 (else skipped, saying so).
+    # A missing runtime or a converter that cannot lower the model skips its rows, with the reason, and the run goes on.
+    Variant("openvino-fp32", "openvino", "cpu", "fp32", "model-fp32.xml", atol=1e-4, recipe="openvino-fp32",
+            requires="openvino", extra=("model-fp32.bin",), bundle=(OPENVINO,)),
+    Variant("openvino-bf16", "openvino", "cpu", "bf16", "model-fp32.xml", budget_pp=0.02, requires="openvino-bf16",
+            extra=("model-fp32.bin",)),
+    Variant("openvino-int8", "openvino", "cpu", "int8", "model-int8.xml", budget_pp=0.15, quant="ptq",
+            recipe="openvino-int8", requires="openvino", extra=("model-int8.bin",), bundle=(OPENVINO,)),
+    Variant("executorch-fp32", "executorch", "cpu", "fp32", "model-fp32.pte", atol=1e-4, recipe="executorch-fp32",
+            requires="executorch", extra=("model-fp32.pte.json",), bundle=(MOBILE,)),
+    Variant("executorch-int8", "executorch", "cpu", "int8", "model-int8.pte", budget_pp=0.15, quant="ptq",
+            recipe="executorch-int8", requires="executorch", extra=("model-int8.pte.json",), bundle=(MOBILE,)),
+    Variant("litert-fp32", "litert", "cpu", "fp32", "model-fp32.tflite", atol=1e-4, recipe="litert-fp32",
+            requires="litert", extra=("model-fp32.tflite.json",), bundle=(MOBILE,)),
+    Variant("litert-int8", "litert", "cpu", "int8", "model-int8.tflite", budget_pp=0.15, quant="ptq",
+            recipe="litert-int8", requires="litert", extra=("model-int8.tflite.json",), bundle=(MOBILE,)),
     Variant("web-wasm-fp32", BROWSER, "wasm", "fp32", "model-fp32.onnx", atol=1e-4, requires="browser"),
     Variant("web-wasm-int8", BROWSER, "wasm", "int8", "model-int8-cpu.onnx", budget_pp=0.15, quant="cpu",
             requires="browser"),
@@ -85,6 +109,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("trt-int8", "tensorrt", "cuda", "int8", "model-int8-ptq.engine", budget_pp=0.15, requires="tensorrt",
             quant="ptq", source="model-int8-ptq.onnx"),
 )
+
+
+def files_of(v: Variant) -> tuple[str, ...]:
+    """The file names of ``v`` under ``<run>/export/``: its file, then what travels with it (:attr:`Variant.extra`)."""
+    return ((v.file,) if v.file else ()) + v.extra
 
 
 class _ByName(Mapping):

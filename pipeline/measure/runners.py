@@ -54,9 +54,86 @@ def tensorrt_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int = 0
     return TensorRTRunner(engine)
 
 
+def openvino_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int = 0) -> BaseRunner:
+    """OpenVINO's CPU plugin on the row's IR, its inference precision pinned to the row's (FP32 would otherwise run in
+    bfloat16 on CPUs with BF16: :mod:`runtime.openvino`)."""
+    from runtime.openvino import OpenvinoRunner
+
+    return OpenvinoRunner(run_dir.export_file(v.file), precision=v.precision, threads=threads)
+
+
+def executorch_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int = 0) -> BaseRunner:
+    """ExecuTorch's Python runtime (XNNPACK) on the row's ``.pte``; it needs torch, so it lives in this package."""
+    from .executorch_runner import ExecutorchRunner
+
+    return ExecutorchRunner(run_dir.export_file(v.file))
+
+
+def litert_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int = 0) -> BaseRunner:
+    """LiteRT's interpreter (ai-edge-litert) on the row's ``.tflite``, in this process (the ``litert`` extra)."""
+    from runtime.litert import LitertRunner
+
+    return LitertRunner(run_dir.export_file(v.file), threads=threads, mode="inprocess")
+
+
 #: how a backend's runner is built: ``factory(variant, run_dir, model=..., threads=...)`` -> an unactivated
 #: runner (:class:`runtime.base.BaseRunner`). Each factory imports its backend when called, not here.
-RUNNERS = {"torch": torch_runner, "onnxruntime": onnxrt_runner, "tensorrt": tensorrt_runner}
+RUNNERS = {"torch": torch_runner, "onnxruntime": onnxrt_runner, "tensorrt": tensorrt_runner,
+           "openvino": openvino_runner, "executorch": executorch_runner, "litert": litert_runner}
+
+
+def _missing(*modules: str) -> str | None:
+    """The first of ``modules`` that cannot be imported here (found without importing it), else None."""
+    import importlib.util
+
+    for name in modules:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):  # a parent package missing
+            return name
+    return None
+
+
+def _openvino(build: bool) -> str | None:
+    gone = _missing("openvino", *(("nncf",) if build else ()))
+    return f"{gone} is not installed (pip install -e .[openvino])" if gone else None
+
+
+def _openvino_bf16(build: bool) -> str | None:
+    from runtime.openvino import cpu_has_bf16
+
+    return _openvino(False) or (None if cpu_has_bf16() else "this CPU has no BF16 (OpenVINO's CPU plugin offers no "
+                                                              "bfloat16 here), so the row would be FP32 mislabelled")
+
+
+def _executorch(build: bool) -> str | None:
+    gone = _missing("executorch.runtime")
+    return f"ExecuTorch is not installed ({gone} is missing; pip install -e .[executorch])" if gone else None
+
+
+def _litert(build: bool) -> str | None:
+    if _missing("ai_edge_litert.interpreter"):
+        return "LiteRT's interpreter is not installed (pip install -e .[litert])"
+    if build:
+        from exporters.litert import LitertExportError, venv_python
+
+        try:
+            venv_python(create=False)
+        except LitertExportError as e:
+            return f"the LiteRT converter (litert-torch) is not set up: {e}"
+    return None
+
+
+#: the edge runtimes a row may require (its ``requires``): why this machine cannot run a row (``build``: nor make its
+#: file), or None. Their rows are optional: a missing runtime or a converter that fails skips them, saying why.
+REQUIRES = {"openvino": _openvino, "openvino-bf16": _openvino_bf16, "executorch": _executorch, "litert": _litert}
+
+
+def optional(v: Variant) -> bool:
+    """Whether ``v`` is an edge-runtime row, which is skipped with the reason (and the run goes on) when its runtime is
+    missing, its converter cannot lower the model, or its runner cannot load the file."""
+    return v.requires in REQUIRES
 
 
 def build(v: Variant, run_dir: RunDir, model=None, threads: int = 0) -> BaseRunner:
@@ -69,8 +146,8 @@ def build(v: Variant, run_dir: RunDir, model=None, threads: int = 0) -> BaseRunn
     return RUNNERS[v.backend](v, run_dir, model=model, threads=threads)
 
 
-def unavailable(v: Variant) -> str | None:
-    """Why this machine cannot run ``v`` (None when it can).
+def unavailable(v: Variant, build: bool = False) -> str | None:
+    """Why this machine cannot run ``v`` (with ``build``: nor make its file), None when it can.
 
     Never imports tensorrt (which loads CUDA libraries): only onnxruntime's provider list and, for TensorRT
     rows on a host that has TensorRT, torch's view of the GPU."""
@@ -78,6 +155,8 @@ def unavailable(v: Variant) -> str | None:
 
     if v.requires is None:
         return None
+    if v.requires in REQUIRES:
+        return REQUIRES[v.requires](build)
     if v.requires == "browser":
         from . import browser
 

@@ -112,6 +112,16 @@ def _folder(model: str, bundle: str) -> str:
     return RunDir.for_model(Path("artifacts"), model).bundle(Path(), bundle).name
 
 
+def _command(t: targets.DeployTarget, name: str | None, model: str) -> str:
+    """What measures target ``t``'s pick on the device: ``t``'s own command when its bundle ships variant ``name`` (or
+    nothing was picked), else the command of the target whose bundle does (the CPU target's pick may be an OpenVINO or
+    ExecuTorch file, which the openvino or android bundle carries, not the cpu one)."""
+    v = variants.BY_NAME.get(name) if name else None
+    if v is not None and t.bundle not in v.bundle:
+        t = next((d for b in v.bundle for d in targets.DEPLOY if d.bundle == b), t)
+    return t.command.format(model=model, folder=_folder(model, t.bundle))
+
+
 def recommend(report: dict) -> dict[str, dict]:
     """``{target key: {variant, file, reason, measured, command, p50_ms?, throughput?, accuracy?, ...}}`` for every
     row of :data:`pipeline.targets.DEPLOY`, from report.json's ``model`` and ``variants`` alone."""
@@ -119,7 +129,7 @@ def recommend(report: dict) -> dict[str, dict]:
     small, big = batches(rows)
     out = {}
     for t in targets.DEPLOY:
-        command = t.command.format(model=report["model"], folder=_folder(report["model"], t.bundle))
+        command = _command(t, None, report["model"])
         measured = [r for r in rows if t.measures(r)]
         ok = [r for r in measured if disqualified(r) is None and figures(r, small, big)[0] is not None]
         if ok:
@@ -142,7 +152,9 @@ def recommend(report: dict) -> dict[str, dict]:
             else:
                 head = f"fastest at batch {small} of the variants {within} ({figs}), {verdict.sentence()}"
             reason = (head + (f" (also: {', '.join(f'`{n}`' for n in rest)})" if rest else "")
-                      + (f"; left out: {', '.join(out_of)}" if out_of else "") + ".")
+                      + (f"; left out: {', '.join(out_of)}" if out_of else "") + (f"; {t.proxy}" if t.proxy else "")
+                      + ".")
+            command = _command(t, best["name"], report["model"])
             out[t.key] = {"variant": best["name"], "file": file_of(best), "reason": reason, "measured": True,
                           "command": command, "p50_ms": p50, "p50_batch": int(small), "throughput": thr,
                           "throughput_batch": int(big), "accuracy": best["accuracy"], "spread_pct": noise,

@@ -28,7 +28,7 @@ from pipeline import models
 from pipeline.config import RunConfig
 from pipeline.errors import PipelineError
 from pipeline.store.paths import RunDir, atomic_write, check_writable
-from . import data, engines, export, quantize, train, validate
+from . import data, edge, engines, export, quantize, train, validate  # edge: recipes only (registry)
 from .context import Context
 
 log = logging.getLogger(__name__)

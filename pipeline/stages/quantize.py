@@ -100,9 +100,10 @@ def run(ctx: Context) -> list[Path]:
                        ctx.cfg.model)
     shared = Shared(fp32, ckpt, calib, sens)
     made = [(v, recipes.build(ctx, v, shared)) for v in todo]
-    outputs, sqnr = [path for _, path in made], {}
+    outputs, sqnr = recipes.outputs(ctx, made), {}
     probe = calib[: q.sqnr_images]
-    for v, path in made:
+    # per-layer SQNR compares ONNX graphs node by node: the edge runtimes' files (IR, .pte, .tflite) are not ONNX
+    for v, path in [(v, path) for v, path in made if path is not None and path.suffix == ".onnx"]:
         sqnr[v.name] = precision.per_layer_sqnr(fp32, path, probe)
         worst = min(sqnr[v.name], key=lambda r: float("inf") if r["sqnr_db"] is None else r["sqnr_db"])
         log.info("quantize: %s per-layer SQNR %s dB (lowest: layer %d %s)", v.name,

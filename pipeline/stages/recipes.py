@@ -72,35 +72,64 @@ def rows(ctx: Context, stage: str) -> list[Variant]:
             f"Variant {unknown[0].name} names recipe '{unknown[0].recipe}', which no stage makes; known recipes: "
             f"{', '.join(RECIPES)}. Use one of them in its row of pipeline/variants.py, or register a handler "
             "for it (@recipe in pipeline/stages/export.py or quantize.py).")
+    from pipeline.measure.runners import optional, unavailable
+
     out, files = [], set()
     for v in variants.VARIANTS:
         if v.recipe is None or v.file in files:
             continue
         files.add(v.file)
-        if RECIPES[v.recipe].stage == stage and ctx.cfg.quant.builds(v.quant):
-            out.append(v)
+        if RECIPES[v.recipe].stage != stage or not ctx.cfg.quant.builds(v.quant):
+            continue
+        why = unavailable(v, build=True) if optional(v) else None
+        if why:  # an edge runtime not installed here: its rows are skipped (the validate stage says why)
+            log.info("%s: %s skipped: %s", stage, v.name, why)
+            continue
+        out.append(v)
     return out
 
 
 def key(ctx: Context, stage: str) -> list[list]:
     """What of the table a stage's key depends on: each row it makes (name, recipe, file, TensorRT placement),
-    so adding or changing such a row reruns the stage."""
+    so adding or changing such a row, or installing an edge runtime (its rows join), reruns the stage."""
     return [[v.name, v.recipe, v.file, v.tensorrt] for v in rows(ctx, stage)]
 
 
-def build(ctx: Context, v: Variant, shared) -> Path:
+def outputs(ctx: Context, made: list[tuple[Variant, Path | None]]) -> list[Path]:
+    """The files a stage wrote for the rows it made (:func:`build`'s results): each file with those that travel with it
+    (``Variant.extra``: an IR's weights, a sidecar), or the note of a row that was not made."""
+    out = []
+    for v, path in made:
+        out += [ctx.rd.export_file(name) for name in variants.files_of(v)] if path else [ctx.rd.unbuilt(v.file)]
+    return out
+
+
+def build(ctx: Context, v: Variant, shared) -> Path | None:
     """Make ``v``'s file with its recipe's handler: timed, logged with its size, and a failure named.
 
     A :class:`PipelineError` (a refusal worded for users) comes back with its paragraph prefixed by the variant
     when it names neither the variant nor its file (its subclasses, such as a refused write, already name the
     file and keep their class); anything else is a bug and keeps its traceback (the log says which variant it
-    struck)."""
+    struck). An optional row (an edge runtime's: :func:`pipeline.measure.runners.optional`) whose converter refuses
+    the model is not fatal: the paragraph is logged and kept in ``RunDir.unbuilt`` for the validate stage to report,
+    any file of an earlier run is removed, and None comes back so the other rows go on."""
+    from pipeline.measure.runners import optional
+    from pipeline.store.paths import write_json
+
     r = RECIPES[v.recipe]
     t0 = time.perf_counter()
+    note = ctx.rd.unbuilt(v.file)
+    note.unlink(missing_ok=True)
     try:
         path = r.make(ctx, v, shared)
     except PipelineError as e:
         text = str(e)
+        if type(e) is PipelineError and optional(v):
+            log.warning("%s: %s skipped: %s", r.stage, v.name, text)
+            for name in variants.files_of(v):
+                ctx.rd.export_file(name).unlink(missing_ok=True)
+            write_json(note, {"variant": v.name, "recipe": r.name, "reason": text})
+            return None
         if type(e) is not PipelineError or v.name in text or v.file in text:
             raise
         raise PipelineError(f"{v.name} ({v.file}, recipe {r.name}): {text}") from None

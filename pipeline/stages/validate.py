@@ -17,7 +17,8 @@ from pipeline.store import checkpoint
 from pipeline import variants
 from pipeline.config import stamp
 from pipeline.errors import PipelineError
-from pipeline.measure.runners import build as build_runner, unavailable
+from pipeline.measure.runners import build as build_runner, optional, unavailable
+from runtime.errors import BackendUnavailable, RuntimeInputError
 from .context import Context
 
 log = logging.getLogger(__name__)
@@ -108,19 +109,32 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
                 skipped.append({"name": v.name, "reason": why})
                 continue
             if v.file and not ctx.rd.export_file(v.file).is_file():
+                note = _read_json(ctx.rd.unbuilt(v.file))
+                if optional(v) and isinstance(note, dict) and isinstance(note.get("reason"), str):
+                    skipped.append({"name": v.name, "reason": note["reason"]})  # its converter refused the model
+                    continue
                 raise PipelineError(f"{ctx.rd.export_file(v.file)} is missing; rerun with --force.")
             if v.backend == variants.BROWSER:  # measured together, in one browser session, once the reference exists
                 in_browser.append(v)
                 continue
-            runner = active.enter_context(build_runner(v, ctx.rd, model=model, threads=vcfg.threads))
-            row, logits = validate_variant(v, runner, images, labels, reference)
+            try:
+                runner = active.enter_context(build_runner(v, ctx.rd, model=model, threads=vcfg.threads))
+                row, logits = validate_variant(v, runner, images, labels, reference)
+            except (BackendUnavailable, RuntimeInputError) as e:
+                if not optional(v):
+                    raise
+                # an edge runtime that cannot load or run its file: that row is skipped with the reason, the rest go on
+                log.warning("validate: %s skipped: %s", v.name, e)
+                skipped.append({"name": v.name, "reason": f"{v.backend} could not run {v.file}: {e}"})
+                continue
             logits_by_name[v.name] = logits
             if reference is None:  # the first row, variants.REFERENCE: every later one is compared with it
                 _require_finite_reference(ctx, row["nonfinite"], len(images), "test images")
                 reference = logits
             path = ctx.rd.export_file(v.file) if v.file else ctx.rd.checkpoint
             row["path"] = str(path)
-            row["size_bytes"] = path.stat().st_size
+            row["size_bytes"] = sum(ctx.rd.export_file(n).stat().st_size for n in variants.files_of(v)) if v.file \
+                else path.stat().st_size  # an OpenVINO IR's size is its .xml and its .bin; a sidecar counts too
             if v.backend == "tensorrt":
                 row["engine"] = _engine_summary(path)
             rows.append(row)

@@ -366,6 +366,10 @@ class RunDir:
         """A file of the export folder, by the name the variant table gives it."""
         return self.root / "export" / name
 
+    def unbuilt(self, name: str) -> Path:
+        """Why an optional row's file ``name`` was not made this run (its converter's refusal), for the validate stage."""
+        return self.root / "export" / f"{name}.unbuilt.json"
+
     @property
     def golden(self) -> Path:
         return self.root / "export" / "golden.npz"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import variants
 from pipeline.measure.runners import RUNNERS
-from pipeline.targets import TARGETS
+from pipeline.targets import BUNDLE, TARGETS
 from pipeline.variants import BROWSER, REFERENCE, VARIANTS, Variant
 from tests.helpers import ROOT, invoke
 
@@ -34,9 +34,14 @@ def test_table_rows_are_consistent():
         else:
             assert v.source is None, v.name
     bundled = [v for v in VARIANTS if v.bundle]
-    # a bundle holds each file once, keyed by its stem in MANIFEST.json, and bench.py runs it on onnxruntime-CPU
+    # a bundle holds each file once, and its runner runs it on the CPU: bench.py on onnxruntime (the python and js
+    # targets), on OpenVINO (the openvino target), the mobile check on ExecuTorch or LiteRT (the android target)
     assert len({v.file for v in bundled}) == len(bundled)
-    assert all(v.file and v.backend == "onnxruntime" and v.provider == "cpu" for v in bundled)
+    runs = {"python": {"onnxruntime"}, "js": {"onnxruntime"}, "openvino": {"openvino"},
+            "mobile": {"executorch", "litert"}}
+    for v in bundled:
+        assert v.file and v.provider == "cpu", v.name
+        assert all(v.backend in runs[BUNDLE[t].runner] for t in v.bundle), v.name
 
 
 def test_every_file_has_one_recipe_a_stage_registers():
