@@ -127,18 +127,6 @@ DEPLOY: tuple[DeployTarget, ...] = (
     DeployTarget("cpu", "x86/ARM CPU, any runtime", (("provider", "cpu"),), "cpu",
                  "onnx-fp32", "pipeline bundle --target cpu --model {model}; then, on the device, in the unpacked "
                  "{folder}/: python3 bench.py", unless=(("ort_optimization", "basic"), ("backend", "torch"))),
-    DeployTarget("intel", "Intel CPU, iGPU or NPU, OpenVINO", (("backend", "openvino"),), OPENVINO, "openvino-fp32",
-                 "pipeline bundle --target openvino --model {model}; then, on the device, in the unpacked {folder}/: "
-                 "python3 bench.py (--device GPU or NPU for the iGPU or NPU)",
-                 note="OpenVINO is not installed here (pip install -e .[openvino])",
-                 proxy="timed with OpenVINO's CPU plugin on this host's CPU; an iGPU or NPU is not here"),
-    DeployTarget("mobile", "Android or iOS, ExecuTorch (XNNPACK) or LiteRT", (("backend", ("executorch", "litert")),),
-                 MOBILE, "executorch-fp32",
-                 "pipeline bundle --target android --model {model}; then python3 check.py in the unpacked {folder}/, "
-                 "and load the file in the app as its README shows",
-                 note="neither ExecuTorch nor LiteRT is installed here (pip install -e .[executorch,litert])",
-                 proxy="timed on this host's CPU with the same runtimes (ExecuTorch's XNNPACK, LiteRT's CPU kernels), "
-                       "not on a phone: the ranking on a phone's ARM cores can differ, so time it there"),
     DeployTarget("browser", "Browser, onnxruntime-web (wasm)", (("provider", "wasm"),), "web", "onnx-fp32",
                  "pipeline bundle --target web --model {model}; then serve {folder}/ (pipeline demo --model {model}) "
                  "and open the page in the target browser: it shows p50/p99 batch-1 latency in wasm",
@@ -151,4 +139,16 @@ DEPLOY: tuple[DeployTarget, ...] = (
                  note="no NVIDIA GPU with TensorRT here; the bundle also carries the FP16 and INT8 files, "
                       "build_engines.py builds an engine from each, and bench.py --engines checks and times them all: "
                       "ship the fastest that passes. FP32 is the file held to exact parity here"),
+    DeployTarget("intel", "Intel CPU, iGPU or NPU, OpenVINO", (("backend", "openvino"),), OPENVINO, "openvino-fp32",
+                 "pipeline bundle --target openvino --model {model}; then, on the device, in the unpacked {folder}/: "
+                 "python3 bench.py (--device GPU or NPU for the iGPU or NPU)",
+                 note="OpenVINO is not installed here (pip install -e .[openvino])",
+                 proxy="timed with OpenVINO's CPU plugin on this host's CPU; an iGPU or NPU is not here"),
+    DeployTarget("mobile", "Android or iOS, ExecuTorch (XNNPACK) or LiteRT", (("backend", ("executorch", "litert")),),
+                 MOBILE, "executorch-fp32",
+                 "pipeline bundle --target android --model {model}; then python3 check.py in the unpacked {folder}/, "
+                 "and load the file in the app as its README shows",
+                 note="neither ExecuTorch nor LiteRT is installed here (pip install -e .[executorch,litert])",
+                 proxy="timed on this host's CPU with the same runtimes (ExecuTorch's XNNPACK, LiteRT's CPU kernels), "
+                       "not on a phone: the ranking on a phone's ARM cores can differ, so time it there"),
 )

@@ -22,6 +22,9 @@ from pipeline.targets import MOBILE, OPENVINO, PYTHON_TARGETS, SITE, TARGETS
 
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
 REFERENCE = "torch-fp32"
+#: the row every other runtime's speed is stated against (report.json's ``speedup_vs_onnx_fp32``): onnxruntime FP32 on the
+#: CPU, what an app gets with the most common runtime and no conversion; timed in the same interleaved rounds as they are
+BASELINE = "onnx-fp32"
 #: the backend measured in a web browser rather than by a Python runner: every row with it is run in one headless
 #: Chromium session (:mod:`pipeline.measure.browser`) by the validate stage, through the web bundle's own classifier.js
 BROWSER = "onnxruntime-web"

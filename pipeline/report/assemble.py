@@ -60,7 +60,8 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
     config, class names). ``peak_gflops`` is the CPU's measured float32 peak (GFLOP/s) and ``environment``
     the machine and versions; ``history`` and ``quantization`` are the training curves and per-layer SQNR
     (None when absent); ``qat_torch`` the QAT model's accuracy before export (the accuracy ladder's simulated
-    rung, :mod:`pipeline.report.ladder`). Adds to each INT8 row its speed against the FP32 row of its backend and
+    rung, :mod:`pipeline.report.ladder`). Adds every row's speed against onnxruntime FP32 (``variants.BASELINE``,
+    timed in the same rounds), to each INT8 row its speed against the FP32 row of its backend and
     provider (``vs_fp32``), to each row its efficiency (GFLOP/s at the largest timed batch, and that as a
     fraction of the peak); adds speed ratios against the reference, the per-target recommendation
     (:mod:`pipeline.report.recommend`) and the CPU recommendation's confusion matrix. Measures nothing and writes nothing.
@@ -75,6 +76,10 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
         row["efficiency"] = efficiency.achieved(macs, row["latency"][big]["throughput_per_s"], peak_gflops)
     ref = next(r for r in rows if r["name"] == variants.REFERENCE)
     speed = {r["name"]: _ratios(r, ref, small, big) for r in rows if r is not ref}
+    # against onnxruntime FP32: only the rows timed in its interleaved rounds (the browser rows are timed in their own)
+    base = next((r for r in rows if r["name"] == variants.BASELINE), None)
+    vs_base = {r["name"]: _ratios(r, base, small, big) for r in rows
+               if base is not None and r is not base and r["backend"] != variants.BROWSER}
     for row in rows:
         fp32 = _fp32_of(row, rows)
         if row["precision"] == "int8" and fp32 is not None:
@@ -101,6 +106,7 @@ def assemble(cfg: RunConfig, ckpt: dict, rows: list[dict], skipped: list[dict], 
                   "config": ckpt["train_config"], "history": history},
         "variants": rows,
         "speedup_vs_torch": speed,
+        "speedup_vs_onnx_fp32": vs_base,
         "skipped": skipped,
         "quantization": quantization,
         "ladder": ladder.build(rows, skipped, qat_torch),

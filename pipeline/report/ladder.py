@@ -1,4 +1,5 @@
-"""The accuracy ladder: one INT8 model followed step by step from torch FP32 to the engine that runs it.
+"""The accuracy ladder: one INT8 model followed step by step from torch FP32 to the engine that runs it (or, for an
+edge runtime, from torch FP32 through that runtime's FP32 file to its own INT8 file).
 
 Why: a report row says how much accuracy a deployed INT8 file lost, not which step lost it. The ladder puts
 the steps in order (FP32 -> INT8 simulated -> the QDQ ONNX on onnxruntime's fused kernels -> TensorRT) and
@@ -44,6 +45,24 @@ LADDERS: dict[str, tuple[Rung, ...]] = {
         Rung("onnxruntime CPU int8 kernels (fused, first conv in float; QAT's learned activation scales, 7-bit "
              "weights)", "onnx-int8-qat-cpu"),
         Rung("TensorRT INT8 engine of the QAT QDQ ONNX", tensorrt_of="onnx-int8-qat"),
+    ),
+    # the edge runtimes quantize with their own tools, not from the ONNX files: the FP32 rung pins a conversion loss,
+    # the INT8 rung the runtime's own post-training quantization on the same calibration images
+    "openvino": (
+        Rung("torch FP32", variants.REFERENCE),
+        Rung("OpenVINO IR FP32 (converted from the FP32 ONNX file), CPU plugin with f32 inference precision",
+             "openvino-fp32"),
+        Rung("OpenVINO INT8 by NNCF PTQ (fast_bias_correction off), CPU plugin", "openvino-int8"),
+    ),
+    "executorch": (
+        Rung("torch FP32", variants.REFERENCE),
+        Rung("ExecuTorch .pte FP32 lowered to XNNPACK", "executorch-fp32"),
+        Rung("ExecuTorch INT8 by PT2E with XNNPACKQuantizer (symmetric, per-channel weights), XNNPACK", "executorch-int8"),
+    ),
+    "litert": (
+        Rung("torch FP32", variants.REFERENCE),
+        Rung("LiteRT .tflite FP32 (litert-torch), LiteRT CPU (XNNPACK delegate)", "litert-fp32"),
+        Rung("LiteRT INT8 by PT2E (litert-torch's quantizer; int8 input and output tensors)", "litert-int8"),
     ),
 }
 

@@ -184,6 +184,12 @@ def _speed(report: dict) -> list[str]:
         lines += ["", "Speed relative to torch eager, measured in the same run: " + "; ".join(
             f"`{k}` {r['throughput_ratio']:.1f}x throughput at batch {big}, p50 {r['p50_ratio']:.1f}x lower at batch {small}"
             for k, r in ratios.items()) + "."]
+    against = report.get("speedup_vs_onnx_fp32")
+    if against:
+        lines += ["", f"Speed relative to onnxruntime FP32 (`{variants.BASELINE}`), timed in the same interleaved rounds: "
+                  + "; ".join(f"`{k}` {r['throughput_ratio']:.2f}x its throughput at batch {big}, "
+                              f"{r['p50_ratio']:.2f}x its speed at batch {small} (p50)"
+                              for k, r in against.items() if k != variants.REFERENCE) + "."]
     rows = [v for v in report["variants"] if v.get("vs_fp32")]
     if rows:
         flags = report["environment"].get("cpu_flags")

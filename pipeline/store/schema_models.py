@@ -257,6 +257,8 @@ class Report(Strict):
     train: Train
     variants: Annotated[list[VariantRow], Field(min_length=1)]
     speedup_vs_torch: dict[str, Speed]
+    # every row timed with onnx-fp32 (variants.BASELINE), against it; absent in reports made before the edge runtimes
+    speedup_vs_onnx_fp32: dict[str, Speed] = {}
     skipped: list[Skipped]
     quantization: Optional[Quantization] = None
     ladder: Optional[dict[str, list[Rung]]] = None  # reports written before it lack it

@@ -10,7 +10,7 @@ from pipeline.targets import BUNDLE, BUNDLES, DEPLOY, DeployTarget
 def test_the_table_is_consistent():
     names = [t.name for t in BUNDLES]
     assert len(names) == len(set(names)) and list(BUNDLE) == names == list(targets.TARGETS)
-    assert all(t.runner in ("python", "js") for t in BUNDLES)
+    assert all(t.runner in ("python", "js", "openvino", "mobile") for t in BUNDLES)
     assert all(t.runner == "python" for t in BUNDLES if t.engines)  # build_engines.py and bench.py --engines
     assert [t.name for t in BUNDLES if t.site] == [targets.SITE] and BUNDLE[targets.SITE].runner == "js"
     keys = [t.key for t in DEPLOY]
@@ -24,7 +24,8 @@ def test_the_table_is_consistent():
 
 def test_the_bundle_help_names_every_target_once():
     text = targets.help_text()
-    assert text == ("jetson | gpu | cpu (Python, bench.py) | node (onnxruntime-node, classify.mjs) | "
+    assert text == ("jetson | gpu | cpu (Python, bench.py) | openvino (Python, bench.py on OpenVINO) | android (the "
+                    ".pte and .tflite files, app snippets, check.py) | node (onnxruntime-node, classify.mjs) | "
                     "web (static page, classifier.js, onnxruntime-web wasm)")
     assert [w for w in text.replace("(", " ( ").split() if w in BUNDLE] == list(BUNDLE)
 
@@ -35,13 +36,18 @@ def _row(v) -> dict:
 
 
 def test_which_rows_measure_each_deploy_target():
-    """The ``measures`` rule as data: CPU is onnxruntime on the CPU provider except the Q/DQ-as-written TensorRT
-    files, the browser is the wasm rows, TensorRT every CUDA row; no row measures two targets."""
+    """The ``measures`` rule as data: CPU is every runtime on the CPU provider except the torch reference and the
+    Q/DQ-as-written TensorRT files, the browser is the wasm rows, TensorRT every CUDA row, Intel the OpenVINO rows
+    and mobile the ExecuTorch and LiteRT rows (which the CPU target weighs too)."""
     got = {t.key: [v.name for v in variants.VARIANTS if t.measures(_row(v))] for t in DEPLOY}
+    edge = ["openvino-fp32", "openvino-bf16", "openvino-int8", "executorch-fp32", "executorch-int8", "litert-fp32",
+            "litert-int8"]
     assert got == {
-        "cpu": ["onnx-fp32", "onnx-fp16", "onnx-int8-cpu", "onnx-int8-qat-cpu"],
+        "cpu": ["onnx-fp32", "onnx-fp16", "onnx-int8-cpu", "onnx-int8-qat-cpu", *edge],
         "browser": ["web-wasm-fp32", "web-wasm-int8"],
         "tensorrt": ["onnx-fp32-cuda", "trt-fp32", "trt-fp16", "trt-int8"],
+        "intel": edge[:3],
+        "mobile": edge[3:],
     }
     assert all(v.backend == variants.BROWSER for v in variants.VARIANTS if DEPLOY[1].measures(_row(v)))
 
@@ -53,9 +59,9 @@ def test_adding_one_deploy_row_is_enough_for_the_recommendation(quick_run, monke
                          "pipeline bundle --target cpu --model {model}", unless=(("ort_optimization", "basic"),))
     monkeypatch.setattr(targets, "DEPLOY", DEPLOY + (extra,))
     rec = recommend.recommend(quick_run["report"])
-    assert list(rec) == ["cpu", "browser", "tensorrt", "cpu-int8"]
+    assert list(rec) == ["cpu", "browser", "tensorrt", "intel", "mobile", "cpu-int8"]
     assert rec["cpu-int8"]["measured"] is True
-    assert rec["cpu-int8"]["variant"] in ("onnx-int8-cpu", "onnx-int8-qat-cpu")
+    assert rec["cpu-int8"]["variant"] in ("onnx-int8-cpu", "onnx-int8-qat-cpu")  # onnxruntime's INT8 rows only
     # a row that measures nothing here falls back to its build_from file
     monkeypatch.setattr(targets, "DEPLOY", DEPLOY + (replace(extra, where=(("provider", "npu"),)),))
     rec = recommend.recommend(quick_run["report"])["cpu-int8"]
