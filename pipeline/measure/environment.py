@@ -71,4 +71,11 @@ def capture(threads: int) -> dict:
     trt = _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13")
     if trt:  # read from package metadata: importing tensorrt would load CUDA libraries
         env["tensorrt"] = trt
+    for key, pkg in EDGE_PACKAGES.items():  # the edge runtimes' releases, when installed (their rows ran on them)
+        if _version(pkg):
+            env[key] = _version(pkg)
     return env
+
+
+#: report.json's environment key -> the distribution whose version it records (read from metadata, not imported)
+EDGE_PACKAGES = {"openvino": "openvino", "nncf": "nncf", "executorch": "executorch", "litert": "ai-edge-litert"}
