@@ -136,7 +136,6 @@ def _no_pip(calls):
     return run
 
 
-@pytest.mark.slow
 def test_the_venv_is_layered_over_this_environment(tmp_path, layered_site, monkeypatch):
     """A real `python -m venv` with the .pth: its python imports this environment's torch (the same release) through
     the layering, its own site-packages come first (so its older typing-extensions would win there), pip is asked
