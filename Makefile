@@ -1,22 +1,34 @@
 # Two entry points, each sets everything up first (idempotent):
-#   make run   -> virtualenv + install + `pipeline run all`
-#   make test  -> virtualenv + install + the pinned Node packages (when npm is present) + the test suite (what CI runs)
+#   make run   -> virtualenv + install + the LiteRT converter venv + `pipeline run all`
+#   make test  -> the same + the pinned Node packages (when npm is present) + the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= cpu,dev
+# every edge runtime by default (docs/runtimes.md), so CI tests every row; `make EXTRAS=cpu,dev` for a lean install
+EXTRAS ?= cpu,dev,openvino,executorch,litert
 ARGS ?=
 JS ?= tests/js
 
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+LITERT_STAMP := $(VENV)/.litert-converter-venv
 
 .PHONY: setup js-setup run test clean
-setup: $(STAMP)
+setup: $(STAMP) $(LITERT_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $@
+
+# The LiteRT converter (litert-torch) conflicts with this environment's pins, so it gets its own venv layered over
+# this one (runtime/litert_venv.py; under ~/.cache/edge-export-pipeline, $$EDGE_LITERT_VENV overrides). A failure
+# (no network) is a note, not an error: LiteRT is one optional runtime, its rows and tests then skip saying why,
+# everything else still runs, and the exporter retries on first use. No stamp then, so the next `make` retries too.
+# The stamp follows the project's install (a new torch needs a new converter venv) and the module's pins.
+$(LITERT_STAMP): $(STAMP) runtime/litert_venv.py
+	@if $(VENV)/bin/python -m runtime.litert_venv; then touch $@; else \
+	  echo "note: the LiteRT converter venv could not be created (above); the LiteRT rows and tests will be" \
+	       "skipped with the reason. Retry with \`make setup\` or \`$(VENV)/bin/python -m runtime.litert_venv\`" >&2; fi
 
 # The JS tests (Node bundle, JS preprocessing parity, the web bundle in Chromium) need the Node packages pinned in
 # tests/js/package-lock.json. They are installed when npm is present and a package of tests/js/package.json is

@@ -1,11 +1,11 @@
 """LiteRT (formerly TFLite) runner: a ``.tflite`` file on ai-edge-litert's Interpreter (its built-in XNNPACK), torch-free.
 
-Where ai-edge-litert is installed in this process's environment (a bundle, a device) the interpreter runs here.
-In the project's environment it is not (it is pinned together with litert-torch, whose pins would break the
-project's ``pip check``: see :mod:`runtime.litert_venv`), so the runner starts :mod:`runtime.litert_worker` with
-the LiteRT venv's python and exchanges arrays with it over a pipe. That costs one copy of the batch each
-way plus a pipe round trip per call (measured on this host under load: about +0.24 ms per batch-1 call and
-+6 ms per batch of 256, see docs/runtimes.md), which :attr:`LitertRunner.latency_includes` records beside every timing.
+Where ai-edge-litert is installed in this process's environment (the project's ``[litert]`` extra, a bundle, a
+device) the interpreter runs here. Where it is not, or with ``mode="worker"``, the runner starts
+:mod:`runtime.litert_worker` with the LiteRT converter venv's python (:mod:`runtime.litert_venv`) and exchanges
+arrays with it over a pipe. That costs one copy of the batch each way plus a pipe round trip per call (measured
+on this host under load: about +0.24 ms per batch-1 call and +6 ms per batch of 256, see docs/runtimes.md), which
+:attr:`LitertRunner.latency_includes` records beside every timing.
 
 INT8 files have int8 input/output tensors; the worker (de)quantizes with the tensors' scale and zero point, so
 ``infer`` takes and returns float32 like every runner.

@@ -2,8 +2,9 @@
 output tensors) within the INT8 budget, both through litert-torch in the LiteRT venv and run by the torch-free
 runner's worker process; the sidecar round trip; converter failures and bad files as one paragraph naming LiteRT.
 
-The LiteRT venv (runtime/litert_venv.py) is created once per machine, on first use (about 15 minutes and
-6.7 GB here); where it cannot be created the tests skip with the reason."""
+The LiteRT converter venv (runtime/litert_venv.py, layered over the project's environment) is created once per
+machine, on first use or by `make setup` (under a minute and about 0.9 GB here); where it cannot be created the
+tests skip with the reason."""
 import json
 
 import numpy as np
