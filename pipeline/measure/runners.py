@@ -151,8 +151,6 @@ def unavailable(v: Variant, build: bool = False) -> str | None:
 
     Never imports tensorrt (which loads CUDA libraries): only onnxruntime's provider list and, for TensorRT
     rows on a host that has TensorRT, torch's view of the GPU."""
-    import importlib.util
-
     if v.requires is None:
         return None
     if v.requires in REQUIRES:
@@ -172,9 +170,9 @@ def unavailable(v: Variant, build: bool = False) -> str | None:
         if "CUDAExecutionProvider" not in providers:
             return "onnxruntime has no CUDA provider here (install the `gpu` extra, onnxruntime-gpu, on a machine with an NVIDIA GPU)"
         return None
-    if importlib.util.find_spec("tensorrt") is None:
+    if _missing("tensorrt"):
         return "TensorRT is not installed (GPU hosts: pip install tensorrt; Jetson: JetPack 6)"
-    if importlib.util.find_spec("polygraphy") is None:
+    if _missing("polygraphy"):
         return "polygraphy is not installed (pip install -e .[trt])"
     import torch
 
