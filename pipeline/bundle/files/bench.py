@@ -532,7 +532,8 @@ def main(argv=None):
     if args.json:
         out = strict_json({"format": RESULT_FORMAT, "bundle": bundle_identity(manifest_bytes),
                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "engines": args.engines, "provider": args.provider, "device": args.device, "images": int(len(labels)),
+                           "engines": args.engines, "provider": args.provider, "openvino_device": args.device,
+                           "images": int(len(labels)),
                            "rows": rows, "reference_failed_checks": reference_failed, "device": state,
                            "contention": {**signals, "untrusted": noisy}})
         out["digest"] = digest_of(out)

@@ -32,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.dont_write_bytecode = True  # no __pycache__ in the bundle: its MANIFEST.json lists every file it may hold
 
 #: suffix -> (runtime, the module that must import, how to install it)
-RUNTIMES = {".pte": ("executorch", "executorch.runtime", "pip install executorch numpy (ExecuTorch's Python runtime "
-                     "needs torch, which it installs)"),
+RUNTIMES = {".pte": ("executorch", "executorch.runtime", "pip install executorch torch numpy (ExecuTorch's Python "
+                     "runtime takes torch tensors; torch's CPU build is enough)"),
             ".tflite": ("litert", "ai_edge_litert.interpreter", "pip install ai-edge-litert numpy")}
 #: how close the contract's preprocessing must come to the pipeline's golden inputs (float32 rounding)
 CONTRACT_ATOL = 1e-5
@@ -47,14 +47,16 @@ def normalize(images_u8, meta):
     return ((images_u8[:, None].astype(np.float32) * scale - mean) / std).astype(np.float32)
 
 
-def available(module):
+def import_error(module):
+    """Why ``module`` cannot be imported here ('' when it can): not installed, or installed without what it needs
+    (executorch without torch fails with its own message about its extension module)."""
     import importlib
 
     try:
         importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
+    except ImportError as e:
+        return " ".join(str(e).split())[:200] or type(e).__name__
+    return ""
 
 
 def run_executorch(path, x):
@@ -141,8 +143,9 @@ def main(argv=None):
         runtime, module, install = RUNTIMES.get(path.suffix, (None, None, None))
         if runtime is None or args.runtime not in ("all", runtime):
             continue
-        if not available(module):
-            skipped[name] = f"{runtime} is not installed here: {install}"
+        why = import_error(module)
+        if why:
+            skipped[name] = f"{runtime} cannot be imported here ({why}); install it: {install}"
             continue
         meta = json.loads(Path(f"{path}.json").read_text())
         x = normalize(raw["images"], meta)
