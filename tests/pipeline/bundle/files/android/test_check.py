@@ -48,6 +48,8 @@ def test_check_with_litert_alone_equals_the_report(device_bundle, litert_python,
     assert set(rows) == {"model-fp32.tflite", "model-int8.tflite"}
     assert rows["model-fp32.tflite"]["agreement"] == 1.0 and rows["model-fp32.tflite"]["max_abs_diff"] <= 1e-4
     assert rows["model-int8.tflite"]["flips"] == _expect_golden_flips(quick_run, "litert-int8")
+    reported = next(v for v in quick_run["report"]["variants"] if v["name"] == "litert-int8")["max_abs_diff"]
+    assert rows["model-int8.tflite"]["max_abs_diff"] <= reported  # dequantized: logits, not int8 codes
     assert rows["model-int8.tflite"]["precision"] == "int8" and not rows["model-int8.tflite"]["failed_checks"]
     # ExecuTorch is not in this venv: skipped with the install command, never a traceback
     assert set(skipped) == {"model-fp32.pte", "model-int8.pte"}
@@ -107,6 +109,10 @@ def _claim_a_flip(manifest):
     manifest["models"]["model-int8.tflite"]["flips"] = [5] + manifest["models"]["model-int8.tflite"]["flips"]
 
 
+def _tiny_int8_diff(manifest):
+    manifest["models"]["model-int8.tflite"]["max_abs_diff"] = 1e-6
+
+
 def _other_mean(side):
     side["normalization_mean"] = "[0.2]"
 
@@ -127,6 +133,8 @@ DAMAGE = {
                                             "images"),
     "another mean in a sidecar": (_edit_json("models/model-fp32.tflite.json", _other_mean),
                                   "the contract in models/model-fp32.tflite.json gives inputs"),
+    "the INT8 file's reported max diff": (_edit_json("MANIFEST.json", _tiny_int8_diff),
+                                           "model-int8.tflite (litert-int8) does not equal the report: max |logit diff|"),
     "a truncated .tflite": (_truncate("models/model-int8.tflite"), "model-int8.tflite (litert-int8) does not equal the "
                                                                    "report: litert could not run it"),
 }
