@@ -249,11 +249,17 @@ def runs_of(path, info):
 
 def load_model(path, info, precision, args, manifest):
     """The runner for ``path``, chosen by its suffix (each runtime imported only here, when a file needs it)."""
-    if args.engines:
-        return TrtModel(path, info, manifest.get("files", {}))
-    if path.suffix == ".xml":
-        return OvModel(path, args.device, args.threads, precision)
-    return OrtModel(path, args.provider, args.threads, info.get("ort_optimization", "all"))
+    try:
+        if args.engines:
+            return TrtModel(path, info, manifest.get("files", {}))
+        if path.suffix == ".xml":
+            return OvModel(path, args.device, args.threads, precision)
+        return OrtModel(path, args.provider, args.threads, info.get("ort_optimization", "all"))
+    except ImportError as e:  # the runtime this file needs is not installed here: say which, and how to get it
+        need = ("TensorRT and polygraphy (JetPack, or pip install tensorrt polygraphy)" if args.engines else
+                "OpenVINO (pip install openvino numpy)" if path.suffix == ".xml" else
+                "onnxruntime (pip install onnxruntime numpy)")
+        sys.exit(f"error: models/{path.name} needs {need}; importing it failed: {e}")
 
 
 def counted(row):

@@ -122,3 +122,10 @@ def test_a_damaged_ir_weights_file_is_refused(quick_copy, openvino_bundle, data_
     r = invoke("bundle", "--target", "openvino", "--artifacts", quick_copy, "--out", out, "--data-root", data_root)
     assert "altered (SHA-256 differs from the manifest): export/model-fp32.bin" in one_paragraph(r)
     assert snapshot(out) == before
+
+
+def test_bench_without_openvino_says_what_to_install(device_bundle, numpy_python):
+    proc = _bench(numpy_python, device_bundle)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "models/model-fp32.xml needs OpenVINO (pip install openvino numpy)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (device_bundle / "r.json").exists()

@@ -132,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--runtime", choices=["all", *sorted(RUN)], default="all")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
+    if args.json and (Path(args.json).is_symlink() or (Path(args.json).exists() and not Path(args.json).is_file())):
+        sys.exit(f"error: --json {args.json} is not a regular file; give a new file or an existing regular file.")
 
     manifest = json.loads((HERE / "MANIFEST.json").read_text())
     golden = np.load(HERE / "data" / "golden.npz")

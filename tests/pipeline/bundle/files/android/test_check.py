@@ -150,3 +150,10 @@ def test_check_fails_and_says_why(case, device_bundle, litert_python, tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
     assert expected in proc.stdout and "FAILED" in proc.stdout, proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_check_refuses_a_json_path_that_is_not_a_regular_file(device_bundle, numpy_python, tmp_path):
+    (tmp_path / "link.json").symlink_to("/dev/null")
+    proc = subprocess.run([str(numpy_python), "-I", "check.py", "--json", str(tmp_path / "link.json")],
+                          cwd=device_bundle, capture_output=True, text=True)
+    assert proc.returncode == 1 and "is not a regular file" in proc.stderr and "Traceback" not in proc.stderr
