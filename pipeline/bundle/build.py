@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import js as bundle_js, layout
+from . import js as bundle_js, layout, mobile as bundle_mobile
 from pipeline.store import manifest
 from pipeline import variants
 from pipeline.errors import PipelineError
@@ -47,20 +47,23 @@ FILES = Path(__file__).parent / "files"
 
 def _readme(target: str, model: str, models: dict, tar_name: str) -> str:
     engines = targets.BUNDLE[target].engines
+    ov = targets.BUNDLE[target].runner == "openvino"
     lines = [
         f"# {model} bundle for {target}",
         "",
-        "Made by edge-export-pipeline. Needs Python 3 with numpy and onnxruntime"
-        + (" (onnxruntime-gpu for CUDA), or TensorRT 10.x/11.x with polygraphy for engines." if engines else "."),
+        "Made by edge-export-pipeline. Needs Python 3 with numpy and "
+        + ("openvino (`pip install openvino numpy`; no torch, no onnxruntime)." if ov else "onnxruntime"
+           + (" (onnxruntime-gpu for CUDA), or TensorRT 10.x/11.x with polygraphy for engines." if engines else ".")),
         "",
         "0. Unpack the archive with tarfile's `data` filter (Python >= 3.10.12 or 3.11.4), which refuses links, devices",
         "   and names outside the folder, or run `pipeline verify` on it first; avoid a bare `tar xzf` on an archive",
         "   you did not make:",
         f"   `python3 -c \"import tarfile; tarfile.open('{tar_name}').extractall(filter='data')\"`",
         "1. Check the files: `sha256sum` against MANIFEST.json, or `pipeline verify <this folder>` on the build host.",
-        "2. Parity and latency on onnxruntime: `python3 bench.py` (add `--provider cuda` with onnxruntime-gpu). It checks",
-        "   each model as strictly as the pipeline's validate stage (finite logits, same accuracy, the same flipped test",
-        "   images, and agreement 1.0 within atol for FP32) and exits 1 if an onnxruntime-CPU check fails.",
+        *(bundle_mobile.OPENVINO_STEP if ov else (
+            "2. Parity and latency on onnxruntime: `python3 bench.py` (add `--provider cuda` with onnxruntime-gpu). It checks",
+            "   each model as strictly as the pipeline's validate stage (finite logits, same accuracy, the same flipped test",
+            "   images, and agreement 1.0 within atol for FP32) and exits 1 if an onnxruntime-CPU check fails.")),
     ]
     if engines:
         lines += [
@@ -72,7 +75,7 @@ def _readme(target: str, model: str, models: dict, tar_name: str) -> str:
         ]
     if targets.BUNDLE[target].readme:
         lines += ["", *targets.BUNDLE[target].readme]
-    lines += [""] + bundle_js.model_lines(models)
+    lines += [""] + (bundle_mobile.model_lines(models) if ov else bundle_js.model_lines(models))
     lines += ["", "MNIST is by Yann LeCun and Corinna Cortes, CC BY-SA 3.0 (data/mnist-test.npz).", ""]
     return "\n".join(lines)
 
@@ -136,9 +139,11 @@ def make_bundle(run: RunDir, target: str, out_dir: Path, data_root: Path, ort_we
     report = _read_report(run)
     rows = {v["name"]: v for v in report["variants"]}
     # the rows this target ships (the table's ``bundle`` column) that this run validated: bench.py reproduces them
-    packed = [v for v in variants.VARIANTS if target in v.bundle and v.name in rows]
-    record = manifest.require_intact(run.root, [run.relpath(run.export_file(v.file)) for v in packed],
-                                     "pipeline bundle")
+    packed = [v for v in variants.VARIANTS if target in v.bundle and v.name in rows and bundle_mobile.runs_in(v, target)]
+    if not packed:  # e.g. an android bundle of a run made without ExecuTorch and LiteRT: nothing to ship
+        raise PipelineError(bundle_mobile.nothing_to_ship(target, report))
+    record = manifest.require_intact(run.root, [run.relpath(run.export_file(f)) for v in packed
+                                                for f in variants.files_of(v)], "pipeline bundle")
 
     out_dir = Path(out_dir)
     folder, tar_path = run.bundle(out_dir, target), run.bundle_tar(out_dir, target)
@@ -225,7 +230,8 @@ def _build(run: RunDir, target: str, report: dict, rows: dict, packed, record, d
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle gets normal permissions
         files = _fill(staging, run, target, report, rows, packed, data_root, ort_web)
-        copied = {layout.REPORT: run.report_json, **{layout.model(v.file): run.export_file(v.file) for v in packed},
+        copied = {layout.REPORT: run.report_json,
+                  **{layout.model(f): run.export_file(f) for v in packed for f in variants.files_of(v)},
                   **({} if targets.BUNDLE[target].runner == "js" else {layout.GOLDEN: run.golden})}
         changed = [str(src) for dst, src in copied.items() if files[dst] != manifest.recorded_sha(record, run.relpath(src))]
         if changed:  # checked before copying; this catches a file replaced while the bundle was being built
@@ -257,8 +263,6 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
     The models, report.json and MANIFEST.json are common to every target; the rest is the target's own:
     :func:`_fill_python` (bench.py, reference logits, engine scripts), :func:`pipeline.bundle.js.fill_node` or
     :func:`pipeline.bundle.js.fill_web`."""
-    from exporters.onnx import read_metadata
-
     from pipeline.dataset import ensure_raw
 
     (folder / layout.MODELS).mkdir()
@@ -266,15 +270,19 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
     models = {}
     for v in packed:
         src = run.export_file(v.file)
-        shutil.copy2(src, folder / layout.model(v.file))
-        meta = read_metadata(src)
+        for f in variants.files_of(v):
+            shutil.copy2(run.export_file(f), folder / layout.model(f))
+        meta = bundle_mobile.read_contract(src)
         row = rows[v.name]
-        models[Path(v.file).stem] = {
+        # keyed by stem (bench.py looks a file up by its stem); the android bundle's .pte and .tflite share stems
+        key = v.file if targets.BUNDLE[target].runner == "mobile" else Path(v.file).stem
+        models[key] = {
             "variant": v.name, "precision": v.precision, "accuracy": row["accuracy"],
             "agreement": row["agreement"], "max_abs_diff": row["max_abs_diff"], "flips": row.get("flips"),
             "atol": v.atol, "tensorrt": v.tensorrt and targets.BUNDLE[target].engines,
             "image_shape": json.loads(meta.get("input_shape", "[1, 28, 28]")), "metadata": meta,
-            "ort_optimization": v.ort_optimization,
+            "ort_optimization": v.ort_optimization, "backend": v.backend, "budget_pp": v.budget_pp,
+            **bundle_mobile.also_runs(v, rows, target),
         }
     try:
         raw = ensure_raw(data_root)
@@ -289,6 +297,8 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
         bundle_js.fill_web(folder, models, raw, report["model"], ort_web)
     elif targets.BUNDLE[target].runner == "js":
         bundle_js.fill_node(folder, models, raw, report["model"])
+    elif targets.BUNDLE[target].runner == "mobile":
+        bundle_mobile.fill_mobile(folder, run, report, models, raw, reference)
     else:
         _fill_python(folder, run, target, report, models, raw, reference, data_root)
     shutil.copy2(run.report_json, folder / layout.REPORT)
@@ -297,6 +307,7 @@ def _fill(folder: Path, run: RunDir, target: str, report: dict, rows: dict, pack
         "format": FORMAT, "model": report["model"], "target": target,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "reference": reference, "models": models, "files": files,
+        **({"skipped": skipped} if (skipped := bundle_mobile.skipped_rows(target, report)) else {}),
     })
     return files
 

@@ -1,9 +1,18 @@
 #!/usr/bin/env python3
-"""Standalone parity + latency check for this bundle. Needs numpy and onnxruntime (or TensorRT); no torch.
+"""Standalone parity + latency check for this bundle. Needs numpy and onnxruntime, TensorRT or OpenVINO; no torch.
 
-    python3 bench.py                      # every ONNX model on onnxruntime CPU
+    python3 bench.py                      # every model: ONNX on onnxruntime CPU, OpenVINO IR (.xml) on OpenVINO CPU
     python3 bench.py --provider cuda      # onnxruntime-gpu
     python3 bench.py --engines            # the engines built by build_engines.py (TensorRT + polygraphy)
+    python3 bench.py --device GPU         # OpenVINO IRs on an Intel iGPU (or NPU); CPU is the default
+
+The backend follows the file: ``.onnx`` runs on onnxruntime, ``.xml`` (with its ``.bin``) on OpenVINO, each imported
+only when a file needs it, so an OpenVINO bundle needs only openvino and numpy. OpenVINO runs every IR with
+INFERENCE_PRECISION_HINT f32 (its CPU plugin would otherwise run an FP32 model in bfloat16 on CPUs with BF16) and,
+where the CPU has BF16, the FP32 IR again with the bf16 hint (the report's openvino-bf16 row, MANIFEST.json's
+``also``); that row and the GPU/NPU runs are shown with their checks but do not decide the exit status (their
+arithmetic differs between chips). The NPU gets no hint (it computes in FP16). GPU and NPU were never run by the
+authors.
 
 With --engines it exits 1 when an engine's accuracy is more than --engine-tolerance-pp off its ONNX model's
 reported accuracy or its sidecar does not match; an engine without a sidecar (trtexec) still runs, and the
@@ -21,7 +30,7 @@ it (warm-up, then p50/p90/p99 and throughput), and says whether it equals what t
 accuracy, the same test images flipped against PyTorch, and for variants with a parity tolerance
 (atol) agreement 1.0 and max |logit diff| <= atol. The reference itself must reproduce the report's
 torch-fp32 accuracy. It prints the same table as the pipeline's report.md, then each failed check.
-Exit 1 when the reference or any onnxruntime-CPU model fails a check.
+Exit 1 when the reference or any onnxruntime-CPU model or OpenVINO-CPU model with the f32 hint fails a check.
 """
 import argparse
 import json
@@ -119,7 +128,7 @@ def _runtimes():
     import importlib
 
     found = {"numpy": np.__version__}
-    for name in ("onnxruntime", "tensorrt", "polygraphy"):
+    for name in ("onnxruntime", "tensorrt", "polygraphy", "openvino"):
         try:
             found[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
         except Exception:  # not installed, or broken: either way not a runtime this device has
@@ -181,6 +190,84 @@ class OrtModel:
         return self.session.run(None, {self.input: x})[0]
 
 
+class OvModel:
+    """An OpenVINO IR (``.xml`` + ``.bin``) compiled for ``device`` with an explicit precision hint (CPU, GPU: f32 for
+    fp32 and int8 files, bf16 for the bf16 row; NPU: none, it computes in FP16). The hint is read back from the
+    compiled model and a mismatch refused, so a row is never mislabelled."""
+
+    includes = "InferRequest.infer on the host: compute + copies"
+    #: row precision -> INFERENCE_PRECISION_HINT; what OpenVINO calls each when read back
+    HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+    TYPE_NAMES = {"f32": "float32", "bf16": "bfloat16"}
+    #: the rt_info section that holds the preprocessing contract (runtime/openvino.py's RT_SECTION)
+    RT_SECTION = "edge_export_pipeline"
+
+    def __init__(self, path, device="CPU", threads=0, precision="fp32"):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        info = model.get_rt_info()
+        section = info[self.RT_SECTION] if self.RT_SECTION in list(info.keys()) else {}
+        self.meta = {str(k): str(getattr(v, "value", v)) for k, v in (section.items() if isinstance(section, dict)
+                                                                      else ())}
+        if "normalization_mean" not in self.meta:
+            raise SystemExit(f"error: {path} carries no preprocessing contract in its rt_info "
+                             f"(section {self.RT_SECTION}); it is not this bundle's file.")
+        self.hint = self.HINTS[precision] if device in ("CPU", "GPU") else None
+        if precision == "bf16" and "BF16" not in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
+            raise Unavailable(f"{device} has no BF16 (OPTIMIZATION_CAPABILITIES lacks it)")
+        config = {"INFERENCE_PRECISION_HINT": self.hint} if self.hint else {}
+        if threads and device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, device, config)
+        if self.hint:
+            got = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            if self.TYPE_NAMES[self.hint] not in got:
+                raise Unavailable(f"{device} compiled {Path(path).name} with precision {got}, not {self.hint}")
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.outputs[0]
+        self.backend = f"openvino-{device.lower()}"
+        self.precision = precision
+
+    def __call__(self, x):
+        # a copy: the request's output tensor is reused by the next call
+        return np.array(self.request.infer({0: x})[self.output], dtype=np.float32, copy=True)
+
+
+class Unavailable(Exception):
+    """A run this device cannot make (no BF16 here): the row is listed as not run, not failed."""
+
+
+def runs_of(path, info):
+    """(model info, precision) of each run of ``path``: an IR also runs with each hint its MANIFEST entry lists in
+    ``also`` (openvino-bf16 on the FP32 IR); every other file runs once."""
+    if path.suffix != ".xml":
+        return [(info, None)]
+    return [(info, info.get("precision", "fp32"))] + [(a, a["precision"]) for a in info.get("also", [])]
+
+
+def load_model(path, info, precision, args, manifest):
+    """The runner for ``path``, chosen by its suffix (each runtime imported only here, when a file needs it)."""
+    try:
+        if args.engines:
+            return TrtModel(path, info, manifest.get("files", {}))
+        if path.suffix == ".xml":
+            return OvModel(path, args.device, args.threads, precision)
+        return OrtModel(path, args.provider, args.threads, info.get("ort_optimization", "all"))
+    except ImportError as e:  # the runtime this file needs is not installed here: say which, and how to get it
+        need = ("TensorRT and polygraphy (JetPack, or pip install tensorrt polygraphy)" if args.engines else
+                "OpenVINO (pip install openvino numpy)" if path.suffix == ".xml" else
+                "onnxruntime (pip install onnxruntime numpy)")
+        sys.exit(f"error: models/{path.name} needs {need}; importing it failed: {e}")
+
+
+def counted(row):
+    """Whether a row decides the exit status: onnxruntime on the CPU, and OpenVINO on the CPU with the f32 hint."""
+    return row["reported_accuracy"] is not None and (
+        row["backend"] == "onnxruntime-cpu" or (row["backend"] == "openvino-cpu" and row.get("hint") == "f32"))
+
+
 class TrtModel:
     """TensorRT engine through Polygraphy's runner. A timed call spans the H2D copy, GPU compute, the D2H copy
     and the stream sync (Polygraphy's own inference time spans the same); `trtexec --loadEngine=FILE` reports
@@ -225,6 +312,12 @@ def engine_batch_range(trt, engine, name):
     (ICudaEngine.get_tensor_profile_shape(name, 0) -> (min, opt, max), TensorRT 10.x/11.x)."""
     mn, _opt, mx = engine.get_tensor_profile_shape(name, 0)
     return int(mn[0]), int(mx[0])
+
+
+def _size(path):
+    """A model's size on disk: an IR's .xml and its .bin together."""
+    bin_file = path.with_suffix(".bin")
+    return path.stat().st_size + (bin_file.stat().st_size if path.suffix == ".xml" and bin_file.is_file() else 0)
 
 
 def classify(model, x, step=1000):
@@ -340,6 +433,8 @@ def strict_json(obj):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--device", default="CPU", choices=["CPU", "GPU", "NPU"],
+                    help="the OpenVINO device the IR files (.xml) are compiled for")
     ap.add_argument("--engines", action="store_true", help="run engines/*.engine with TensorRT instead of ONNX")
     ap.add_argument("--batches", default="1,256")
     ap.add_argument("--rounds", type=int, default=7, help="timing rounds: each a burst per model and batch size")
@@ -366,14 +461,18 @@ def main(argv=None):
     images, labels = test["images"], test["labels"]
     reference_failed = check_reference(ref, labels, manifest.get("reference", {}).get("accuracy"))
     batches = [int(b) for b in args.batches.split(",")]
-    paths = sorted((HERE / "engines").glob("*.engine")) if args.engines else sorted((HERE / "models").glob("*.onnx"))
+    paths = sorted((HERE / "engines").glob("*.engine")) if args.engines else \
+        sorted([*(HERE / "models").glob("*.onnx"), *(HERE / "models").glob("*.xml")])
     if not paths:
-        sys.exit("no engines found: run build_engines.py first" if args.engines else "no ONNX models in models/")
-    rows, calls = [], {}
-    for path in paths:
-        info = manifest.get("models", {}).get(path.stem, {})
-        model = TrtModel(path, info, manifest.get("files", {})) if args.engines else \
-            OrtModel(path, args.provider, args.threads, info.get("ort_optimization", "all"))
+        sys.exit("no engines found: run build_engines.py first" if args.engines else "no models in models/")
+    rows, calls, not_run = [], {}, []
+    for path, info, precision in [(p, i, pr) for p in paths
+                                  for i, pr in runs_of(p, manifest.get("models", {}).get(p.stem, {}))]:
+        try:
+            model = load_model(path, info, precision, args, manifest)
+        except Unavailable as e:
+            not_run.append(f"{info.get('variant', path.stem)}: not run: {e}")
+            continue
         x = normalize(images, model.meta)
         logits = classify(model, x)
         figures = compare(logits, ref, labels)
@@ -381,12 +480,14 @@ def main(argv=None):
         expected = info.get("accuracy")
         lo, hi = getattr(model, "batch_range", None) or (1, max(batches))
         row = {"variant": info.get("variant", path.stem), "backend": model.backend,
-               "precision": model.meta.get("precision", "?"), "size_bytes": path.stat().st_size,
+               "precision": precision or model.meta.get("precision", "?"), "size_bytes": _size(path),
                **figures, "flips": len(figures["flip_indices"]), "reported_accuracy": expected,
                "matches_report": expected is not None and not failed, "failed_checks": failed,
                "latency_includes": model.includes, "latency": {str(b): None for b in batches}}
         # timed below, with every other model, in rounds; the model stays loaded until then
         calls[len(rows)] = {b: (lambda m, f: lambda: m(f))(model, feed_of(x[:256], b)) for b in batches if lo <= b <= hi}
+        if getattr(model, "hint", None):
+            row["hint"] = model.hint
         if args.engines:
             row.update(unchecked=model.unchecked, problems=model.problems, layer_precisions=model.layer_precisions,
                        batch_range=[lo, hi])
@@ -414,11 +515,15 @@ def main(argv=None):
           + "; ".join(sorted({f"{r['backend']}: {r['latency_includes']}" for r in rows})) + ".")
     if noisy:
         print("WARNING: the timings are not to be trusted: " + "; ".join(noisy) + ". Close other programs and rerun.")
+    for line in not_run:
+        print(line)
     for problem in reference_failed:
         print(f"REFERENCE BROKEN: {problem}; no row above can be trusted.")
     for r in rows:
         if r["failed_checks"]:
-            print(f"{r['variant']} ({r['backend']}) does not equal the report: " + "; ".join(r["failed_checks"]) + ".")
+            print(f"{r['variant']} ({r['backend']}) does not equal the report: " + "; ".join(r["failed_checks"]) + "."
+                  + ("" if counted(r) or r["backend"].startswith("onnxruntime-") or r["backend"] == "tensorrt"
+                     else " (shown, not counted in the exit status: see the top of bench.py)"))
         skipped = [b for b, st in r["latency"].items() if st is None]
         if skipped:
             print(f"{r['variant']}: batch {', '.join(skipped)} not timed: outside the engine profile's "
@@ -433,7 +538,8 @@ def main(argv=None):
     if args.json:
         out = strict_json({"format": RESULT_FORMAT, "bundle": bundle_identity(manifest_bytes),
                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "engines": args.engines, "provider": args.provider, "images": int(len(labels)),
+                           "engines": args.engines, "provider": args.provider, "openvino_device": args.device,
+                           "images": int(len(labels)),
                            "rows": rows, "reference_failed_checks": reference_failed, "device": state,
                            "contention": {**signals, "untrusted": noisy}})
         out["digest"] = digest_of(out)
@@ -441,7 +547,7 @@ def main(argv=None):
     broken = [r["variant"] for r in rows if r["nonfinite"]]
     if broken:
         print(f"FAILED: NaN or infinite logits from {', '.join(broken)}")
-    checked = [r for r in rows if r["reported_accuracy"] is not None and r["backend"] == "onnxruntime-cpu"]
+    checked = [r for r in rows if counted(r)]
     engines_failed = [r["variant"] for r in rows if r["backend"] == "tensorrt" and (
         r["problems"] or r["reported_accuracy"] is None or r["nonfinite"]
         or 100 * abs(r["accuracy"] - r["reported_accuracy"]) > args.engine_tolerance_pp)]

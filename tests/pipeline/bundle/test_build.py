@@ -82,7 +82,7 @@ def test_verify_run_folder_and_bad_paths(quick_copy, tmp_path):
 
 def test_bundle_bad_input(tmp_path, data_root):
     r = invoke("bundle", "--target", "fpga", "--artifacts", tmp_path, "--data-root", data_root)
-    assert r.exit_code == 2 and "--target must be one of jetson, gpu, cpu, node, web; got 'fpga'" in r.output
+    assert r.exit_code == 2 and "--target must be one of jetson, gpu, cpu, openvino, android, node, web; got 'fpga'" in r.output
     r = invoke("bundle", "--target", "gpu", "--artifacts", tmp_path, "--data-root", data_root)
     assert r.exit_code == 2 and "run `pipeline run all` first" in r.output
 
