@@ -59,6 +59,9 @@ PYTHON_TARGETS = tuple(t.name for t in BUNDLES if t.runner == "python")
 #: the targets run by JavaScript (onnxruntime-node's classify.mjs, the web page's classifier.js), both with the JS
 #: preprocessing module
 JS_TARGETS = tuple(t.name for t in BUNDLES if t.runner == "js")
+#: the targets whose runner runs ONNX files (bench.py on onnxruntime, onnxruntime-node, onnxruntime-web); the openvino
+#: and android bundles hold their runtimes' own formats
+ONNX_TARGETS = PYTHON_TARGETS + JS_TARGETS
 #: the targets whose bundle builds TensorRT engines on the device (from the files whose row says ``tensorrt``)
 ENGINE_TARGETS = tuple(t.name for t in BUNDLES if t.engines)
 #: the bundle that is a web site (``pipeline demo`` builds and serves it)

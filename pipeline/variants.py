@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from pipeline.targets import MOBILE, OPENVINO, PYTHON_TARGETS, SITE, TARGETS
+from pipeline.targets import MOBILE, ONNX_TARGETS, OPENVINO, PYTHON_TARGETS, SITE
 
 #: the variant every other one is compared with (agreement, max |logit diff|, accuracy delta); the first row
 REFERENCE = "torch-fp32"
@@ -70,7 +70,7 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch-fp32", "torch", "cpu", "fp32", None),
     Variant("onnx-fp32", "onnxruntime", "cpu", "fp32", "model-fp32.onnx", atol=1e-4, recipe="fp32", tensorrt=True,
-            bundle=TARGETS),
+            bundle=ONNX_TARGETS),
     Variant("onnx-fp16", "onnxruntime", "cpu", "fp16", "model-fp16.onnx", budget_pp=0.02, recipe="fp16", tensorrt=True,
             bundle=PYTHON_TARGETS),
     Variant("onnx-int8-ptq", "onnxruntime", "cpu", "int8", "model-int8-ptq.onnx", budget_pp=0.15, quant="ptq", recipe="ptq",

@@ -46,18 +46,6 @@ OPENVINO_STEP = (
 )
 
 
-#: the backends each edge bundle's checker runs (bench.py on openvino alone; check.py on ExecuTorch and LiteRT): a row
-#: naming such a bundle in its ``bundle`` column with another backend (onnx-fp32 names every target) is not shipped
-#: there, so the OpenVINO bundle never needs onnxruntime and the android bundle holds only the phone formats
-RUNNER_BACKENDS = {"openvino": ("openvino",), "mobile": ("executorch", "litert")}
-
-
-def runs_in(v: variants.Variant, target: str) -> bool:
-    """Whether ``target``'s own checker runs ``v``'s file (always, for the targets not in :data:`RUNNER_BACKENDS`)."""
-    backends = RUNNER_BACKENDS.get(targets.BUNDLE[target].runner)
-    return backends is None or v.backend in backends
-
-
 def read_contract(path: Path) -> dict[str, str]:
     """The preprocessing contract of a file a bundle ships: ONNX metadata, an IR's rt_info, else its JSON sidecar."""
     path = Path(path)

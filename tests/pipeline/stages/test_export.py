@@ -31,16 +31,20 @@ def test_each_stage_makes_the_rows_whose_recipe_it_registers(tmp_path, data_root
     from pipeline.stages import recipes
 
     ctx = _ctx(tmp_path, data_root)
-    assert [v.name for v in recipes.rows(ctx, "export")] == ["onnx-fp32", "onnx-fp16"]
+    # the edge runtimes' rows are made too when their runtimes are installed (CI installs them all)
+    assert [v.name for v in recipes.rows(ctx, "export")] == ["onnx-fp32", "onnx-fp16", "openvino-fp32",
+                                                              "executorch-fp32", "litert-fp32"]
     assert [v.name for v in recipes.rows(ctx, "quantize")] == ["onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu",
-                                                                "onnx-int8-qat-cpu"]
+                                                                "onnx-int8-qat-cpu", "openvino-int8", "executorch-int8",
+                                                                "litert-int8"]
     again = replace(variants.BY_NAME["onnx-fp16"], name="onnx-fp16-again")  # same recipe, same file
     other = replace(variants.BY_NAME["onnx-fp16"], name="onnx-fp16-b", file="model-fp16-b.onnx")
     monkeypatch.setattr(variants, "VARIANTS", variants.VARIANTS + (again, other))
-    assert [v.name for v in recipes.rows(ctx, "export")] == ["onnx-fp32", "onnx-fp16", "onnx-fp16-b"]
+    assert [v.name for v in recipes.rows(ctx, "export")] == ["onnx-fp32", "onnx-fp16", "openvino-fp32",
+                                                              "executorch-fp32", "litert-fp32", "onnx-fp16-b"]
     assert recipes.key(ctx, "export")[-1] == ["onnx-fp16-b", "fp16", "model-fp16-b.onnx", True]
     assert [v.name for v in recipes.rows(_ctx(tmp_path, data_root, mode="ptq", cpu_variant=False), "quantize")] == [
-        "onnx-int8-ptq"]
+        "onnx-int8-ptq", "openvino-int8", "executorch-int8", "litert-int8"]
     assert recipes.rows(_ctx(tmp_path, data_root, mode="none"), "quantize") == []
 
 
@@ -56,6 +60,7 @@ def test_a_recipe_no_stage_makes_is_refused_before_anything_is_written(tmp_path,
     bad = replace(variants.BY_NAME["onnx-fp16"], name="onnx-fp8", file="model-fp8.onnx", recipe="fp8")
     monkeypatch.setattr(variants, "VARIANTS", variants.VARIANTS + (bad,))
     with pytest.raises(PipelineError, match=r"Variant onnx-fp8 names recipe 'fp8', which no stage makes; known "
-                                            r"recipes: fp32, fp16, ptq, ptq-cpu, qat, qat-cpu\."):
+                                            r"recipes: openvino-fp32, executorch-fp32, litert-fp32, openvino-int8, "
+                                            r"executorch-int8, litert-int8, fp32, fp16, ptq, ptq-cpu, qat, qat-cpu\."):
         recipes.rows(_ctx(tmp_path, data_root), "export")
     assert not (tmp_path / "edgenet").exists() or not any((tmp_path / "edgenet").rglob("*.onnx"))
