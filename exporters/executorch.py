@@ -84,14 +84,38 @@ def _lower_and_write(program, path: Path, metadata: dict[str, str], extra: dict)
     except Exception as e:  # exir raises ExportError, RuntimeError, InternalError...
         raise _failed("lowering to XNNPACK", e) from None
     path = Path(path)
+    missing = unregistered_operators(et.executorch_program)
+    if missing:  # checked before loading: the runtime would fail with a bare error code and a page of log lines
+        raise ExecutorchExportError(
+            f"ExecuTorch cannot run the lowered model: operator {', '.join(missing)} is not delegated to XNNPACK and "
+            "this ExecuTorch build has no kernel for it, so the .pte would fail to load (Missing operator). Replace "
+            "that operation in the model, or deploy it with another runtime.")
     data = bytes(et.buffer)
-    max_batch = program_max_batch(data)
+    try:
+        max_batch = program_max_batch(data)
+    except Exception as e:  # converter output is untrusted: a program the runtime cannot load is refused here
+        raise _failed("loading the lowered program", e) from None
     with atomic_path(sidecar_path(path)) as tmp:
         tmp.write_text(json.dumps({**metadata, **extra, "max_batch": max_batch,
                                    "example_batch": EXAMPLE_BATCH, "backend": "xnnpack"}, indent=1))
     with atomic_path(path) as tmp:  # the .pte last: a .pte without its sidecar never appears
         tmp.write_bytes(data)
     return path
+
+
+def unregistered_operators(program) -> list[str]:
+    """The operators ``program`` (an ``exir`` ExecuTorch program: what XNNPACK did not take) calls that this
+    ExecuTorch build registers no kernel for, as ``aten::sort.values``; [] when every one has a kernel."""
+    from executorch.extension.pybindings.portable_lib import _get_operator_names
+
+    known = set(_get_operator_names())
+    out = []
+    for plan in program.execution_plan:
+        for op in plan.operators:
+            name = f"{op.name}.{op.overload}" if op.overload else op.name
+            if name not in known and op.name not in known and name not in out:
+                out.append(name)
+    return out
 
 
 def program_max_batch(data: bytes) -> int:
