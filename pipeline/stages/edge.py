@@ -117,9 +117,9 @@ def litert_int8(ctx: Context, v, shared) -> Path:
     meta, model = shared.meta(ctx, f"ptq/pt2e-litert/{ctx.cfg.quant.calib_size}"), checkpoint.restore(shared.ckpt)
     kept = _kept(shared)
     if kept:  # docs/runtimes.md: why the LiteRT file does not follow the fallback (yet)
-        log.warning("quantize: %s does not follow --int8-budget: the ONNX PTQ file keeps %s in FP32, the LiteRT file "
-                    "quantizes every layer (litert-torch converts a saved torch.export program, whose module paths "
-                    "its quantizer's per-module setting was not shown to match); it is judged against its own "
-                    "accuracy budget like every row.", v.name, ", ".join(kept["fp32_layers"]))
+        log.warning("quantize: %s does not follow --int8-budget: the ONNX PTQ file keeps %s in FP32, but LiteRT's "
+                    "converter quantizes a float layer that sits between quantized ones (litert-torch 0.10), so the "
+                    "LiteRT file has every layer INT8; it is judged against its own accuracy budget like every row.",
+                    v.name, ", ".join(kept["fp32_layers"]))
         meta = {**meta, "int8_budget_fallback": "not applied: every layer INT8 (docs/runtimes.md)"}
     return _converted(ctx, v, lambda final: litert.export_int8(model, final, meta, shared.calib, create_venv=False))
