@@ -5,7 +5,9 @@ Each is registered with the stage that owns its precision, as the ONNX recipes a
 INT8 files with ``quantize``, each by its runtime's own post-training quantization of the same calibration images the
 ONNX INT8 files use (NNCF; PT2E with ``XNNPACKQuantizer``; PT2E with litert-torch's quantizer). The converters are
 :mod:`exporters.openvino`, :mod:`exporters.executorch` and :mod:`exporters.litert`; this module only picks their
-inputs and words their refusals.
+inputs and words their refusals. Under ``--int8-budget`` the OpenVINO and ExecuTorch INT8 files keep the layers the ONNX
+PTQ file keeps in FP32 (by ONNX node name, by module path); LiteRT's converter cannot, which its file says
+(docs/runtimes.md).
 
 These rows are optional (:func:`pipeline.measure.runners.optional`): a converter that cannot lower the model (an
 operator the runtime lacks) raises a :class:`PipelineError` naming the runtime and the operator, and
