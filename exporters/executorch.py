@@ -84,14 +84,38 @@ def _lower_and_write(program, path: Path, metadata: dict[str, str], extra: dict)
     except Exception as e:  # exir raises ExportError, RuntimeError, InternalError...
         raise _failed("lowering to XNNPACK", e) from None
     path = Path(path)
+    missing = unregistered_operators(et.executorch_program)
+    if missing:  # checked before loading: the runtime would fail with a bare error code and a page of log lines
+        raise ExecutorchExportError(
+            f"ExecuTorch cannot run the lowered model: operator {', '.join(missing)} is not delegated to XNNPACK and "
+            "this ExecuTorch build has no kernel for it, so the .pte would fail to load (Missing operator). Replace "
+            "that operation in the model, or deploy it with another runtime.")
     data = bytes(et.buffer)
-    max_batch = program_max_batch(data)
+    try:
+        max_batch = program_max_batch(data)
+    except Exception as e:  # converter output is untrusted: a program the runtime cannot load is refused here
+        raise _failed("loading the lowered program", e) from None
     with atomic_path(sidecar_path(path)) as tmp:
         tmp.write_text(json.dumps({**metadata, **extra, "max_batch": max_batch,
                                    "example_batch": EXAMPLE_BATCH, "backend": "xnnpack"}, indent=1))
     with atomic_path(path) as tmp:  # the .pte last: a .pte without its sidecar never appears
         tmp.write_bytes(data)
     return path
+
+
+def unregistered_operators(program) -> list[str]:
+    """The operators ``program`` (an ``exir`` ExecuTorch program: what XNNPACK did not take) calls that this
+    ExecuTorch build registers no kernel for, as ``aten::sort.values``; [] when every one has a kernel."""
+    from executorch.extension.pybindings.portable_lib import _get_operator_names
+
+    known = set(_get_operator_names())
+    out = []
+    for plan in program.execution_plan:
+        for op in plan.operators:
+            name = f"{op.name}.{op.overload}" if op.overload else op.name
+            if name not in known and op.name not in known and name not in out:
+                out.append(name)
+    return out
 
 
 def program_max_batch(data: bytes) -> int:
@@ -118,9 +142,53 @@ def export_fp32(model, path: Path, metadata: dict[str, str], example=None) -> Pa
     return _lower_and_write(program, path, metadata, {"precision": "fp32"})
 
 
-def export_int8(model, path: Path, metadata: dict[str, str], calibration, example=None) -> Path:
+def layer_precisions(pte) -> list[str]:
+    """The weighted layers (convolutions and fully connected) of a ``.pte``'s XNNPACK delegate, in graph order, each
+    as the precision its filter is stored in (``"fp32"``, ``"int8"``...), read from the file itself: the delegate's
+    XNNPACK flatbuffer, decoded with ExecuTorch's own schema and ``flatc``. The XNNPACK graph keeps no layer names,
+    so the i-th entry is the model's i-th weighted layer in graph order."""
+    import re as _re
+    import shutil
+    import tempfile
+
+    import executorch.backends.xnnpack.serialization as schema
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+    from executorch.exir._serialize._program import _extract_delegate_payload
+
+    data = Path(pte).read_bytes() if not isinstance(pte, (bytes, bytearray)) else bytes(pte)
+    out, i = [], 0
+    while (payload := _extract_delegate_payload(data, "xnnpack", i)) is not None:
+        i += 1
+        head = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
+        with tempfile.TemporaryDirectory(prefix="xnn-") as tmp:
+            shutil.copy(Path(schema.__path__[0]) / "schema.fbs", Path(tmp) / "schema.fbs")
+            (Path(tmp) / "graph.bin").write_bytes(payload[head.flatbuffer_offset:head.flatbuffer_offset
+                                                          + head.flatbuffer_size])
+            _flatc_decompile(tmp, str(Path(tmp) / "schema.fbs"), str(Path(tmp) / "graph.bin"), ["--raw-binary"])
+            text = (Path(tmp) / "graph.json").read_text()
+        graph = json.loads(_re.sub(r"(?<=[:\[,\s])-?(?:nan|inf)\b", "null", text))  # flatc writes bare nan/inf
+        types = {}
+        for value in graph["xvalues"]:
+            v = value["xvalue_union"]
+            t = v.get("tensor_value", v)
+            types[t["id_out"]] = t["datatype"].removeprefix("xnn_datatype_")
+        for node in graph["xnodes"]:
+            kind = node["xnode_union_type"]
+            if kind in ("XNNConv2d", "XNNDepthwiseConv2d", "XNNConvTranspose2d", "XNNFullyConnected"):
+                dtype = types[node["xnode_union"]["filter_id"]]
+                out.append("fp32" if dtype == "fp32" else "int8" if "int8" in dtype else dtype)
+    return out
+
+
+def export_int8(model, path: Path, metadata: dict[str, str], calibration, example=None,
+                fp32_modules: tuple[str, ...] = ()) -> Path:
     """INT8 ``.pte``: PT2E static quantization with ``XNNPACKQuantizer`` (symmetric, per-channel weights),
-    calibrated on ``calibration`` (float32 (N, 1, 28, 28), preprocessed), lowered to XNNPACK; returns ``path``."""
+    calibrated on ``calibration`` (float32 (N, 1, 28, 28), preprocessed), lowered to XNNPACK; returns ``path``.
+
+    ``fp32_modules``: module paths (``"features.3"``) to keep in FP32 (the ``--int8-budget`` fallback), left
+    unannotated through the quantizer's filter function (its ``set_module_name(name, None)`` is not supported in
+    1.5: it asserts a config); recorded in the sidecar as ``int8_fp32_modules``."""
     import torch
 
     _import()
@@ -137,6 +205,16 @@ def export_int8(model, path: Path, metadata: dict[str, str], calibration, exampl
                                     f"(N, C, H, W); got shape {tuple(calibration.shape)}.")
     example = _example(example if example is not None else calibration)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    fp32_modules = tuple(fp32_modules)
+    if fp32_modules:
+        from torchao.quantization.pt2e.quantizer import get_module_name_filter
+
+        named = dict(model.named_modules())
+        unknown = [m for m in fp32_modules if m not in named]
+        if unknown:
+            raise ExecutorchExportError(f"ExecuTorch INT8: the model has no module {', '.join(unknown)} to keep in FP32.")
+        skip = [get_module_name_filter(m) for m in fp32_modules]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in skip))
     try:
         with torch.no_grad():
             graph = _export(model.eval(), example).module()
@@ -149,4 +227,6 @@ def export_int8(model, path: Path, metadata: dict[str, str], calibration, exampl
         raise _failed("PT2E quantization", e) from None
     return _lower_and_write(program, path, metadata, {
         "precision": "int8",
-        "quantizer": f"PT2E XNNPACKQuantizer symmetric per-channel, {len(calibration)} calibration images"})
+        "quantizer": f"PT2E XNNPACKQuantizer symmetric per-channel, {len(calibration)} calibration images"
+                     + (f", FP32: {', '.join(fp32_modules)}" if fp32_modules else ""),
+        **({"int8_fp32_modules": list(fp32_modules)} if fp32_modules else {})})

@@ -15,6 +15,7 @@ Failures raise :class:`LitertExportError`, one paragraph naming LiteRT and the c
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -124,6 +125,11 @@ def _check(tflite: Path, example, venv) -> str:
             y = runner.infer({"input": x})["logits"]
             io_dtype = runner.info["input"]["dtype"]
     except Exception as e:  # RuntimeInputError / BackendUnavailable from the runner: the output is unusable
+        op = re.search(r"find op for (?:builtin|custom) (?:opcode|code) '([^']+)'", str(e))
+        if op:  # name the operator, not the temp file (gone once this returns)
+            raise LitertExportError(f"LiteRT: litert-torch lowered the model to operator {op.group(1)}, which the LiteRT "
+                                    "interpreter has no kernel for, so the .tflite could not run. Replace that "
+                                    "operation in the model, or deploy it with another runtime.") from None
         raise LitertExportError(f"LiteRT: litert-torch wrote a file the LiteRT interpreter cannot run: {e}") from None
     if y.shape != (len(x), 10) or not np.isfinite(y).all():
         raise LitertExportError(f"LiteRT: the converted file gives {'non-finite' if y.shape == (len(x), 10) else 'shape'}"

@@ -18,6 +18,7 @@ the runtime and, where OpenVINO says it, the operation it could not convert.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -102,12 +103,45 @@ def export_fp32(source, path: Path, metadata: dict[str, str], example=None) -> P
     return save(convert(source, example), path, {**metadata, "precision": "fp32"})
 
 
-def export_int8(source, path: Path, metadata: dict[str, str], calibration, example=None) -> Path:
+def layer_precisions(model) -> dict[str, str]:
+    """The weighted layers (Convolution, GroupConvolution, MatMul) of an IR (an ``openvino.Model`` or a path) and
+    the precision their weights are stored in, read from the graph itself: ``"int8"`` when the weight comes from an
+    integer constant or a FakeQuantize (NNCF's quantized weights: Constant(i8) -> Convert -> Subtract -> Multiply),
+    else ``"fp32"``. Keyed by the layer's name without OpenVINO's ``/WithoutBiases`` suffix, which for an IR
+    converted from ONNX is the ONNX node's name."""
+    ov = _ov()
+    if not hasattr(model, "get_ordered_ops"):
+        model = ov.Core().read_model(str(model))
+    out = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        node, kind = op.input(1).get_source_output().get_node(), "fp32"
+        for _ in range(8):  # a weight reaches its layer through a few dequantizing/reshaping nodes
+            t = node.get_type_name()
+            if t in ("FakeQuantize", "FakeConvert"):
+                kind = "int8"
+                break
+            if t == "Constant":
+                kind = "fp32" if node.get_element_type().is_real() else "int8"
+                break
+            if node.get_input_size() == 0:
+                break
+            node = node.input(0).get_source_output().get_node()
+        out[op.get_friendly_name().removesuffix("/WithoutBiases")] = kind
+    return out
+
+
+def export_int8(source, path: Path, metadata: dict[str, str], calibration, example=None,
+                fp32_nodes: tuple[str, ...] = ()) -> Path:
     """INT8 IR by NNCF post-training quantization of ``source`` (FP32 ONNX path or torch module).
 
     ``calibration`` is a float32 array (N, 1, 28, 28), already preprocessed like the model's input; all N
     images calibrate (NNCF's ``subset_size`` = N), fed one at a time as NNCF expects (a batched item skews its
-    per-tensor statistics and makes it warn). Returns ``path``.
+    per-tensor statistics and makes it warn). ``fp32_nodes``: ONNX node names of layers to keep in FP32 (the
+    ``--int8-budget`` fallback), given to NNCF as an ``IgnoredScope`` (the IR's layers keep the ONNX names); the
+    written graph is then checked to hold those layers' weights in FP32 and every other weighted layer's in INT8,
+    and they are recorded in the rt_info as ``int8_fp32_nodes``. Returns ``path``.
     """
     import numpy as np
 
@@ -121,10 +155,24 @@ def export_int8(source, path: Path, metadata: dict[str, str], calibration, examp
         raise OpenvinoExportError(f"NNCF is not installed: {install_hint()}.") from None
     model = convert(source, example)
     batches = [calibration[i:i + 1] for i in range(len(calibration))]
+    fp32_nodes = tuple(fp32_nodes)
+    extra = {"ignored_scope": nncf.IgnoredScope(patterns=[f"{re.escape(n)}(/.*)?" for n in fp32_nodes])} \
+        if fp32_nodes else {}
     try:
-        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **NNCF_OPTIONS)
+        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **NNCF_OPTIONS, **extra)
     except Exception as e:  # nncf raises its own and OpenVINO's types
         raise _failed("INT8 quantization (NNCF)", e) from None
-    return save(quantized, path, {**metadata, "precision": "int8",
+    kept = {}
+    if fp32_nodes:  # NNCF's output is untrusted: the layers asked for must be FP32 in the graph, the others INT8
+        got = layer_precisions(quantized)
+        wrong = [n for n in fp32_nodes if got.get(n) != "fp32"] + [n for n, k in got.items()
+                                                                   if k != "int8" and n not in fp32_nodes]
+        if wrong:
+            raise OpenvinoExportError(f"OpenVINO INT8 (NNCF) with layers {', '.join(fp32_nodes)} kept in FP32 gave a "
+                                      f"graph whose layers {', '.join(wrong)} are not in the precision asked for "
+                                      f"(found {got}); not written.")
+        kept = {"int8_fp32_nodes": json.dumps(list(fp32_nodes))}
+    return save(quantized, path, {**metadata, "precision": "int8", **kept,
                                   "quantizer": f"nncf {nncf.__version__} PTQ, fast_bias_correction=False, "
-                                               f"{len(calibration)} calibration images"})
+                                               f"{len(calibration)} calibration images"
+                                               + (f", FP32: {', '.join(fp32_nodes)}" if fp32_nodes else "")})

@@ -77,3 +77,29 @@ def test_failures_are_one_paragraph_naming_executorch(tmp_path, edge_model):
     (tmp_path / "x.pte.json").write_text(json.dumps({"max_batch": "16"}))
     with pytest.raises(ValueError, match="max_batch"):
         eet.read_sidecar(tmp_path / "x.pte")
+
+
+def test_an_operator_without_a_kernel_is_refused_before_loading_naming_it(tmp_path):
+    """``torch.sort`` passes torch.export and lowering, but XNNPACK does not take it and this build's portable kernels
+    lack ``aten::sort.values``: refused naming it, nothing written (loading it failed with a bare error code)."""
+    from exporters import executorch as eet
+    from tests.fixtures.user_models import SortsRows
+
+    with pytest.raises(eet.ExecutorchExportError, match=r"operator aten::sort\.values") as e:
+        eet.export_fp32(SortsRows().eval(), tmp_path / "m.pte", {})
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_int8_keeps_the_modules_asked_for_in_fp32_in_the_written_file(tmp_path, edge_model):
+    """``fp32_modules`` (the --int8-budget fallback): TinyNet's ``head`` stays FP32 in the .pte's XNNPACK graph, the
+    conv INT8; the sidecar names it; an unknown module is refused."""
+    from exporters import executorch as eet
+
+    m = edge_model
+    pte = eet.export_int8(m["model"], tmp_path / "q.pte", m["meta"], m["calib"], fp32_modules=("head",))
+    assert eet.layer_precisions(pte) == ["int8", "fp32"]
+    assert eet.read_sidecar(pte)["int8_fp32_modules"] == ["head"]
+    assert eet.layer_precisions(eet.export_int8(m["model"], tmp_path / "all.pte", m["meta"], m["calib"])) == \
+        ["int8", "int8"]
+    with pytest.raises(eet.ExecutorchExportError, match="no module nothere"):
+        eet.export_int8(m["model"], tmp_path / "x.pte", m["meta"], m["calib"], fp32_modules=("nothere",))

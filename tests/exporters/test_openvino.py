@@ -77,3 +77,21 @@ def test_conversion_failure_is_one_paragraph_naming_openvino(tmp_path):
     assert "\n" not in str(e.value) and not (tmp_path / "out.xml").exists()
     with pytest.raises(eov.OpenvinoExportError, match="calibration"):
         eov.export_int8(bad, tmp_path / "out.xml", {}, np.full((2, 1, 28, 28), np.nan, np.float32))
+
+
+def test_int8_keeps_the_onnx_nodes_asked_for_in_fp32_in_the_written_ir(edge_model, tmp_path):
+    """``fp32_nodes`` (the --int8-budget fallback, ONNX node names): the IR converted from the ONNX file keeps that
+    layer's weights FP32 (read from the written graph), the others INT8, and names it in its rt_info."""
+    from exporters import openvino as eov
+    from exporters.onnx import export_fp32
+    from exporters.sensitivity import layers
+    from runtime.openvino import read_metadata
+
+    onnx_file = export_fp32(edge_model["model"], tmp_path / "model-fp32.onnx", edge_model["meta"])
+    conv, head = layers(onnx_file)
+    xml = eov.export_int8(onnx_file, tmp_path / "q.xml", edge_model["meta"], edge_model["calib"],
+                          fp32_nodes=head.nodes)
+    assert eov.layer_precisions(xml) == {conv.nodes[0]: "int8", head.nodes[0]: "fp32"}
+    assert json.loads(read_metadata(xml)["int8_fp32_nodes"]) == list(head.nodes)
+    assert set(eov.layer_precisions(eov.export_fp32(onnx_file, tmp_path / "f.xml", edge_model["meta"])).values()) \
+        == {"fp32"}
