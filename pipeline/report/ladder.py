@@ -75,11 +75,17 @@ def _tensorrt_row(of: str) -> variants.Variant | None:
     return next((v for v in variants.VARIANTS if v.backend == "tensorrt" and v.source == source.file), None)
 
 
+def _int8(source: str | None) -> bool:
+    """Whether a rung's source is an INT8 model (a ladder with none of them measured says nothing about INT8)."""
+    v = variants.BY_NAME.get(source) if source else None
+    return source == QAT_TORCH or (v is not None and v.precision == "int8")
+
+
 def build(rows: list[dict], skipped: list[dict], qat_torch: dict | None) -> dict:
     """The ladders of report.json: per way of quantizing, its rungs with accuracy and deltas (pp), or why not.
 
     ``rows`` and ``skipped`` are the validate stage's; ``qat_torch`` is ``quantize/qat-torch.json`` (None
-    when QAT did not run). A ladder whose INT8 rungs were all not built is left out.
+    when QAT did not run). A ladder with no INT8 rung measured (not built, not run here) is left out.
     """
     by_name = {r["name"]: r for r in rows}
     why_skipped = {s["name"]: s["reason"] for s in skipped}
@@ -114,7 +120,7 @@ def build(rows: list[dict], skipped: list[dict], qat_torch: dict | None) -> dict
                     entry["delta_pp"] = round(100 * (acc - previous), 4)
                 previous = acc
             built.append(entry)
-        if sum(e["accuracy"] is not None for e in built) > 1:
+        if any(e["accuracy"] is not None and _int8(e["source"]) for e in built):
             out[key] = built
     return out
 

@@ -159,6 +159,8 @@ def recommend(report: dict) -> dict[str, dict]:
                           "command": command, "p50_ms": p50, "p50_batch": int(small), "throughput": thr,
                           "throughput_batch": int(big), "accuracy": best["accuracy"], "spread_pct": noise,
                           "verdict": verdict.as_dict()}
+        elif t.build_from not in variants.BY_NAME:  # a table edited without the target's starting row: nothing to say
+            continue
         else:
             v = variants.BY_NAME[t.build_from]
             if measured:

@@ -13,15 +13,23 @@ def test_every_variant_is_validated_like_fp32(quick_run):
 
     rows = _rows(quick_run)
     in_browser = {"web-wasm-fp32", "web-wasm-int8"} if browser.find() else set()  # the quick run asks for --browser
+    # the edge runtimes' rows too (CI installs them all); bf16 only where the CPU offers it
+    from runtime.openvino import cpu_has_bf16
+
+    edge = {"openvino-fp32", "openvino-int8", "executorch-fp32", "executorch-int8", "litert-fp32", "litert-int8"}
     assert set(rows) == {"torch-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu",
-                         "onnx-int8-qat-cpu"} | in_browser
+                         "onnx-int8-qat-cpu"} | edge | ({"openvino-bf16"} if cpu_has_bf16() else set()) | in_browser
     for name, row in rows.items():
         assert {"accuracy", "agreement", "max_abs_diff", "accuracy_delta", "flips", "latency"} <= set(row), name
         assert len(row["flips"]) == round((1 - row["agreement"]) * 10000)
     # reduced precision stays close to the reference even after a 2-epoch quick training
     assert rows["onnx-fp16"]["agreement"] > 0.999
-    for name in ("onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu", "onnx-int8-qat-cpu"):
+    for name in ("onnx-int8-ptq", "onnx-int8-qat", "onnx-int8-cpu", "onnx-int8-qat-cpu", "openvino-int8",
+                 "executorch-int8", "litert-int8"):
         assert rows[name]["agreement"] > 0.98, name
+    # every runtime's FP32 file keeps FP32 parity with PyTorch (the variant table's tolerance)
+    for name in ("onnx-fp32", "openvino-fp32", "executorch-fp32", "litert-fp32"):
+        assert rows[name]["agreement"] == 1.0 and rows[name]["max_abs_diff"] <= 1e-4, name
 
 
 # ------------------------------------------------------------------ the validate stage on a copy of the quick run
