@@ -34,6 +34,17 @@ def quick_run(tmp_path_factory, data_root):
             "report": json.loads((run_dir / "report.json").read_text())}
 
 
+@pytest.fixture(scope="session")
+def fragile_budget_run(tmp_path_factory, data_root) -> Path:
+    """`pipeline run quantize --quick --quant ptq --model tests.fixtures.fragile:FragileAtInit --int8-budget 0.5`,
+    once (the ONNX fallback's tests and the edge INT8 files' follow it); tests read it. Returns the run folder."""
+    artifacts = tmp_path_factory.mktemp("fragile")
+    r = invoke("run", "quantize", "--quick", "--quant", "ptq", "--model", "tests.fixtures.fragile:FragileAtInit",
+               "--int8-budget", "0.5", "--artifacts", artifacts, "--data-root", data_root)
+    assert r.exit_code == 0, r.output
+    return artifacts / "tests.fixtures.fragile__FragileAtInit"
+
+
 @pytest.fixture
 def quick_copy(quick_run, tmp_path) -> Path:
     """A private copy of the quick run's artifacts folder, safe to damage."""

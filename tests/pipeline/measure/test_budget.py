@@ -71,7 +71,7 @@ def test_a_model_with_nothing_to_quantize_is_refused_naming_its_ops(tmp_path, da
     assert (tmp_path / "tests.fixtures.fragile__NoLayers" / "export" / "model-fp32.onnx").is_file()  # kept
 
 
-def test_the_fallback_keeps_the_fragile_layer_in_fp32_and_lists_it_for_each_tool(tmp_path, data_root):
+def test_the_fallback_keeps_the_fragile_layer_in_fp32_and_lists_it_for_each_tool(fragile_budget_run):
     """FragileAtInit stays fragile through the pipeline's own training: PTQ loses points, the ranking names
     features.3 first, and the file written under the budget is a mixed-precision QDQ file that keeps it in FP32."""
     import onnx
@@ -79,10 +79,7 @@ def test_the_fallback_keeps_the_fragile_layer_in_fp32_and_lists_it_for_each_tool
     from exporters.qdq import check_qdq
     from pipeline.report.markdown import _sensitivity
 
-    r = invoke("run", "quantize", "--quick", "--quant", "ptq", "--model", "tests.fixtures.fragile:FragileAtInit",
-               "--int8-budget", "0.5", "--artifacts", tmp_path, "--data-root", data_root)
-    assert r.exit_code == 0, r.output
-    run = tmp_path / "tests.fixtures.fragile__FragileAtInit"
+    run = fragile_budget_run
     sens = json.loads((run / "quantize" / "sensitivity.json").read_text())
     assert sens["layers"][0]["module"] == "features.3"
     for name, file in (("onnx-int8-ptq", "model-int8-ptq.onnx"), ("onnx-int8-cpu", "model-int8-cpu.onnx")):

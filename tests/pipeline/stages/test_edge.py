@@ -184,7 +184,7 @@ def test_an_edge_file_from_another_run_is_refused_before_it_is_read(quick_copy, 
     assert snapshot(quick_copy) == before
 
 
-def test_the_edge_int8_files_keep_the_onnx_ptq_files_fp32_layers_under_int8_budget(tmp_path, data_root):
+def test_the_edge_int8_files_keep_the_onnx_ptq_files_fp32_layers_under_int8_budget(fragile_budget_run):
     """FragileAtInit under --int8-budget 0.5 (tests/pipeline/measure/test_budget.py: the ONNX PTQ file keeps features.3
     in FP32): the OpenVINO IR and the .pte keep the same layers in FP32, read from the written files themselves (the
     IR's weight constants; the .pte's XNNPACK filter tensors), every other weighted layer INT8, and name them in their
@@ -195,10 +195,7 @@ def test_the_edge_int8_files_keep_the_onnx_ptq_files_fp32_layers_under_int8_budg
     from exporters.sensitivity import layers as onnx_layers
     from runtime.openvino import read_metadata
 
-    r = invoke("run", "quantize", "--quick", "--quant", "ptq", "--model", "tests.fixtures.fragile:FragileAtInit",
-               "--int8-budget", "0.5", "--artifacts", tmp_path, "--data-root", data_root)
-    assert r.exit_code == 0, r.output
-    export = tmp_path / "tests.fixtures.fragile__FragileAtInit" / "export"
+    export = fragile_budget_run / "export"
     fallback = json.loads((export.parent / "quantize" / "sensitivity.json").read_text())["fallback"]["onnx-int8-ptq"]
     kept, nodes = fallback["fp32_layers"], fallback["onnxruntime_nodes_to_exclude"]
     assert kept and kept[0] == "features.3"
