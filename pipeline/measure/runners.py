@@ -70,10 +70,15 @@ def executorch_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int =
 
 
 def litert_runner(v: Variant, run_dir: RunDir, *, model=None, threads: int = 0) -> BaseRunner:
-    """LiteRT's interpreter (ai-edge-litert) on the row's ``.tflite``, in this process (the ``litert`` extra)."""
+    """LiteRT's interpreter (ai-edge-litert) on the row's ``.tflite``, in this process (the ``litert`` extra).
+
+    ``threads`` 0 means every core this process may use, as it does for onnxruntime and OpenVINO: LiteRT's own default
+    (XNNPACK on one thread) would time it on half the cores the rows it is compared with get."""
+    import os
+
     from runtime.litert import LitertRunner
 
-    return LitertRunner(run_dir.export_file(v.file), threads=threads, mode="inprocess")
+    return LitertRunner(run_dir.export_file(v.file), threads=threads or len(os.sched_getaffinity(0)), mode="inprocess")
 
 
 #: how a backend's runner is built: ``factory(variant, run_dir, model=..., threads=...)`` -> an unactivated
