@@ -17,6 +17,8 @@ import json
 import re
 from pathlib import Path
 
+from runtime import sidecar
+
 from .atomic import atomic_path
 
 EXAMPLE_BATCH = 256
@@ -29,16 +31,13 @@ class ExecutorchExportError(Exception):
 
 
 def sidecar_path(pte: Path) -> Path:
-    return Path(f"{pte}.json")
+    return sidecar.path(pte)
 
 
 def read_sidecar(pte: Path) -> dict:
     """The sidecar of ``pte`` as a dict of strings (plus ``max_batch`` as an int); ValueError if unreadable."""
-    try:
-        data = json.loads(sidecar_path(pte).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"ExecuTorch sidecar {sidecar_path(pte)} is missing or not JSON ({type(e).__name__}).") from None
-    if not isinstance(data, dict) or not isinstance(data.get("max_batch"), int) or isinstance(data["max_batch"], bool):
+    data = sidecar.read(pte, "ExecuTorch")
+    if not isinstance(data.get("max_batch"), int) or isinstance(data["max_batch"], bool):
         raise ValueError(f"ExecuTorch sidecar {sidecar_path(pte)} has no integer max_batch.")
     return data
 

@@ -21,7 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from .base import BaseRunner
-from . import litert_venv
+from . import litert_venv, sidecar
 from .errors import BackendUnavailable, RuntimeInputError
 from .litert_worker import recv_array, send_array
 
@@ -31,18 +31,12 @@ MODES = ("auto", "inprocess", "worker")
 
 
 def sidecar_path(tflite: Path) -> Path:
-    return Path(f"{tflite}.json")
+    return sidecar.path(tflite)
 
 
 def read_sidecar(tflite: Path) -> dict:
     """The preprocessing contract written beside a ``.tflite`` (``<file>.tflite.json``); ValueError if unreadable."""
-    try:
-        data = json.loads(sidecar_path(tflite).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"LiteRT sidecar {sidecar_path(tflite)} is missing or not JSON ({type(e).__name__}).") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"LiteRT sidecar {sidecar_path(tflite)} is not a JSON object.")
-    return data
+    return sidecar.read(tflite, "LiteRT")
 
 
 def check_tflite_file(path: Path) -> None:

@@ -54,9 +54,9 @@ def quick_copy(quick_run, tmp_path) -> Path:
 
 
 
-#: report.json of a full default run (`pipeline run all`, commit 378eb70, AMD EPYC, 2 cores, AVX2/FMA/AVX-512 F/VNNI/BF16,
-#: torch 2.14.1, OpenVINO, ExecuTorch and LiteRT installed: their rows; headless Chromium: the web-wasm rows; on a busy
-#: machine, so its timings are flagged untrusted and its spreads are wide), checked in as written: the report, recommend, ladder,
+#: report.json of a full default run (`make run` in a fresh clone at commit 3b098b0, AMD EPYC, 2 cores, AVX2/FMA/AVX-512
+#: F/VNNI/BF16, torch 2.14.1, OpenVINO, ExecuTorch and LiteRT installed: their rows; headless Chromium: the web-wasm
+#: rows; docs/results.md#edge-runtimes), checked in as written: the report, recommend, ladder,
 #: schema and renderer tests read it instead of training a model
 REPORT_FIXTURE = Path(__file__).parent / "fixtures" / "report.json"
 

@@ -65,13 +65,14 @@ def read_contract(path: Path) -> dict[str, str]:
             raise PipelineError(f"{path} carries no preprocessing contract in its rt_info; rerun `pipeline run all "
                                 "--force`.")
         return meta
-    side = Path(f"{path}.json")  # .pte and .tflite: the sidecar the exporter wrote, verified by the run's manifest
+    from runtime import sidecar
+
+    side = sidecar.path(path)  # .pte and .tflite: the sidecar the exporter wrote, verified by the run's manifest
     try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"The sidecar {side} is missing or not JSON ({type(e).__name__}); rerun `pipeline run all "
-                            "--force`.") from None
-    if not isinstance(data, dict) or not all(k in data for k in ("normalization_mean", "normalization_std")):
+        data = sidecar.read(path, "The")
+    except ValueError as e:
+        raise PipelineError(f"{e} Rerun `pipeline run all --force`.") from None
+    if not all(k in data for k in ("normalization_mean", "normalization_std")):
         raise PipelineError(f"The sidecar {side} holds no preprocessing contract; rerun `pipeline run all --force`.")
     return {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v) for k, v in data.items()}
 
