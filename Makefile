@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 # The LiteRT converter (litert-torch) conflicts with this environment's pins, so it gets its own venv layered over
 # this one (runtime/litert_venv.py; under ~/.cache/edge-export-pipeline, $$EDGE_LITERT_VENV overrides). A failure
 # (no network) is a note, not an error: LiteRT is one optional runtime, its rows and tests then skip saying why,
-# everything else still runs, and the exporter retries on first use. No stamp then, so the next `make` retries too.
+# everything else still runs (`pipeline run` skips the LiteRT rows naming the command that makes it). No stamp then,
+# so the next `make` retries.
 # The stamp follows the project's install (a new torch needs a new converter venv) and the module's pins.
 $(LITERT_STAMP): $(STAMP) runtime/litert_venv.py
 	@if $(VENV)/bin/python -m runtime.litert_venv; then touch $@; else \
