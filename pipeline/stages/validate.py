@@ -110,8 +110,11 @@ def _run_variants(ctx: Context, model, images, labels) -> tuple[list[dict], list
                 continue
             if v.file and not ctx.rd.export_file(v.file).is_file():
                 note = _read_json(ctx.rd.unbuilt(v.file))
-                if optional(v) and isinstance(note, dict) and isinstance(note.get("reason"), str):
-                    skipped.append({"name": v.name, "reason": note["reason"]})  # its converter refused the model
+                # its converter refused the model, or is not set up here (LiteRT's runs in a venv of its own)
+                why = (note["reason"] if isinstance(note, dict) and isinstance(note.get("reason"), str)
+                       else unavailable(v, build=True)) if optional(v) else None
+                if why:
+                    skipped.append({"name": v.name, "reason": why})
                     continue
                 raise PipelineError(f"{ctx.rd.export_file(v.file)} is missing; rerun with --force.")
             if v.backend == variants.BROWSER:  # measured together, in one browser session, once the reference exists

@@ -103,16 +103,24 @@ def test_a_model_a_converter_cannot_lower_skips_that_runtimes_rows_naming_the_op
 
 @pytest.mark.parametrize("hidden, rows, words", [
     ("ai_edge_litert", {"litert-fp32", "litert-int8"}, ("LiteRT", "pip install -e .[litert]")),
+    # the interpreter is here but not the converter's venv: the rows are neither built nor a missing file
+    (None, {"litert-fp32", "litert-int8"}, ("LiteRT", "python -m runtime.litert_venv")),
 ])
-def test_a_missing_runtime_skips_exactly_its_rows_with_the_install_command(quick_copy, data_root, hidden, rows, words):
-    """The runtime's import fails (``sys.modules[name] = None``, as when the package is absent) in a real
-    `pipeline run all` of the quick run's copy: its rows are skipped with the reason and the install command, every
-    other row is built and measured, exit 0."""
+def test_a_missing_runtime_skips_exactly_its_rows_with_the_install_command(quick_copy, data_root, tmp_path, hidden,
+                                                                            rows, words):
+    """The runtime's import fails (``sys.modules[name] = None``, as when the package is absent), or LiteRT's converter
+    venv is not there (``EDGE_LITERT_VENV`` names an empty folder), in a real `pipeline run all` of the quick run's
+    copy: its rows are skipped with the reason and the install command, every other row is built and measured,
+    exit 0."""
+    import os
+
     _need(*rows)
-    code = (f"import sys; sys.modules[{hidden!r}] = None; from pipeline.cli import main; "
-            "sys.argv = ['pipeline', *sys.argv[1:]]; main()")
+    code = ((f"import sys; sys.modules[{hidden!r}] = None; " if hidden else "import sys; ")
+            + "from pipeline.cli import main; sys.argv = ['pipeline', *sys.argv[1:]]; main()")
+    env = {**os.environ, **({} if hidden else {"EDGE_LITERT_VENV": str(tmp_path / "no-venv")})}
     done = subprocess.run([sys.executable, "-c", code, "run", "all", "--quick", "--artifacts", str(quick_copy),
-                           "--data-root", str(data_root)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                           "--data-root", str(data_root)], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                          env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     report = json.loads((quick_copy / "edgenet" / "report.json").read_text())
