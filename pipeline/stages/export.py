@@ -46,7 +46,7 @@ def run(ctx: Context) -> list[Path]:
     meta = build_metadata(model_name=ckpt["model"], mean=norm["mean"], std=norm["std"], classes=ckpt["classes"],
                           checkpoint_sha256=ctx.sha(ctx.rd.checkpoint), precision="fp32")
     shared = Shared(model, ckpt, meta)
-    outputs = recipes.outputs(ctx, [(v, recipes.build(ctx, v, shared)) for v in recipes.rows(ctx, "export")])
+    outputs = recipes.outputs(ctx, [(v, recipes.build(ctx, v, shared)) for v in recipes.todo(ctx, "export")])
     # Golden reference: PyTorch's logits for the first test images (llm.c's habit).
     import torch
 

@@ -89,7 +89,7 @@ def run(ctx: Context) -> list[Path]:
     from pipeline.measure.budget import Sensitivity
 
     q = ctx.cfg.quant
-    todo = sorted(recipes.rows(ctx, "quantize"), key=lambda v: SWITCHES.index(v.quant))
+    todo = sorted(recipes.todo(ctx, "quantize"), key=lambda v: SWITCHES.index(v.quant))
     if not todo:
         log.info("quantize: --quant %s, no INT8 variants", q.mode)
         return []

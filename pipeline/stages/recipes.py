@@ -95,6 +95,23 @@ def key(ctx: Context, stage: str) -> list[list]:
     return [[v.name, v.recipe, v.file, v.tensorrt] for v in rows(ctx, stage)]
 
 
+def todo(ctx: Context, stage: str) -> list[Variant]:
+    """:func:`rows` for a stage about to run, after removing the files of the optional rows it will not make this time
+    (their runtime or converter is missing here now): a file an earlier run made would otherwise be measured by the
+    validate stage as if this run had made it (from another checkpoint, perhaps). Only the stage's ``run`` calls it;
+    :func:`rows` itself changes nothing, as the stage's key reads it."""
+    from pipeline.measure.runners import optional
+
+    made = rows(ctx, stage)
+    for v in variants.VARIANTS:
+        if (v.recipe in RECIPES and RECIPES[v.recipe].stage == stage and optional(v) and v not in made
+                and ctx.cfg.quant.builds(v.quant)):
+            for name in variants.files_of(v):
+                ctx.rd.export_file(name).unlink(missing_ok=True)
+            ctx.rd.unbuilt(v.file).unlink(missing_ok=True)
+    return made
+
+
 def outputs(ctx: Context, made: list[tuple[Variant, Path | None]]) -> list[Path]:
     """The files a stage wrote for the rows it made (:func:`build`'s results): each file with those that travel with it
     (``Variant.extra``: an IR's weights, a sidecar), or the note of a row that was not made."""
