@@ -19,7 +19,6 @@ converter refused the model), so a bundle ships what exists and says what is not
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -133,7 +132,11 @@ def fill_mobile(folder: Path, run: RunDir, report: dict, models: dict, raw: Path
         raise PipelineError(f"{run.golden} does not hold the first {n} test images of {raw}; rerun `pipeline run all "
                             "--force` with this --data-root.")
     for name, m in models.items():
-        x = normalize(images[:n], m["metadata"])
+        try:
+            x = normalize(images[:n], m["metadata"])
+        except (ValueError, TypeError) as e:  # a contract with no finite mean/std or pixel scale
+            raise PipelineError(f"The preprocessing contract of {name} is not usable ({e}); rerun `pipeline run all "
+                                "--force`.") from None
         diff = float(np.abs(x - golden["input"]).max())
         if not diff <= 1e-5:
             raise PipelineError(f"The preprocessing contract of {name} does not reproduce the golden inputs of "
@@ -147,11 +150,14 @@ def fill_mobile(folder: Path, run: RunDir, report: dict, models: dict, raw: Path
 
 
 def normalize(images_u8: np.ndarray, meta: dict) -> np.ndarray:
-    """What an app computes from raw bytes with the contract (check.py's own copy is the one shipped)."""
-    scale = float(json.loads(str(meta.get("pixel_scale", 1 / 255))))
-    mean = np.asarray(json.loads(meta["normalization_mean"]), np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(json.loads(meta["normalization_std"]), np.float32).reshape(1, -1, 1, 1)
-    return ((images_u8[:, None].astype(np.float32) * scale - mean) / std).astype(np.float32)
+    """What an app computes from raw bytes with the contract (check.py's own copy is the one shipped); the contract is
+    parsed by :class:`runtime.metadata.ModelMetadata`, the runtime's own reader (finite numbers only)."""
+    from runtime.metadata import ModelMetadata
+
+    contract = ModelMetadata.from_props({k: str(v) for k, v in meta.items()})
+    mean = np.asarray(contract.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(contract.std, np.float32).reshape(1, -1, 1, 1)
+    return ((images_u8[:, None].astype(np.float32) * np.float32(contract.pixel_scale) - mean) / std).astype(np.float32)
 
 
 def readme(model: str, models: dict, skipped: dict, n: int) -> str:

@@ -143,3 +143,19 @@ def test_verify_catches_an_altered_phone_file(android_bundle, tmp_path):
     (copy / "models" / "model-fp32.tflite").write_bytes(bytes(blob))
     r = invoke("verify", copy)
     assert r.exit_code == 1 and "altered: models/model-fp32.tflite" in r.output
+
+
+def test_the_golden_inputs_are_what_the_contract_makes_of_the_raw_images(quick_run, data_root):
+    """normalize (the contract as an app applies it to raw bytes, parsed by the runtime's metadata reader) reproduces
+    the run's golden inputs from each phone file's sidecar; a contract without finite numbers is refused."""
+    from pipeline.bundle import mobile
+    from pipeline.dataset import ensure_raw, read_test_set
+
+    images, _ = read_test_set(ensure_raw(data_root))
+    golden = np.load(quick_run["dir"] / "export" / "golden.npz")["input"]
+    for name in ("model-fp32.pte", "model-int8.tflite"):
+        meta = mobile.read_contract(quick_run["dir"] / "export" / name)
+        assert np.abs(mobile.normalize(images[:len(golden)], meta) - golden).max() <= 1e-5, name
+        assert np.abs(mobile.normalize(images[1:len(golden) + 1], meta) - golden).max() > 0.1  # other images differ
+        with pytest.raises(ValueError, match="normalization_mean must be a non-empty list of finite numbers"):
+            mobile.normalize(images[:2], {**meta, "normalization_mean": "[NaN]"})
